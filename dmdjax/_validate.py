@@ -1,0 +1,70 @@
+"""Input validation at the public boundary (host side, concrete values only).
+
+Each check raises ``ValueError`` naming the offending argument and value. Checks are
+skipped for traced values (inside ``jit``/``vmap``), where callers use
+``equinox.error_if`` instead.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    """True when ``x`` holds concrete values that can be checked on the host."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
+
+
+def _first_bad(values: np.ndarray, bad: np.ndarray) -> str:
+    idx = np.argwhere(bad)[0]
+    where = "" if values.ndim == 0 else f" at index {tuple(int(i) for i in idx)}"
+    return f"{values[tuple(idx)]!r}{where}"
+
+
+def temperature(value, name: str = "temperature") -> None:
+    if not is_concrete(value):
+        return
+    v = np.asarray(value, dtype=float)
+    bad = ~np.isfinite(v) | (v <= 0)
+    if np.any(bad):
+        raise ValueError(f"{name} must be finite and > 0 K; got {_first_bad(v, bad)}")
+
+
+def order_parameter(value, name: str = "order_parameter") -> None:
+    """Species order parameters s must lie strictly inside (-1, 1)."""
+    if not is_concrete(value):
+        return
+    v = np.asarray(value, dtype=float)
+    bad = ~np.isfinite(v) | (v <= -1) | (v >= 1)
+    if np.any(bad):
+        raise ValueError(
+            f"{name} must lie strictly inside (-1, 1); got {_first_bad(v, bad)} "
+            "(use pinned species for sites that are exactly one species)"
+        )
+
+
+def stiffness(value, name: str = "stiffness") -> None:
+    if not is_concrete(value):
+        return
+    v = np.asarray(value, dtype=float)
+    bad = ~np.isfinite(v) | (v <= 0)
+    if np.any(bad):
+        raise ValueError(f"{name} must be finite and > 0 (eV/Å²); got {_first_bad(v, bad)}")
+
+
+def finite(value, name: str) -> None:
+    if not is_concrete(value):
+        return
+    v = np.asarray(value)
+    bad = ~np.isfinite(v)
+    if np.any(bad):
+        raise ValueError(f"{name} must be finite; got {_first_bad(v, bad)}")
+
+
+def shape(value, expected: tuple, name: str) -> None:
+    """``expected`` holds ints or None (any size) per axis."""
+    got = tuple(np.shape(value))
+    if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
+        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        raise ValueError(f"{name} must have shape {want}; got {got}")

@@ -1,0 +1,206 @@
+"""Potential energy, forces and virial stress over a Dense neighbour list.
+
+Species enter as weights ``w[i, a]``: one-hot for a plain configuration, or the
+concentrations c_i^a of the species mean field (DESIGN.md §2). With radial functions
+φ_ab and f_{b→a} (see :mod:`dmdjax.potentials`) the site energy is
+
+    e_i = ½ Σ_j Σ_ab w_i^a φ_ab(r_ij) w_j^b + Σ_a w_i^a F_a(ρ_{i,a}),
+    ρ_{i,a} = Σ_j Σ_b w_j^b f_{b→a}(r_ij),
+
+which is the plain EAM/pair energy (DESIGN.md §1) for one-hot weights. The assembly
+takes the radial values as input, so the variational-Gaussian free energy reuses it
+with Gaussian-averaged radial functions.
+
+Stress follows ASE's sign convention: σ = (1/V) ∂E/∂ε at ε = 0 for the homogeneous
+deformation x → (I + ε) x of positions and cell (negative under compression),
+returned in Voigt order (xx, yy, zz, yz, xz, xy) in eV/Å³.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from . import _validate
+from . import neighbors as _neighbors
+from .cell import Cell
+from .potentials import Potential, RadialTerms
+from .systems import System, species_weights
+
+
+class PairGeometry(NamedTuple):
+    """Displacements to neighbours: ``displacement[i, m] = x_j − x_i`` (minimum image)."""
+
+    displacement: Float[Array, "n m d"]
+    mask: Bool[Array, "n m"]
+    idx: Int[Array, "n m"]
+
+
+def pair_geometry(positions: Float[Array, "n d"], cell: Cell, neighbor_idx: Int[Array, "n m"]) -> PairGeometry:
+    """Minimum-image vectors from each atom to its listed neighbours."""
+    n = positions.shape[0]
+    mask = neighbor_idx < n
+    j = jnp.where(mask, neighbor_idx, 0)
+    displacement = cell.displacement(positions[j], positions[:, None, :])
+    return PairGeometry(displacement, mask, neighbor_idx)
+
+
+def masked_distance(displacement: Float[Array, "... d"], mask: Bool[Array, "..."], fill: float) -> Array:
+    """|displacement| where ``mask``, else ``fill``; gradients stay finite everywhere."""
+    squared = jnp.sum(displacement * displacement, axis=-1)
+    safe = jnp.where(mask, squared, 1.0)
+    return jnp.where(mask, jnp.sqrt(safe), fill)
+
+
+def as_weights(species, n_species: int, dtype) -> Float[Array, "n s"]:
+    """Integer species ``(N,)`` -> one-hot ``(N, S)``; float weights ``(N, S)`` pass through."""
+    species = jnp.asarray(species)
+    if jnp.issubdtype(species.dtype, jnp.integer):
+        return species_weights(species, n_species, dtype)
+    if species.ndim != 2 or species.shape[1] != n_species:
+        raise ValueError(
+            f"species weights must have shape (N, {n_species}); got {species.shape}"
+        )
+    return species.astype(dtype)
+
+
+def assemble_site_energies(
+    potential: Potential,
+    radial: RadialTerms,
+    weights: Float[Array, "n s"],
+    neighbor_idx: Int[Array, "n m"],
+) -> Float[Array, " n"]:
+    """Site energies e_i (eV) from radial values ``(N, M, S, S)`` and species weights."""
+    padded = jnp.concatenate([weights, jnp.zeros_like(weights[:1])], axis=0)
+    neighbor_weights = padded[neighbor_idx]  # (N, M, S); zero on padding slots
+    pair = 0.5 * jnp.einsum("na,nmab,nmb->n", weights, radial.pair, neighbor_weights)
+    if not potential.is_embedded:
+        return pair
+    density = jnp.einsum("nmbh,nmb->nh", radial.density, neighbor_weights)
+    return pair + jnp.sum(weights * potential.embedding(density), axis=-1)
+
+
+def _site_energies_from_geometry(potential: Potential, geometry: PairGeometry, weights) -> Array:
+    r = masked_distance(geometry.displacement, geometry.mask, 2.0 * potential.cutoff)
+    return assemble_site_energies(potential, potential.radial(r), weights, geometry.idx)
+
+
+def _check_inputs(potential: Potential, positions, species, cell: Cell, neighbors) -> None:
+    if not _validate.is_concrete((positions, species)):
+        return
+    n = np.shape(positions)[0]
+    _validate.shape(positions, (n, cell.dim), "positions")
+    _validate.finite(positions, "positions")
+    if np.ndim(species) == 1:
+        _validate.shape(species, (n,), "species")
+        sp = np.asarray(species)
+        if sp.size and (sp.min() < 0 or sp.max() >= potential.n_species):
+            raise ValueError(
+                f"species index {int(sp.max())} out of range for the potential's species {list(potential.species)}"
+            )
+    else:
+        _validate.shape(species, (n, potential.n_species), "species weights")
+    if neighbors.idx.shape[0] != n:
+        raise ValueError(f"neighbour list is for {neighbors.idx.shape[0]} atoms but positions have {n}")
+
+
+def site_energies(
+    potential: Potential,
+    positions: Float[Array, "n d"],
+    species,
+    cell: Cell,
+    neighbors: _neighbors.NeighborList,
+) -> Float[Array, " n"]:
+    """Per-atom energies e_i (eV); their sum is the potential energy.
+
+    Arguments:
+        potential: a :class:`~dmdjax.potentials.Potential`.
+        positions: ``(N, d)``, Å.
+        species: ``(N,)`` integer indices into ``potential.species``, or ``(N, S)`` weights.
+        cell: the :class:`~dmdjax.cell.Cell`.
+        neighbors: a :class:`~dmdjax.neighbors.NeighborList` for these positions with
+            ``cutoff >= potential.cutoff``; an overflowed list raises.
+    """
+    _check_inputs(potential, positions, species, cell, neighbors)
+    if neighbors.cutoff < potential.cutoff:
+        raise ValueError(
+            f"neighbour list cut-off {neighbors.cutoff} Å is below the potential's {potential.cutoff} Å"
+        )
+    weights = as_weights(species, potential.n_species, positions.dtype)
+    geometry = pair_geometry(positions, cell, neighbors.idx)
+    return _neighbors.check(_site_energies_from_geometry(potential, geometry, weights), neighbors)
+
+
+def potential_energy(potential: Potential, positions, species, cell: Cell, neighbors) -> Float[Array, ""]:
+    """Total potential energy V (eV); arguments as :func:`site_energies`."""
+    return jnp.sum(site_energies(potential, positions, species, cell, neighbors))
+
+
+def forces(potential: Potential, positions, species, cell: Cell, neighbors) -> Float[Array, "n d"]:
+    """Forces −∂V/∂x (eV/Å), by automatic differentiation."""
+    return -jax.grad(potential_energy, argnums=1)(potential, positions, species, cell, neighbors)
+
+
+def virial_derivative(potential: Potential, positions, species, cell: Cell, neighbors) -> Float[Array, "d d"]:
+    """∂V/∂ε at ε = 0 for x → (I + ε) x applied to positions and cell (eV), symmetrised."""
+    _check_inputs(potential, positions, species, cell, neighbors)
+    weights = as_weights(species, potential.n_species, positions.dtype)
+    geometry = pair_geometry(positions, cell, neighbors.idx)
+
+    def strained_energy(strain):
+        deformation = jnp.eye(cell.dim, dtype=positions.dtype) + strain
+        strained = geometry._replace(displacement=geometry.displacement @ deformation.T)
+        return jnp.sum(_site_energies_from_geometry(potential, strained, weights))
+
+    derivative = jax.grad(strained_energy)(jnp.zeros((cell.dim, cell.dim), positions.dtype))
+    return _neighbors.check(0.5 * (derivative + derivative.T), neighbors)
+
+
+def stress(potential: Potential, positions, species, cell: Cell, neighbors) -> Float[Array, "d d"]:
+    """Virial stress σ = (1/V) ∂V/∂ε (eV/Å³, ASE's sign), ``(d, d)``; periodic cells only."""
+    if not cell.fully_periodic:
+        raise ValueError(f"stress needs a fully periodic cell; pbc is {cell.pbc}")
+    return virial_derivative(potential, positions, species, cell, neighbors) / cell.volume().astype(positions.dtype)
+
+
+def full_to_voigt(matrix: Float[Array, "3 3"]) -> Float[Array, "6"]:
+    """A symmetric 3×3 tensor in Voigt order (xx, yy, zz, yz, xz, xy)."""
+    m = jnp.asarray(matrix)
+    return jnp.stack([m[0, 0], m[1, 1], m[2, 2], m[1, 2], m[0, 2], m[0, 1]])
+
+
+class EnergyForcesStress(NamedTuple):
+    """Results of :func:`evaluate`: energy (eV), forces (N, d) eV/Å, stress (Voigt, eV/Å³) or None."""
+
+    energy: Array
+    forces: Array
+    stress: Array | None
+    site_energies: Array
+
+
+def evaluate(potential: Potential, system: System, neighbors: _neighbors.NeighborList | None = None,
+             *, skin: float = 0.5) -> EnergyForcesStress:
+    """Energy, forces, per-atom energies and (for periodic 3-D cells) stress of a system.
+
+    The system's species are mapped onto the potential's by name (a species the
+    potential lacks raises ``ValueError``). A neighbour list is built when none is given.
+    """
+    system = system.with_species_names(potential.species)
+    if neighbors is None:
+        neighbors = _neighbors.neighbor_list(system.positions, system.cell, potential.cutoff, skin=skin)
+    _check_inputs(potential, system.positions, system.species, system.cell, neighbors)
+    with_stress = system.cell.fully_periodic and system.dim == 3
+    return _evaluate(potential, system.positions, system.species, system.cell, neighbors, with_stress)
+
+
+@eqx.filter_jit
+def _evaluate(potential, positions, species, cell, neighbors, with_stress: bool) -> EnergyForcesStress:
+    energies, vjp = jax.vjp(lambda x: site_energies(potential, x, species, cell, neighbors), positions)
+    (gradient,) = vjp(jnp.ones_like(energies))
+    sigma = full_to_voigt(stress(potential, positions, species, cell, neighbors)) if with_stress else None
+    return EnergyForcesStress(jnp.sum(energies), -gradient, sigma, energies)

@@ -1,0 +1,182 @@
+"""Neighbour lists through jax-md's ``partition`` (cell list + Dense neighbour list).
+
+The search runs in fractional coordinates of a *search cell*: the simulation cell with
+every free direction padded by vacuum (twice the search range on each side), so one
+jax-md code path serves periodic, free and mixed boundaries in 1, 2 and 3 dimensions.
+Only indices come out of the search; energies use the true cell's displacements.
+
+Overflow never passes silently:
+
+* :meth:`NeighborList.update` is jit-safe and sets :attr:`NeighborList.overflow` when
+  the buffer is too small, the cell list overflowed, or an atom left the padded
+  search region;
+* :func:`refresh` (host side) updates and re-allocates when that happens;
+* every energy that takes a neighbour list checks the flag with ``equinox.error_if``,
+  so an overflowed list raises instead of giving a wrong energy.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from . import _validate
+from .cell import Cell
+
+OVERFLOW_MESSAGE = (
+    "neighbour list overflow: the list is too small for the current positions (or an atom left the "
+    "padded search region of a free direction); call dmdjax.neighbors.refresh(neighbors, positions) "
+    "outside jit to re-allocate it"
+)
+
+
+class NeighborList(eqx.Module):
+    """A Dense neighbour list: ``idx[i, m]`` is the m-th neighbour of i, or N (padding).
+
+    Attributes:
+        state: jax-md's ``partition.NeighborList`` (over fractional search coordinates).
+        search_inverse: inverse of the search cell (rows), ``(d, d)``.
+        origin: origin of the search cell, ``(d,)``, Å.
+        out_of_range: True when an atom left the padded search region.
+        pbc: periodic flags of the simulation cell.
+        cutoff, skin: interaction cut-off and Verlet skin, Å.
+    """
+
+    state: Any  # jax_md.partition.NeighborList
+    search_inverse: Float[Array, "d d"]
+    origin: Float[Array, " d"]
+    out_of_range: Bool[Array, ""]
+    pbc: tuple[bool, ...] = eqx.field(static=True)
+    cutoff: float = eqx.field(static=True)
+    skin: float = eqx.field(static=True)
+
+    @property
+    def idx(self) -> Int[Array, "n m"]:
+        return self.state.idx
+
+    @property
+    def capacity(self) -> int:
+        """Neighbour slots per atom (``idx.shape[1]``)."""
+        return self.state.idx.shape[1]
+
+    @property
+    def overflow(self) -> Bool[Array, ""]:
+        """True when the list cannot be trusted (see the module docstring)."""
+        return (self.state.did_buffer_overflow != 0) | self.out_of_range
+
+    def _fractional(self, positions: Float[Array, "n d"]) -> tuple[Array, Array]:
+        f = (positions - self.origin.astype(positions.dtype)) @ self.search_inverse.astype(positions.dtype)
+        periodic = jnp.asarray(self.pbc)
+        wrapped = jnp.where(periodic, f - jnp.floor(f), f)
+        # Free directions: stay at least one search range away from the padded faces.
+        margin = self._free_margin().astype(positions.dtype)
+        outside = (~periodic) & ((f < margin) | (f > 1.0 - margin))
+        return wrapped, jnp.any(outside)
+
+    def _free_margin(self) -> Array:
+        # Fraction of each search-cell width taken by one search range (|b_k| = 1/width_k).
+        return (self.cutoff + self.skin) * jnp.linalg.norm(self.search_inverse, axis=0)
+
+    def update(self, positions: Float[Array, "n d"]) -> "NeighborList":
+        """Update for new positions (jit-safe; rebuilds when an atom moved > skin/2)."""
+        fractional, outside = self._fractional(positions)
+        state = self.state.update(fractional)
+        return NeighborList(state, self.search_inverse, self.origin, self.out_of_range | outside, self.pbc,
+                            self.cutoff, self.skin)
+
+
+def _search_cell(positions: np.ndarray, cell: Cell, search_range: float) -> tuple[np.ndarray, np.ndarray]:
+    vectors = np.array(cell.vectors, dtype=float)
+    origin = np.zeros(cell.dim)
+    pad = 2.0 * search_range
+    for k, periodic in enumerate(cell.pbc):
+        if periodic:
+            continue
+        unit = vectors[k] / np.linalg.norm(vectors[k])
+        projection = positions @ unit
+        lo, hi = projection.min(), projection.max()
+        vectors[k] = unit * (hi - lo + 2.0 * pad)
+        origin += (lo - pad) * unit
+    return vectors, origin
+
+
+def neighbor_list(
+    positions: Float[Array, "n d"],
+    cell: Cell,
+    cutoff: float,
+    *,
+    skin: float = 0.5,
+    capacity_multiplier: float = 1.25,
+) -> NeighborList:
+    """Allocate a Dense neighbour list of all pairs closer than ``cutoff + skin``.
+
+    Arguments:
+        positions: ``(N, d)`` positions, Å.
+        cell: the simulation :class:`~dmdjax.cell.Cell`.
+        cutoff: interaction cut-off (e.g. ``potential.cutoff``), Å.
+        skin: Verlet skin, Å; the list is rebuilt when an atom moves more than skin/2.
+        capacity_multiplier: spare capacity over the current maximal neighbour count.
+
+    Raises:
+        ValueError: bad arguments, or a periodic cell narrower than twice ``cutoff + skin``.
+    """
+    positions_np = np.asarray(positions)
+    _validate.shape(positions_np, (None, cell.dim), "positions")
+    _validate.finite(positions_np, "positions")
+    if not (np.isfinite(cutoff) and cutoff > 0):
+        raise ValueError(f"cutoff must be finite and > 0 Å; got {cutoff!r}")
+    if not (np.isfinite(skin) and skin >= 0):
+        raise ValueError(f"skin must be finite and >= 0 Å; got {skin!r}")
+    if capacity_multiplier < 1.0:
+        raise ValueError(f"capacity_multiplier must be >= 1; got {capacity_multiplier!r}")
+    from jax_md import partition, space  # imported lazily: jax-md takes seconds to import
+
+    search_range = float(cutoff) + float(skin)
+    cell.check_minimum_image(search_range)
+    vectors, origin = _search_cell(positions_np, cell, search_range)
+    gram = vectors @ vectors.T
+    box = np.linalg.cholesky(gram).T  # upper triangular, box.T @ box = gram
+    dtype = positions.dtype if hasattr(positions, "dtype") else jnp.asarray(positions).dtype
+    displacement, _ = space.periodic_general(jnp.asarray(box, dtype=dtype), fractional_coordinates=True)
+    neighbor_fns = partition.neighbor_list(
+        displacement,
+        jnp.asarray(box, dtype=dtype),
+        float(cutoff),
+        dr_threshold=float(skin),
+        capacity_multiplier=capacity_multiplier,
+        fractional_coordinates=True,
+        disable_cell_list=cell.dim == 1,
+        format=partition.NeighborListFormat.Dense,
+    )
+    template = NeighborList(
+        state=None, search_inverse=jnp.asarray(np.linalg.inv(vectors), dtype=dtype),
+        origin=jnp.asarray(origin, dtype=dtype), out_of_range=jnp.asarray(False), pbc=cell.pbc,
+        cutoff=float(cutoff), skin=float(skin),
+    )
+    fractional, outside = template._fractional(jnp.asarray(positions, dtype=dtype))
+    with warnings.catch_warnings():
+        # jax-md scatters int64 into int32 under x64; harmless, but noisy.
+        warnings.filterwarnings("ignore", message="scatter inputs have incompatible types")
+        state = neighbor_fns.allocate(fractional)
+    return eqx.tree_at(lambda n: (n.state, n.out_of_range), template, (state, outside),
+                       is_leaf=lambda x: x is None)
+
+
+def refresh(neighbors: NeighborList, positions: Float[Array, "n d"], cell: Cell,
+            capacity_multiplier: float = 1.25) -> NeighborList:
+    """Update ``neighbors`` for ``positions``; re-allocate (host side) when it overflows."""
+    updated = neighbors.update(positions)
+    if bool(updated.overflow):
+        return neighbor_list(positions, cell, neighbors.cutoff, skin=neighbors.skin,
+                             capacity_multiplier=capacity_multiplier)
+    return updated
+
+
+def check(value, neighbors: NeighborList):
+    """Return ``value``, raising (also under jit) if ``neighbors`` overflowed."""
+    return eqx.error_if(value, neighbors.overflow, OVERFLOW_MESSAGE)

@@ -1,0 +1,164 @@
+"""Embedded-atom method (EAM) potentials for alloys, from LAMMPS tabulated files.
+
+    E = Σ_i F_{a_i}(ρ_i) + ½ Σ_{i≠j} φ_{a_i a_j}(r_ij),
+    ρ_i = Σ_j f_{a_j → a_i}(r_ij)                                  (DESIGN.md §1)
+
+with f depending on the source species only for ``eam`` / ``eam/alloy`` (setfl) files
+and on source and host for ``eam/fs`` (Finnis–Sinclair) files. The files are parsed
+by ASE's ``ase.calculators.eam.EAM`` (every element of the file is kept), and the
+tables become cubic splines evaluated in JAX. Files store r·φ(r) for the pair term;
+dmdjax interpolates r·φ and divides by r, as LAMMPS does.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._base import Potential, RadialTerms
+from ._spline import UniformCubicSpline
+
+#: Potentials shipped with dmdjax, loadable by name (see ``data/CITATION.md``).
+BUNDLED_POTENTIALS = {"AlMg_Mendelev2009": "AlMg_Mendelev2009.eam.fs"}
+
+_FORMS = {".fs": "fs", ".alloy": "alloy", ".setfl": "alloy", ".eam": "eam"}
+
+
+class EAM(Potential):
+    """A tabulated EAM potential over ``species``.
+
+    Attributes:
+        radial_spline: splines of ``[r·φ_ab(r), f_{b→a}(r)]``, batch shape ``(2, S, S)``
+            (index ``[1, source, host]`` for densities).
+        embedding_spline: splines of F_a(ρ), batch shape ``(S,)``.
+        species: element names in file order.
+        cutoff: the file's cut-off radius, Å.
+        form: ``"eam"``, ``"alloy"`` or ``"fs"``.
+        source: where the tables came from (file name), for provenance.
+    """
+
+    radial_spline: UniformCubicSpline
+    embedding_spline: UniformCubicSpline
+    species: tuple[str, ...] = eqx.field(static=True)
+    cutoff: float = eqx.field(static=True)
+    form: str = eqx.field(static=True)
+    source: str = eqx.field(static=True)
+
+    @property
+    def is_embedded(self) -> bool:
+        return True
+
+    def radial(self, r: Float[Array, "..."]) -> RadialTerms:
+        values = self.radial_spline(r)  # r.shape + (2, S, S)
+        inside = (r < self.cutoff)[..., None, None]
+        r_safe = jnp.maximum(r, 0.5 * self.radial_spline.dx)[..., None, None]
+        pair = jnp.where(inside, values[..., 0, :, :] / r_safe, 0.0)
+        density = jnp.where(inside, values[..., 1, :, :], 0.0)
+        return RadialTerms(pair=pair, density=density)
+
+    def embedding(self, density: Float[Array, "... s"]) -> Float[Array, "... s"]:
+        # Evaluate F_a at ρ_a for each host species a: take the diagonal of the batch.
+        values = self.embedding_spline(density)  # density.shape + (S,)
+        return jnp.diagonal(values, axis1=-2, axis2=-1)
+
+
+def resolve_potential_path(name_or_path: str | os.PathLike) -> Path:
+    """A bundled potential's name (see :data:`BUNDLED_POTENTIALS`) or a file path."""
+    key = str(name_or_path)
+    if key in BUNDLED_POTENTIALS:
+        return Path(str(resources.files("dmdjax.potentials") / "data" / BUNDLED_POTENTIALS[key]))
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"potential file not found: {key!r} (bundled potentials: {sorted(BUNDLED_POTENTIALS)})"
+        )
+    return path
+
+
+def load_eam(name_or_path: str | os.PathLike, form: str | None = None) -> EAM:
+    """Read a LAMMPS ``eam``, ``eam/alloy`` or ``eam/fs`` file (or a bundled name).
+
+    Arguments:
+        name_or_path: a file path, or the name of a bundled potential
+            (``"AlMg_Mendelev2009"``).
+        form: ``"eam"``, ``"alloy"`` or ``"fs"``; by default from the file suffix
+            (``.eam``, ``.alloy``/``.setfl``, ``.fs``).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: unknown form, or a malformed file (the message names the file).
+    """
+    from ase.calculators.eam import EAM as AseEAM
+
+    path = resolve_potential_path(name_or_path)
+    if form is None:
+        form = _FORMS.get(path.suffix.lower())
+        if form is None:
+            raise ValueError(
+                f"cannot tell the EAM format of {str(path)!r} from its suffix; pass form='eam', 'alloy' or 'fs'"
+            )
+    if form not in ("eam", "alloy", "fs"):
+        raise ValueError(f"form must be 'eam', 'alloy' or 'fs'; got {form!r}")
+    try:
+        parsed = AseEAM(potential=str(path), form=form)
+    except Exception as err:  # ASE raises IndexError/ValueError on truncated or bad files
+        raise ValueError(f"malformed EAM file {str(path)!r} (form {form!r}): {type(err).__name__}: {err}") from err
+    return eam_from_tables(
+        species=list(parsed.elements),
+        dr=parsed.dr,
+        drho=parsed.drho,
+        cutoff=parsed.cutoff,
+        rphi=parsed.rphi_data,
+        density=parsed.density_data,
+        embedding=parsed.embedded_data,
+        form=form,
+        source=path.name,
+    )
+
+
+def eam_from_tables(species, dr, drho, cutoff, rphi, density, embedding, form="alloy", source="tables") -> EAM:
+    """Build an :class:`EAM` from tables on the grids r_k = k dr, ρ_k = k drho.
+
+    Arguments:
+        species: S element names.
+        rphi: ``(S, S, n_r)`` r·φ_ab(r) in eV·Å (only ``a <= b`` need be filled; it is
+            symmetrised from the upper triangle as LAMMPS files store it).
+        density: ``(S, n_r)`` f_b(r) for setfl files, or ``(S, S, n_r)`` f[source, host]
+            for Finnis–Sinclair files.
+        embedding: ``(S, n_rho)`` F_a(ρ) in eV.
+    """
+    species = tuple(species)
+    n = len(species)
+    rphi = np.asarray(rphi, dtype=float)
+    density = np.asarray(density, dtype=float)
+    embedding = np.asarray(embedding, dtype=float)
+    n_r = rphi.shape[-1]
+    if rphi.shape != (n, n, n_r):
+        raise ValueError(f"rphi must have shape ({n}, {n}, n_r); got {rphi.shape}")
+    upper = np.triu(np.ones((n, n), dtype=bool))
+    rphi = np.where(upper[..., None], rphi, np.swapaxes(rphi, 0, 1))
+    if density.shape == (n, n_r):
+        density = np.broadcast_to(density[:, None, :], (n, n, n_r))
+    if density.shape != (n, n, n_r):
+        raise ValueError(f"density must have shape ({n}, n_r) or ({n}, {n}, n_r); got {density.shape}")
+    if embedding.ndim != 2 or embedding.shape[0] != n:
+        raise ValueError(f"embedding must have shape ({n}, n_rho); got {embedding.shape}")
+    for name, table in (("rphi", rphi), ("density", density), ("embedding", embedding)):
+        if not np.all(np.isfinite(table)):
+            raise ValueError(f"EAM table {name!r} from {source!r} has non-finite values")
+    radial = np.stack([rphi, density], axis=0)  # (2, S, S, n_r)
+    radial = np.moveaxis(radial, -1, 0)  # (n_r, 2, S, S)
+    return EAM(
+        radial_spline=UniformCubicSpline.fit(0.0, float(dr), radial),
+        embedding_spline=UniformCubicSpline.fit(0.0, float(drho), embedding.T),
+        species=species,
+        cutoff=float(cutoff),
+        form=form,
+        source=str(source),
+    )
