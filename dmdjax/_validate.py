@@ -19,7 +19,7 @@ def is_concrete(x) -> bool:
 def _first_bad(values: np.ndarray, bad: np.ndarray) -> str:
     idx = np.argwhere(bad)[0]
     where = "" if values.ndim == 0 else f" at index {tuple(int(i) for i in idx)}"
-    return f"{values[tuple(idx)]!r}{where}"
+    return f"{values[tuple(idx)].item()!r}{where}"
 
 
 def temperature(value, name: str = "temperature") -> None:

@@ -54,6 +54,7 @@ class NeighborList(eqx.Module):
     pbc: tuple[bool, ...] = eqx.field(static=True)
     cutoff: float = eqx.field(static=True)
     skin: float = eqx.field(static=True)
+    search_scale: float = eqx.field(static=True, default=1.0)
 
     @property
     def idx(self) -> Int[Array, "n m"]:
@@ -76,7 +77,7 @@ class NeighborList(eqx.Module):
         # Free directions: stay at least one search range away from the padded faces.
         margin = self._free_margin().astype(positions.dtype)
         outside = (~periodic) & ((f < margin) | (f > 1.0 - margin))
-        return wrapped, jnp.any(outside)
+        return wrapped * self.search_scale, jnp.any(outside)
 
     def _free_margin(self) -> Array:
         # Fraction of each search-cell width taken by one search range (|b_k| = 1/width_k).
@@ -87,7 +88,7 @@ class NeighborList(eqx.Module):
         fractional, outside = self._fractional(positions)
         state = self.state.update(fractional)
         return NeighborList(state, self.search_inverse, self.origin, self.out_of_range | outside, self.pbc,
-                            self.cutoff, self.skin)
+                            self.cutoff, self.skin, self.search_scale)
 
 
 def _search_cell(positions: np.ndarray, cell: Cell, search_range: float) -> tuple[np.ndarray, np.ndarray]:
@@ -142,21 +143,29 @@ def neighbor_list(
     gram = vectors @ vectors.T
     box = np.linalg.cholesky(gram).T  # upper triangular, box.T @ box = gram
     dtype = positions.dtype if hasattr(positions, "dtype") else jnp.asarray(positions).dtype
-    displacement, _ = space.periodic_general(jnp.asarray(box, dtype=dtype), fractional_coordinates=True)
+    if cell.dim == 1:
+        # jax-md's periodic_general returns (1, 1) displacements in 1-D: search in Å instead.
+        search_scale = float(box[0, 0])
+        displacement, _ = space.periodic(search_scale)
+        search_box, fractional_search = search_scale, False
+    else:
+        search_scale = 1.0
+        search_box, fractional_search = jnp.asarray(box, dtype=dtype), True
+        displacement, _ = space.periodic_general(search_box, fractional_coordinates=True)
     neighbor_fns = partition.neighbor_list(
         displacement,
-        jnp.asarray(box, dtype=dtype),
+        search_box,
         float(cutoff),
         dr_threshold=float(skin),
         capacity_multiplier=capacity_multiplier,
-        fractional_coordinates=True,
+        fractional_coordinates=fractional_search,
         disable_cell_list=cell.dim == 1,
         format=partition.NeighborListFormat.Dense,
     )
     template = NeighborList(
         state=None, search_inverse=jnp.asarray(np.linalg.inv(vectors), dtype=dtype),
         origin=jnp.asarray(origin, dtype=dtype), out_of_range=jnp.asarray(False), pbc=cell.pbc,
-        cutoff=float(cutoff), skin=float(skin),
+        cutoff=float(cutoff), skin=float(skin), search_scale=search_scale,
     )
     fractional, outside = template._fractional(jnp.asarray(positions, dtype=dtype))
     with warnings.catch_warnings():

@@ -19,6 +19,10 @@ from . import _validate
 from .cell import Cell, make_cell
 
 
+#: Per-atom array that carries species names which are not chemical symbols.
+SPECIES_NAME_ARRAY = "species_name"
+
+
 class System(eqx.Module):
     """An atomic configuration.
 
@@ -221,14 +225,19 @@ def bcc(lattice_constant: float, repeats: tuple[int, int, int], element: str = "
 def from_ase(atoms, species_names: Sequence[str] | None = None, pinned=None) -> System:
     """Convert an ``ase.Atoms`` (3-D) to a :class:`System`.
 
-    Species come from the chemical symbols, ordered as ``species_names`` (for example a
+    Species come from the per-atom array ``species_name`` when present (written by
+    :func:`to_ase` for names that are not chemical symbols), else from the chemical
+    symbols, ordered as ``species_names`` (for example a
     potential's ``species``); by default the sorted unique symbols. Atoms fixed by an
     ``ase.constraints.FixAtoms`` constraint are pinned unless ``pinned`` is given.
 
     Raises:
         ValueError: if a symbol is not in ``species_names``.
     """
-    symbols = np.array(atoms.get_chemical_symbols())
+    if SPECIES_NAME_ARRAY in atoms.arrays:
+        symbols = np.asarray(atoms.arrays[SPECIES_NAME_ARRAY]).astype(str)
+    else:
+        symbols = np.array(atoms.get_chemical_symbols())
     names = tuple(species_names) if species_names is not None else tuple(sorted(set(symbols.tolist())))
     unknown = sorted(set(symbols.tolist()) - set(names))
     if unknown:
@@ -255,7 +264,7 @@ def to_ase(system: System, arrays: Mapping[str, np.ndarray] | None = None, info:
     """Convert a 3-D :class:`System` to ``ase.Atoms``.
 
     Species names that are chemical symbols become the atoms' symbols; other names
-    (e.g. ``"A"``, ``"B"``) are stored in the per-atom array ``species`` with
+    (e.g. ``"A"``, ``"B"``) are stored in the per-atom array ``species_name`` with
     placeholder symbols ``X``. Per-atom ``arrays`` (first axis N) and ``info`` are
     attached. Pinned atoms become an ``ase.constraints.FixAtoms`` constraint.
     """
@@ -279,7 +288,7 @@ def to_ase(system: System, arrays: Mapping[str, np.ndarray] | None = None, info:
         pbc=system.cell.pbc,
     )
     if not all_symbols:
-        atoms.new_array("species", names.astype(str))
+        atoms.new_array(SPECIES_NAME_ARRAY, names.astype(str))
     pinned = np.flatnonzero(np.asarray(system.pinned))
     if pinned.size:
         atoms.set_constraint(FixAtoms(indices=pinned))

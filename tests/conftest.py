@@ -1,0 +1,40 @@
+"""Test configuration: double precision for correctness checks (DESIGN.md §9)."""
+
+import warnings
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+warnings.filterwarnings("ignore", message="scatter inputs have incompatible types")
+
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def mendelev():
+    import dmdjax as dj
+
+    return dj.load_eam("AlMg_Mendelev2009")
+
+
+@pytest.fixture(scope="session")
+def mendelev_path():
+    import dmdjax as dj
+
+    return str(dj.potentials.resolve_potential_path("AlMg_Mendelev2009"))
+
+
+def random_alloy(repeats=(4, 4, 4), a=4.05, noise=0.1, solute="Mg", fraction=0.3, seed=0, pbc=True):
+    """Rattled fcc Al with random solute substitution, as ase.Atoms."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(seed)
+    atoms = bulk("Al", "fcc", a=a, cubic=True).repeat(repeats)
+    atoms.positions += rng.normal(0.0, noise, atoms.positions.shape)
+    symbols = np.array(atoms.get_chemical_symbols(), dtype=object)
+    symbols[rng.random(len(atoms)) < fraction] = solute
+    atoms.set_chemical_symbols(symbols.tolist())
+    atoms.pbc = pbc
+    return atoms

@@ -1,0 +1,67 @@
+"""The dmdjax command: same numbers as the Python API, clear errors."""
+
+import json
+import subprocess
+import sys
+
+import ase.io
+import numpy as np
+import pytest
+from conftest import random_alloy
+
+import dmdjax as dj
+from dmdjax import cli
+
+
+def _run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_energy_json_matches_api(tmp_path, capsys, mendelev):
+    atoms = random_alloy(repeats=(4, 4, 4), noise=0.08, fraction=0.1, seed=11)
+    path = tmp_path / "almg.xyz"
+    ase.io.write(path, atoms)
+    code, out, _ = _run(capsys, "energy", str(path), "--potential", "AlMg_Mendelev2009", "--json")
+    assert code == 0
+    data = json.loads(out)
+    expected = dj.evaluate(mendelev, dj.from_ase(ase.io.read(path), species_names=mendelev.species))
+    assert data["energy"] == pytest.approx(float(expected.energy), rel=1e-12)
+    np.testing.assert_allclose(data["forces"], np.asarray(expected.forces), atol=1e-10)
+    np.testing.assert_allclose(data["stress"], np.asarray(expected.stress), atol=1e-12)
+    code, out, _ = _run(capsys, "energy", str(path), "--potential", "AlMg_Mendelev2009")
+    assert code == 0 and f"{float(expected.energy):.10f} eV" in out
+
+
+def test_energy_unknown_species_is_a_clear_error(tmp_path, capsys):
+    atoms = random_alloy(repeats=(4, 4, 4), fraction=0.05, solute="Cu", seed=12)
+    path = tmp_path / "alcu.xyz"
+    ase.io.write(path, atoms)
+    code, out, err = _run(capsys, "energy", str(path), "--potential", "AlMg_Mendelev2009")
+    assert code == 2 and out == ""
+    assert "species ['Cu'] not in the potential's species ['Al', 'Mg']" in err
+
+
+def test_energy_missing_and_malformed_files(tmp_path, capsys):
+    structure = tmp_path / "al.xyz"
+    ase.io.write(structure, random_alloy(repeats=(4, 4, 4), fraction=0.0))
+    code, _, err = _run(capsys, "energy", str(structure), "--potential", str(tmp_path / "nope.eam.fs"))
+    assert code == 2 and "potential file not found" in err and "nope.eam.fs" in err
+    bad = tmp_path / "bad.eam.alloy"
+    bad.write_text("header\nheader\nheader\n2 Al Mg\n100 0.1 100 0.1 5.0\n13 26.98 4.05 fcc\n1.0 2.0\n")
+    code, _, err = _run(capsys, "energy", str(structure), "--potential", str(bad))
+    assert code == 2 and "malformed EAM file" in err and "bad.eam.alloy" in err
+    code, _, err = _run(capsys, "energy", str(tmp_path / "missing.xyz"), "--potential", "AlMg_Mendelev2009")
+    assert code == 2 and "structure file not found" in err
+
+
+def test_build_then_energy_as_a_subprocess(tmp_path):
+    out = tmp_path / "almg.xyz"
+    subprocess.run([sys.executable, "-m", "dmdjax.cli", "build", "fcc", "--repeat", "4", "4", "4",
+                    "--solute", "Mg:0.06", "-o", str(out)], check=True, capture_output=True)
+    atoms = ase.io.read(out)
+    assert len(atoms) == 256 and atoms.get_chemical_symbols().count("Mg") == 15
+    help_text = subprocess.run([sys.executable, "-m", "dmdjax.cli", "--help"], check=True, capture_output=True,
+                               text=True).stdout
+    assert "energy" in help_text and "build" in help_text

@@ -1,0 +1,112 @@
+"""Neighbour lists: completeness against brute force, overflow detection and re-allocation."""
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+import dmdjax as dj
+
+
+def _brute_force_pairs(positions, cell, cutoff):
+    n = len(positions)
+    pairs = set()
+    for i in range(n):
+        d = np.asarray(cell.displacement(positions, positions[i][None]))
+        r = np.linalg.norm(d, axis=1)
+        for j in np.nonzero(r < cutoff)[0]:
+            if j != i:
+                pairs.add((i, int(j)))
+    return pairs
+
+
+def _listed_pairs(nbrs, positions, cell, cutoff):
+    idx = np.asarray(nbrs.idx)
+    n = len(positions)
+    pairs = set()
+    for i in range(n):
+        for j in idx[i]:
+            if j < n and np.linalg.norm(np.asarray(cell.displacement(positions[j], positions[i]))) < cutoff:
+                pairs.add((i, int(j)))
+    return pairs
+
+
+@pytest.mark.parametrize(
+    "cell_vectors,pbc",
+    [
+        (np.array([[9.0, 0, 0], [2.0, 8.5, 0], [1.0, -1.5, 9.5]]), (True, True, True)),  # triclinic
+        (np.diag([9.0, 9.0, 9.0]), (True, False, True)),  # mixed
+        (None, (False, False, False)),  # free cluster
+    ],
+)
+def test_list_contains_every_pair_within_cutoff(cell_vectors, pbc):
+    rng = np.random.default_rng(0)
+    frac = rng.random((150, 3))
+    positions = frac @ (cell_vectors if cell_vectors is not None else np.diag([9.0, 9.0, 9.0]))
+    system = dj.make_system(positions, cell=cell_vectors, pbc=pbc)
+    cutoff = 2.7
+    nbrs = dj.neighbor_list(system.positions, system.cell, cutoff, skin=0.4)
+    expected = _brute_force_pairs(system.positions, system.cell, cutoff)
+    assert len(expected) > 300
+    assert _listed_pairs(nbrs, system.positions, system.cell, cutoff) == expected
+    assert not bool(nbrs.overflow)
+
+
+def test_one_and_two_dimensional_systems():
+    chain = dj.systems.chain(20, spacing=1.0)
+    nbrs = dj.neighbor_list(chain.positions, chain.cell, 2.2, skin=0.1)
+    assert _listed_pairs(nbrs, chain.positions, chain.cell, 2.2) == _brute_force_pairs(
+        chain.positions, chain.cell, 2.2)
+    tri = dj.systems.triangular(1.0, (8, 5))
+    nbrs = dj.neighbor_list(tri.positions, tri.cell, 1.05, skin=0.1)
+    counts = (np.asarray(nbrs.idx) < tri.n_atoms).sum(1)
+    assert tri.n_atoms == 80 and np.all(counts == 6)  # six nearest neighbours on a triangular lattice
+
+
+def _lj_setup():
+    potential = dj.LennardJones(1.0, 1.0, cutoff=2.5)
+    system = dj.systems.triangular(1.12, (6, 4))
+    system = dj.make_system(np.c_[np.asarray(system.positions), np.zeros(system.n_atoms)],
+                            cell=np.diag([6 * 1.12, 4 * 1.12 * np.sqrt(3), 20.0]), pbc=(True, True, False))
+    return potential, system
+
+
+def test_overflow_raises_and_refresh_reallocates():
+    potential, system = _lj_setup()
+    nbrs = dj.neighbor_list(system.positions, system.cell, potential.cutoff, skin=0.2, capacity_multiplier=1.0)
+    # Gather twelve far-away atoms on a shell around atom 0: its neighbour count overflows.
+    moved = np.asarray(system.positions).copy()
+    far = np.argsort(-np.linalg.norm(np.asarray(system.cell.displacement(system.positions, system.positions[0])),
+                                     axis=1))[:12]
+    directions = np.random.default_rng(0).normal(size=(12, 3))
+    moved[far] = moved[0] + 1.1 * directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    updated = jax.jit(lambda n, x: n.update(x))(nbrs, moved)
+    assert bool(updated.overflow)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="neighbour list overflow"):
+        eqx.filter_jit(dj.potential_energy)(potential, moved, system.species, system.cell, updated)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="neighbour list overflow"):
+        dj.evaluate(potential, dj.System(moved, system.species, system.cell, system.pinned, ("A",)), updated)
+    refreshed = dj.neighbors.refresh(nbrs, moved, system.cell)
+    assert not bool(refreshed.overflow) and refreshed.capacity > nbrs.capacity
+    fresh = dj.neighbor_list(moved, system.cell, potential.cutoff, skin=0.2)
+    e_refreshed = float(dj.potential_energy(potential, moved, system.species, system.cell, refreshed))
+    e_fresh = float(dj.potential_energy(potential, moved, system.species, system.cell, fresh))
+    assert e_refreshed == pytest.approx(e_fresh, rel=1e-12)
+
+
+def test_leaving_padded_free_region_is_flagged():
+    potential, system = _lj_setup()
+    nbrs = dj.neighbor_list(system.positions, system.cell, potential.cutoff, skin=0.2)
+    far = system.positions.at[0, 2].add(50.0)  # far out along the free z direction
+    assert bool(nbrs.update(far).overflow)
+
+
+def test_small_cell_and_short_list_are_errors():
+    system = dj.systems.fcc(4.05, (2, 2, 2))
+    with pytest.raises(ValueError, match="cell too small"):
+        dj.neighbor_list(system.positions, system.cell, 7.5)
+    potential = dj.LennardJones(1.0, 1.0, cutoff=2.5)
+    small = dj.systems.fcc(1.5, (4, 4, 4))
+    nbrs = dj.neighbor_list(small.positions, small.cell, 1.0)
+    with pytest.raises(ValueError, match="below the potential's"):
+        dj.potential_energy(potential, small.positions, small.species, small.cell, nbrs)
