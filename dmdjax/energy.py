@@ -204,3 +204,45 @@ def _evaluate(potential, positions, species, cell, neighbors, with_stress: bool)
     (gradient,) = vjp(jnp.ones_like(energies))
     sigma = full_to_voigt(stress(potential, positions, species, cell, neighbors)) if with_stress else None
     return EnergyForcesStress(jnp.sum(energies), -gradient, sigma, energies)
+
+
+def site_hessian_trace(potential: Potential, positions, species, cell: Cell, neighbors) -> Float[Array, " n"]:
+    """tr ∇²_{x_i x_i} V for every atom i (eV/Å²): the trace of the diagonal Hessian blocks.
+
+    Computed exactly and in O(N M) from the energy terms that depend on x_i alone —
+    the pairs (i, j), the embedding of i, and the embedding of each neighbour j with
+    ρ_j changed only through f(r_ij) — by a d×d Hessian per atom. Needs a full
+    (both-ways) Dense neighbour list, which :func:`~dmdjax.neighbors.neighbor_list` is.
+    Used for the stiffness first guess k_i = tr ∇²_ii V / d (DESIGN.md §3).
+    """
+    weights = as_weights(species, potential.n_species, positions.dtype)
+    geometry = pair_geometry(positions, cell, neighbors.idx)
+    fill = 2.0 * potential.cutoff
+    padded = jnp.concatenate([weights, jnp.zeros_like(weights[:1])], axis=0)
+    neighbor_weights = padded[neighbors.idx]  # (N, M, S)
+    if potential.is_embedded:
+        radial0 = potential.radial(masked_distance(geometry.displacement, geometry.mask, fill))
+        density0 = jnp.einsum("nmbh,nmb->nh", radial0.density, neighbor_weights)  # (N, S)
+        neighbor_density0 = jnp.concatenate([density0, jnp.zeros_like(density0[:1])], axis=0)[neighbors.idx]
+    else:
+        neighbor_density0 = jnp.zeros(neighbors.idx.shape + (potential.n_species,), positions.dtype)
+
+    def local_energy(shift, displacement, mask, w_i, w_j, rho_j0):
+        # Energy terms that move with x_i -> x_i + shift (displacement is x_j - x_i).
+        radial = potential.radial(masked_distance(displacement - shift, mask, fill))
+        energy = jnp.einsum("a,mab,mb->", w_i, radial.pair, w_j)  # full pair energy of i
+        if potential.is_embedded:
+            rho_i = jnp.einsum("mbh,mb->h", radial.density, w_j)
+            energy += jnp.sum(w_i * potential.embedding(rho_i))
+            radial_at0 = potential.radial(masked_distance(displacement, mask, fill))
+            from_i = jnp.einsum("mbh,b->mh", radial.density - radial_at0.density, w_i)
+            embedded = jnp.sum(w_j * potential.embedding(rho_j0 + from_i), axis=-1)
+            energy += jnp.sum(jnp.where(mask, embedded, 0.0))
+        return energy
+
+    def trace(displacement, mask, w_i, w_j, rho_j0):
+        zero = jnp.zeros((cell.dim,), positions.dtype)
+        return jnp.trace(jax.hessian(local_energy)(zero, displacement, mask, w_i, w_j, rho_j0))
+
+    traces = jax.vmap(trace)(geometry.displacement, geometry.mask, weights, neighbor_weights, neighbor_density0)
+    return _neighbors.check(traces, neighbors)

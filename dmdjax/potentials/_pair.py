@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .. import _validate
 from ._base import Potential, RadialTerms
 from ._spline import UniformCubicSpline
 
@@ -53,6 +54,14 @@ def pair_parameter(value, species: Sequence[str], name: str) -> Array:
                 if np.isnan(table[a, b]):
                     raise ValueError(f"{name}: missing pair entry ({species[a]!r}, {species[b]!r})")
         array = table
+    elif not _validate.is_concrete(value):
+        # Traced parameters (built inside grad/vmap): shape checks only.
+        array = jnp.asarray(value)
+        if array.ndim == 0:
+            return jnp.full((n, n), array)
+        if array.shape != (n, n):
+            raise ValueError(f"{name} must be a scalar or have shape ({n}, {n}); got shape {array.shape}")
+        return array
     else:
         array = np.asarray(value, dtype=float)
         if array.ndim == 0:
@@ -112,7 +121,7 @@ class LennardJones(PairPotential):
     """φ_ab(r) = 4 ε_ab [(σ_ab/r)¹² − (σ_ab/r)⁶] (eV, Å).
 
     Defaults follow jax-md's ``lennard_jones_pair``: cut-off 2.5 max σ, smooth switch
-    from 2.0 max σ.
+    from 0.8 × cut-off (= 2.0 max σ).
     """
 
     epsilon: Float[Array, "s s"]
@@ -127,12 +136,14 @@ class LennardJones(PairPotential):
         self.species = tuple(species)
         self.epsilon = pair_parameter(epsilon, self.species, "epsilon")
         self.sigma = pair_parameter(sigma, self.species, "sigma")
-        if np.any(np.asarray(self.sigma) <= 0):
+        if _validate.is_concrete(self.sigma) and np.any(np.asarray(self.sigma) <= 0):
             raise ValueError(f"sigma must be > 0; got {np.asarray(self.sigma).tolist()}")
-        sigma_max = float(np.max(self.sigma))
-        cutoff = 2.5 * sigma_max if cutoff is None else cutoff
+        if cutoff is None:
+            if not _validate.is_concrete(self.sigma):
+                raise ValueError("give an explicit cutoff when sigma is traced")
+            cutoff = 2.5 * float(np.max(self.sigma))
         if onset is None and cutoff_mode == "smooth":
-            onset = 2.0 * sigma_max if 2.0 * sigma_max < cutoff else 0.8 * cutoff
+            onset = 0.8 * cutoff
         self.cutoff, self.onset = _check_cutoff(cutoff, cutoff_mode, onset)
         self.cutoff_mode = cutoff_mode
 
@@ -142,7 +153,10 @@ class LennardJones(PairPotential):
 
 
 class Morse(PairPotential):
-    """φ_ab(r) = D_ab [(1 − e^{−α_ab (r − r0_ab)})² − 1] (eV, Å); minimum −D_ab at r0_ab."""
+    """φ_ab(r) = D_ab [(1 − e^{−α_ab (r − r0_ab)})² − 1] (eV, Å); minimum −D_ab at r0_ab.
+
+    Smooth cut-off onset defaults to 0.8 × cut-off (jax-md's 2.0 of 2.5).
+    """
 
     well_depth: Float[Array, "s s"]
     alpha: Float[Array, "s s"]
@@ -159,7 +173,7 @@ class Morse(PairPotential):
         self.alpha = pair_parameter(alpha, self.species, "alpha")
         self.r0 = pair_parameter(r0, self.species, "r0")
         if onset is None and cutoff_mode == "smooth":
-            onset = 2.0 if 2.0 < cutoff else 0.8 * cutoff
+            onset = 0.8 * cutoff
         self.cutoff, self.onset = _check_cutoff(cutoff, cutoff_mode, onset)
         self.cutoff_mode = cutoff_mode
 

@@ -1,0 +1,285 @@
+r"""The variational-Gaussian (VG) free energy F(X, k, s) of DMD (DESIGN.md §2).
+
+Trial measure: x_i ~ N(X_i, (β k_i)⁻¹ I_d) independently, species independent with
+P(site i holds species A) = c_i = (1 + s_i)/2. Then
+
+.. math::
+
+    F(X, k, s) = ⟨V⟩ + β^{-1} Σ_i [c_i \ln c_i + (1 − c_i) \ln(1 − c_i)]
+                 + β^{-1} (d/2) Σ_i [\ln(β k_i / 2π) − 1]              \qquad (F1)
+
+(the seed's eqs. (15)/(19) omit β⁻¹ on the last term; it is needed for an energy).
+
+⟨V⟩ is evaluated in the species mean field (DESIGN.md §2): species weights
+w_i = (c_i, 1 − c_i) on the two species of ``species_pair`` and, for EAM, the embedding
+energy taken at the *averaged* density, Σ_a c_i^a F_a(ρ̄_{i,a}) with
+ρ̄_{i,a} = Σ_j Σ_b c_j^b ⟨f_{b→a}(r_ij)⟩ (the "averaged-density" approximation, also
+used by the LAMMPS-based DMD codes; it is not ⟨F(ρ)⟩).
+
+Pair averages: x_i − x_j ~ N(R_ij, σ_ij² I_d), σ_ij² = 1/(βk_i) + 1/(βk_j), computed by a
+quadrature rule (``quadrature``):
+
+* ``"gauss-hermite"`` (default, ``nodes`` m = 8): in 3-D the exact 1-D reduction
+  ⟨g⟩ = (1/(R√π)) Σ_q w_q (R + α t_q) g(|R + α t_q|), α = √2 σ; in 1-D
+  ⟨g⟩ = (1/√π) Σ_q w_q g(|R + α t_q|); in 2-D the m×m tensor rule.
+* ``"third-degree"``: the cheap 2d-point rule of the LAMMPS-based DMD codes, points at
+  R ± √d σ e_k with weights 1/(2d). dmdjax orients e_1 along R (so the rule is
+  rotation invariant): two points at |R ± √d σ| and 2(d − 1) at √(R² + d σ²).
+
+Measured errors of each rule against Monte Carlo are in ``docs/quadrature.md``.
+
+Pinned atoms are clamped (zero variance, no vibrational term; their k is ignored).
+Pinned species sites may hold s = ±1 exactly; their configurational entropy is then a
+constant and their chemical potential is the excess part only.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import xlogy
+from jaxtyping import Array, Bool, Float
+
+from . import _validate
+from . import neighbors as _neighbors
+from .cell import Cell
+from .energy import assemble_site_energies, masked_distance, pair_geometry
+from .potentials import Potential, RadialTerms
+from .units import BOLTZMANN_EV_PER_K
+
+QUADRATURE_RULES = ("gauss-hermite", "third-degree")
+
+
+def quadrature_points(distance: Array, variance: Array, dim: int, rule: str = "gauss-hermite", nodes: int = 8):
+    """Distances r_q and weights f_q with ⟨g(|R + ξ|)⟩ ≈ Σ_q f_q g(r_q), ξ ~ N(0, σ² I_d).
+
+    Arguments:
+        distance: R = |R_ij| (any shape), Å; must be > 0.
+        variance: σ² (same shape), Å².
+        dim: d, the spatial dimension (1, 2 or 3).
+        rule, nodes: see the module docstring.
+
+    Returns:
+        ``(r_q, f_q)``, each of shape ``distance.shape + (Q,)``.
+    """
+    dtype = distance.dtype
+    positive = variance > 0  # zero for a pair of clamped atoms and for padding slots
+    sigma = jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1.0)), 0.0)[..., None]
+    big_r = distance[..., None]
+    if rule == "gauss-hermite":
+        t, w = np.polynomial.hermite.hermgauss(nodes)
+        t, w = jnp.asarray(t, dtype), jnp.asarray(w, dtype)
+        alpha = np.sqrt(2.0) * sigma
+        if dim == 1:
+            shifted = big_r + alpha * t
+            return jnp.abs(shifted), jnp.broadcast_to(w / np.sqrt(np.pi), shifted.shape)
+        if dim == 3:
+            shifted = big_r + alpha * t
+            return jnp.abs(shifted), w * shifted / (big_r * np.sqrt(np.pi))
+        if dim == 2:
+            along = (big_r + alpha * t)[..., :, None]
+            across = (alpha * t)[..., None, :]
+            r_q = jnp.sqrt(along**2 + across**2)
+            f_q = jnp.broadcast_to((w[:, None] * w[None, :]) / np.pi, r_q.shape)
+            shape = distance.shape + (nodes * nodes,)
+            return r_q.reshape(shape), f_q.reshape(shape)
+    elif rule == "third-degree":
+        step = np.sqrt(dim) * sigma
+        along = [jnp.abs(big_r + step), jnp.abs(big_r - step)]
+        across = [jnp.sqrt(big_r**2 + step**2)] * (2 * (dim - 1))
+        r_q = jnp.concatenate(along + across, axis=-1)
+        return r_q, jnp.full_like(r_q, 1.0 / (2 * dim))
+    raise ValueError(f"quadrature must be one of {QUADRATURE_RULES} in 1-3 D; got {rule!r} in {dim}-D")
+
+
+def gaussian_average(
+    potential: Potential, distance: Array, variance: Array, dim: int, rule: str = "gauss-hermite", nodes: int = 8
+) -> RadialTerms:
+    """Gaussian averages ⟨φ_ab⟩ and ⟨f_{b→a}⟩ of all radial functions (shape ``R.shape + (S, S)``)."""
+    r_q, f_q = quadrature_points(distance, variance, dim, rule, nodes)
+    values = potential.radial(r_q)
+    return jax.tree_util.tree_map(lambda v: jnp.einsum("...q,...qab->...ab", f_q, v), values)
+
+
+class VGFreeEnergy(eqx.Module):
+    """The VG free energy (F1) of a system, as a callable pytree.
+
+    ``vg(positions, stiffness, order_parameter, neighbors)`` returns F in eV.
+
+    Attributes:
+        potential: the interatomic potential.
+        cell: the simulation cell.
+        temperature: T in K (a pytree leaf: differentiate or vmap over it).
+        pinned: ``(N,)`` clamped atoms (fixed X, no fluctuations).
+        pinned_species: ``(N,)`` sites whose s does not evolve (may be exactly ±1).
+        species_pair: indices (A, B) in ``potential.species`` of s = +1 and s = −1.
+        quadrature, nodes: the Gaussian pair-average rule (module docstring).
+    """
+
+    potential: Potential
+    cell: Cell
+    temperature: Float[Array, ""]
+    pinned: Bool[Array, " n"]
+    pinned_species: Bool[Array, " n"]
+    species_pair: tuple[int, int] = eqx.field(static=True)
+    quadrature: str = eqx.field(static=True)
+    nodes: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        potential: Potential,
+        cell: Cell,
+        temperature,
+        n_sites: int,
+        *,
+        pinned=None,
+        pinned_species=None,
+        species: Sequence[str] | None = None,
+        quadrature: str = "gauss-hermite",
+        nodes: int = 8,
+    ):
+        """
+        Arguments:
+            potential, cell: as the attributes.
+            temperature: T in K, > 0.
+            n_sites: N, the number of sites (for the default masks).
+            pinned, pinned_species: ``(N,)`` boolean masks (default: none).
+            species: names of the s = +1 and s = −1 species (default: the potential's
+                first two; a one-species potential uses it for both).
+            quadrature, nodes: the pair-average rule and its number of nodes.
+        """
+        _validate.temperature(temperature)
+        if quadrature not in QUADRATURE_RULES:
+            raise ValueError(f"quadrature must be one of {QUADRATURE_RULES}; got {quadrature!r}")
+        if quadrature == "gauss-hermite" and not (isinstance(nodes, int) and nodes >= 1):
+            raise ValueError(f"nodes must be a positive integer; got {nodes!r}")
+        if species is None:
+            pair = (0, 1) if potential.n_species > 1 else (0, 0)
+        else:
+            if len(species) != 2:
+                raise ValueError(f"species must name the s = +1 and s = -1 species; got {species!r}")
+            pair = tuple(potential.species_index(name) for name in species)
+        self.potential = potential
+        self.cell = cell
+        self.temperature = jnp.asarray(temperature, dtype=float)
+        self.pinned = _mask(pinned, n_sites, "pinned")
+        self.pinned_species = _mask(pinned_species, n_sites, "pinned_species")
+        self.species_pair = pair
+        self.quadrature = quadrature
+        self.nodes = int(nodes)
+
+    @property
+    def beta(self) -> Float[Array, ""]:
+        """β = 1/(k_B T), 1/eV."""
+        return 1.0 / (BOLTZMANN_EV_PER_K * jnp.asarray(self.temperature))
+
+    def species_weights(self, order_parameter: Float[Array, " n"]) -> Float[Array, "n s"]:
+        """Mean-field weights ``(N, S)``: c_i on species A, 1 − c_i on species B."""
+        c = 0.5 * (1.0 + order_parameter)
+        a, b = self.species_pair
+        weights = jnp.zeros(order_parameter.shape + (self.potential.n_species,), order_parameter.dtype)
+        return weights.at[:, a].add(c).at[:, b].add(1.0 - c)
+
+    def check(self, positions, stiffness, order_parameter, neighbors) -> None:
+        """Host-side validation of concrete inputs (skipped under jit)."""
+        n = self.pinned.shape[0]
+        _validate.shape(positions, (n, self.cell.dim), "positions")
+        _validate.shape(stiffness, (n,), "stiffness")
+        _validate.shape(order_parameter, (n,), "order_parameter")
+        if neighbors.idx.shape[0] != n:
+            raise ValueError(f"neighbour list is for {neighbors.idx.shape[0]} sites but the free energy has {n}")
+        if neighbors.cutoff < self.potential.cutoff:
+            raise ValueError(
+                f"neighbour list cut-off {neighbors.cutoff} Å is below the potential's {self.potential.cutoff} Å"
+            )
+        if not _validate.is_concrete((positions, stiffness, order_parameter)):
+            return
+        _validate.finite(positions, "positions")
+        free = ~np.asarray(self.pinned)
+        _validate.stiffness(np.asarray(stiffness)[free], "stiffness (of unpinned atoms)")
+        pinned_species = np.asarray(self.pinned_species)
+        _validate.order_parameter(np.asarray(order_parameter)[~pinned_species], "order_parameter")
+        s_pinned = np.asarray(order_parameter)[pinned_species]
+        if np.any(~np.isfinite(s_pinned) | (np.abs(s_pinned) > 1)):
+            raise ValueError(f"order_parameter of pinned species must lie in [-1, 1]; got {s_pinned.tolist()}")
+
+    def average_site_energies(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, " n"]:
+        """Site terms of ⟨V⟩ in the species mean field (eV); they sum to ⟨V⟩."""
+        dtype = positions.dtype
+        beta = self.beta.astype(dtype)
+        inverse = jnp.where(self.pinned, 0.0, 1.0 / (beta * stiffness.astype(dtype)))  # 1/(βk), Å²
+        geometry = pair_geometry(positions, self.cell, neighbors.idx)
+        fill = 2.0 * self.potential.cutoff
+        distance = masked_distance(geometry.displacement, geometry.mask, fill)
+        padded = jnp.concatenate([inverse, jnp.zeros((1,), dtype)])
+        variance = inverse[:, None] + padded[neighbors.idx]
+        averaged = gaussian_average(self.potential, distance, variance, self.cell.dim, self.quadrature, self.nodes)
+        weights = self.species_weights(order_parameter.astype(dtype))
+        return _neighbors.check(assemble_site_energies(self.potential, averaged, weights, neighbors.idx), neighbors)
+
+    def entropy_terms(self, stiffness, order_parameter) -> Float[Array, " n"]:
+        """β⁻¹ [c ln c + (1 − c) ln(1 − c)] + β⁻¹ (d/2)[ln(βk/2π) − 1] per site (eV)."""
+        dtype = order_parameter.dtype
+        beta = self.beta.astype(dtype)
+        # Pinned species: a constant (no gradient, finite even at s = ±1).
+        s_free = jnp.where(self.pinned_species, 0.0, order_parameter)
+        s_const = jax.lax.stop_gradient(order_parameter)
+
+        def mixing(s):
+            c = 0.5 * (1.0 + s)
+            return xlogy(c, c) + xlogy(1.0 - c, 1.0 - c)
+
+        configurational = jnp.where(self.pinned_species, mixing(s_const), mixing(s_free)) / beta
+        k_safe = jnp.where(self.pinned, 1.0, stiffness.astype(dtype))
+        vibrational = 0.5 * self.cell.dim * (jnp.log(beta * k_safe / (2 * np.pi)) - 1.0) / beta
+        return configurational + jnp.where(self.pinned, 0.0, vibrational)
+
+    def site_free_energies(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, " n"]:
+        """Per-site free energies (eV); they sum to F."""
+        self.check(positions, stiffness, order_parameter, neighbors)
+        average = self.average_site_energies(positions, stiffness, order_parameter, neighbors)
+        return average + self.entropy_terms(stiffness.astype(positions.dtype), order_parameter.astype(positions.dtype))
+
+    def __call__(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, ""]:
+        """F(X, k, s) in eV (F1). Shapes: X ``(N, d)`` Å, k ``(N,)`` eV/Å², s ``(N,)``."""
+        return jnp.sum(self.site_free_energies(positions, stiffness, order_parameter, neighbors))
+
+    def average_energy(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, ""]:
+        """⟨V⟩ in the species mean field, eV."""
+        self.check(positions, stiffness, order_parameter, neighbors)
+        return jnp.sum(self.average_site_energies(positions, stiffness, order_parameter, neighbors))
+
+    def chemical_potential(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, " n"]:
+        """μ_i = ∂F/∂s_i = β⁻¹ artanh(s_i) + μ_i^ex (eV); excess part only on pinned species."""
+        return jax.grad(lambda s: self(positions, stiffness, s, neighbors))(order_parameter)
+
+    def excess_chemical_potential(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, " n"]:
+        """μ_i^ex = ∂⟨V⟩/∂s_i (eV)."""
+        return jax.grad(lambda s: self.average_energy(positions, stiffness, s, neighbors))(order_parameter)
+
+
+def _mask(value, n: int, name: str) -> Array:
+    if value is None:
+        return jnp.zeros((n,), dtype=bool)
+    mask = np.asarray(value)
+    if mask.dtype != bool:
+        indices = mask.astype(int)
+        mask = np.zeros(n, dtype=bool)
+        mask[indices] = True
+    if mask.shape != (n,):
+        raise ValueError(f"{name} must be a boolean mask of shape ({n},) or a list of indices; got shape {mask.shape}")
+    return jnp.asarray(mask)
+
+
+def order_parameter_from_concentration(concentration) -> Array:
+    """s = 2c − 1, with c the concentration of the s = +1 species."""
+    return 2.0 * jnp.asarray(concentration) - 1.0
+
+
+def concentration_from_order_parameter(order_parameter) -> Array:
+    """c = (1 + s)/2."""
+    return 0.5 * (1.0 + jnp.asarray(order_parameter))

@@ -1,0 +1,201 @@
+r"""Quasistatic relaxation of (X, k) at fixed species: the fast process of DMD (DESIGN.md §3).
+
+.. math::
+
+    (X^*, k^*) = \arg\min_{X, k} F(X, k, s)
+
+minimised over ``(X, log k)`` — k stays positive by construction — with optax's L-BFGS
+and its zoom line search, from the first guess k_i = tr ∇²_ii V / d (the second-order
+expansion of (F1); exact for harmonic V) or from a warm start. Pinned atoms keep their
+positions. The run stops when the largest component of ∇F over (X, log k) — eV/Å for
+X, eV for log k — is below ``tolerance``, and reports the iterations and the final
+gradient norm; a run that does not converge raises (``throw=True``) or is flagged.
+
+Derivatives of (X*, k*) with respect to everything in the free-energy object (potential
+parameters, temperature, cell) and s come from the implicit function theorem at the
+minimum (∇_y F = 0 ⇒ dy*/dθ = −H⁻¹ ∂_θ ∇_y F), solved matrix-free by conjugate gradients
+on Hessian-vector products — never by back-propagating through the iterations.
+The initial positions are treated as constants (they fix the pinned atoms).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+import optax.tree_utils as otu
+from jaxtyping import Array, Bool, Float, Int
+
+from .energy import site_hessian_trace
+from .free_energy import VGFreeEnergy
+from .neighbors import NeighborList
+
+
+class RelaxResult(eqx.Module):
+    """Outcome of :func:`relax`.
+
+    Attributes:
+        positions: relaxed mean positions X*, ``(N, d)`` Å.
+        stiffness: relaxed stiffnesses k*, ``(N,)`` eV/Å² (pinned atoms: their input value).
+        free_energy: F(X*, k*, s), eV.
+        iterations: L-BFGS iterations taken.
+        gradient_norm: final max |∂F/∂X| (eV/Å) and |k ∂F/∂k| (eV) over unpinned atoms.
+        converged: ``gradient_norm <= tolerance`` and F finite.
+    """
+
+    positions: Float[Array, "n d"]
+    stiffness: Float[Array, " n"]
+    free_energy: Float[Array, ""]
+    iterations: Int[Array, ""]
+    gradient_norm: Float[Array, ""]
+    converged: Bool[Array, ""]
+
+
+def initial_stiffness(vg: VGFreeEnergy, positions, order_parameter, neighbors: NeighborList) -> Float[Array, " n"]:
+    """First guess k_i = tr ∇²_ii V / d at X (mean-field species), floored at 5 % of the largest.
+
+    Atoms at unstable or nearly free sites (negative or tiny curvature) get the floor.
+    """
+    weights = vg.species_weights(order_parameter.astype(positions.dtype))
+    traces = site_hessian_trace(vg.potential, positions, weights, vg.cell, neighbors)
+    stiffness = traces / vg.cell.dim
+    floor = 0.05 * jnp.max(jnp.where(vg.pinned, 0.0, stiffness))
+    return jnp.where(vg.pinned, 1.0, jnp.maximum(stiffness, floor))
+
+
+def _default_tolerance(dtype) -> float:
+    return 1e-6 if jnp.dtype(dtype) == jnp.float64 else 1e-3
+
+
+def _objective(y, params, anchor, neighbors):
+    vg, order_parameter = params
+    positions, log_stiffness = y
+    positions = jnp.where(vg.pinned[:, None], anchor, positions)
+    stiffness = jnp.exp(jnp.where(vg.pinned, 0.0, log_stiffness))
+    return vg(positions, stiffness, order_parameter, neighbors)
+
+
+def _mask_pinned(tree, pinned):
+    positions, log_stiffness = tree
+    return jnp.where(pinned[:, None], 0.0, positions), jnp.where(pinned, 0.0, log_stiffness)
+
+
+def _constant(tree):
+    """Stop gradients on the float leaves (start point, anchor and neighbour list are constants)."""
+    return jax.tree_util.tree_map(lambda x: jax.lax.stop_gradient(x) if eqx.is_inexact_array(x) else x, tree)
+
+
+def _max_abs(tree):
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
+
+
+@eqx.filter_custom_vjp
+def _argmin(params, y0, anchor, neighbors, tolerance, max_steps, memory):
+    vg = params[0]
+    objective = lambda y: _objective(y, params, anchor, neighbors)
+    solver = optax.lbfgs(memory_size=memory)
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
+    def gradient_norm(gradient):
+        return _max_abs(_mask_pinned(gradient, vg.pinned))
+
+    def cond(carry):
+        _, _, iteration, norm, value = carry
+        return (iteration < max_steps) & (norm > tolerance) & jnp.isfinite(value)
+
+    def body(carry):
+        y, state, iteration, _, _ = carry
+        value, gradient = value_and_grad(y, state=state)
+        updates, state = solver.update(gradient, state, y, value=value, grad=gradient, value_fn=objective)
+        y = optax.apply_updates(y, updates)
+        new_value = otu.tree_get(state, "value")
+        return y, state, iteration + 1, gradient_norm(otu.tree_get(state, "grad")), new_value
+
+    value0, gradient0 = jax.value_and_grad(objective)(y0)
+    carry = (y0, solver.init(y0), jnp.asarray(0), gradient_norm(gradient0), value0)
+    y, _, iterations, norm, value = jax.lax.while_loop(cond, body, carry)
+    return y, iterations, norm, value
+
+
+@_argmin.def_fwd
+def _argmin_fwd(perturbed, params, y0, anchor, neighbors, tolerance, max_steps, memory):
+    out = _argmin(params, y0, anchor, neighbors, tolerance, max_steps, memory)
+    return out, out[0]
+
+
+@_argmin.def_bwd
+def _argmin_bwd(y_star, grad_obj, perturbed, params, y0, anchor, neighbors, tolerance, max_steps, memory):
+    vg = params[0]
+    cotangent = grad_obj[0]
+    cotangent = jax.tree_util.tree_map(
+        lambda c, y: jnp.zeros_like(y) if c is None else c, cotangent, y_star, is_leaf=lambda x: x is None
+    )
+    cotangent = _mask_pinned(cotangent, vg.pinned)
+    gradient = lambda y, p: jax.grad(_objective)(y, p, anchor, neighbors)
+
+    def hessian_vector(v):
+        # mask(H mask(v)) + (v - mask(v)): the identity on pinned components keeps it non-singular.
+        masked_v = _mask_pinned(v, vg.pinned)
+        hv = jax.jvp(lambda y: gradient(y, params), (y_star,), (masked_v,))[1]
+        return jax.tree_util.tree_map(lambda h, full, m: h + full - m, _mask_pinned(hv, vg.pinned), v, masked_v)
+
+    dtype = y_star[0].dtype
+    cg_tolerance = 1e-12 if dtype == jnp.float64 else 1e-6
+    solution, _ = jax.scipy.sparse.linalg.cg(hessian_vector, cotangent, tol=cg_tolerance)
+    _, vjp = eqx.filter_vjp(lambda p: gradient(y_star, p), params)
+    (param_cotangent,) = vjp(solution)
+    return jax.tree_util.tree_map(lambda g: None if g is None else -g, param_cotangent,
+                                  is_leaf=lambda x: x is None)
+
+
+def relax(
+    vg: VGFreeEnergy,
+    positions: Float[Array, "n d"],
+    order_parameter: Float[Array, " n"],
+    neighbors: NeighborList,
+    stiffness: Float[Array, " n"] | None = None,
+    *,
+    tolerance: float | None = None,
+    max_steps: int = 2000,
+    memory: int = 20,
+    throw: bool = True,
+) -> RelaxResult:
+    """Minimise F(X, k, s) over (X, k) at fixed s.
+
+    Arguments:
+        vg: the :class:`~dmdjax.free_energy.VGFreeEnergy`.
+        positions: initial (or warm-start) mean positions, ``(N, d)`` Å; pinned atoms stay.
+        order_parameter: s, ``(N,)``, held fixed.
+        neighbors: a neighbour list valid for the positions visited (cut-off + skin).
+        stiffness: warm-start k ``(N,)`` eV/Å²; default :func:`initial_stiffness`.
+        tolerance: convergence threshold on max |∇F| over (X, log k); default 1e-6
+            (float64) or 1e-3 (float32).
+        max_steps: L-BFGS iteration limit.
+        memory: L-BFGS history length.
+        throw: raise (also under jit, via ``equinox.error_if``) when not converged.
+
+    Returns:
+        A :class:`RelaxResult`. Differentiable (implicitly) in ``vg`` and ``order_parameter``.
+    """
+    vg.check(positions, jnp.ones_like(order_parameter) if stiffness is None else stiffness, order_parameter,
+             neighbors)
+    dtype = positions.dtype
+    if stiffness is None:
+        stiffness = initial_stiffness(vg, positions, order_parameter, neighbors)
+    tolerance = _default_tolerance(dtype) if tolerance is None else float(tolerance)
+    y0 = (positions, jnp.log(jnp.where(vg.pinned, 1.0, stiffness.astype(dtype))))
+    y, iterations, norm, value = _argmin((vg, order_parameter), _constant(y0), _constant(positions),
+                                         _constant(neighbors), tolerance, max_steps, memory)
+    relaxed_positions = jnp.where(vg.pinned[:, None], positions, y[0])
+    relaxed_stiffness = jnp.where(vg.pinned, stiffness.astype(dtype), jnp.exp(y[1]))
+    free_energy = vg(relaxed_positions, relaxed_stiffness, order_parameter, neighbors)
+    norm = jax.lax.stop_gradient(norm)
+    converged = (norm <= tolerance) & jnp.isfinite(free_energy)
+    if throw:
+        relaxed_positions = eqx.error_if(
+            relaxed_positions, ~converged,
+            "relaxation of (X, k) did not converge: gradient norm above the tolerance after max_steps "
+            "iterations, or a non-finite free energy (check the structure, raise max_steps or loosen tolerance)",
+        )
+    return RelaxResult(relaxed_positions, relaxed_stiffness, free_energy, iterations, norm, converged)
