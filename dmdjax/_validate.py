@@ -66,5 +66,6 @@ def shape(value, expected: tuple, name: str) -> None:
     """``expected`` holds ints or None (any size) per axis."""
     got = tuple(np.shape(value))
     if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
-        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        parts = ["*" if e is None else str(e) for e in expected]
+        want = f"({parts[0]},)" if len(parts) == 1 else "(" + ", ".join(parts) + ")"
         raise ValueError(f"{name} must have shape {want}; got {got}")
