@@ -180,10 +180,15 @@ def relax(
     """
     vg.check(positions, jnp.ones_like(order_parameter) if stiffness is None else stiffness, order_parameter,
              neighbors)
+    tolerance = _default_tolerance(positions.dtype) if tolerance is None else float(tolerance)
+    return _relax(vg, positions, order_parameter, neighbors, stiffness, tolerance, max_steps, memory, throw)
+
+
+@eqx.filter_jit
+def _relax(vg, positions, order_parameter, neighbors, stiffness, tolerance, max_steps, memory, throw):
     dtype = positions.dtype
     if stiffness is None:
         stiffness = initial_stiffness(vg, positions, order_parameter, neighbors)
-    tolerance = _default_tolerance(dtype) if tolerance is None else float(tolerance)
     y0 = (positions, jnp.log(jnp.where(vg.pinned, 1.0, stiffness.astype(dtype))))
     y, iterations, norm, value = _argmin((vg, order_parameter), _constant(y0), _constant(positions),
                                          _constant(neighbors), tolerance, max_steps, memory)
