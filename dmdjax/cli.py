@@ -31,7 +31,17 @@ def _add_energy(sub) -> None:
     p.add_argument("--form", choices=["eam", "alloy", "fs"], help="EAM file format (default: from the suffix)")
     p.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin, Å (default 0.5)")
     p.add_argument("--float32", action="store_true", help="compute in single precision")
-    p.add_argument("--json", action="store_true", help="print one JSON object (energy, forces, stress)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="T in K: evaluate the variational-Gaussian free energy F(X, k, s) instead")
+    p.add_argument("--relax", action="store_true", help="with --temperature: minimise F over (X, k) first")
+    p.add_argument("--quadrature", choices=["gauss-hermite", "third-degree"], default="gauss-hermite")
+    p.add_argument("--nodes", type=int, default=8, help="Gauss-Hermite nodes (default 8)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="relaxation tolerance on max |dF/dX| (eV/Å) and |k dF/dk| (eV) (default 1e-6)")
+    p.add_argument("--output", default=None,
+                   help="with --temperature: write the (relaxed) state as extended XYZ with columns c, k, mu")
+    p.add_argument("--json", action="store_true", help="print one JSON object (energy, forces, stress; "
+                   "with --temperature: free_energy, positions, stiffness, chemical_potential, iterations, converged)")
     p.set_defaults(run=_run_energy)
 
 
@@ -39,7 +49,11 @@ def _run_energy(args) -> int:
     import dmdjax as dj
 
     potential = dj.load_eam(args.potential, form=args.form)
-    system, _ = dj.io.read_structure(args.structure, species_names=potential.species)
+    system, atoms = dj.io.read_structure(args.structure, species_names=potential.species)
+    if args.temperature is not None:
+        return _run_free_energy(args, potential, system, atoms)
+    if args.relax or args.output:
+        raise ValueError("--relax and --output need --temperature")
     result = dj.evaluate(potential, system, skin=args.skin)
     stress = None if result.stress is None else np.asarray(result.stress).tolist()
     if args.json:
@@ -61,6 +75,64 @@ def _run_energy(args) -> int:
     else:
         print("stress      " + " ".join(f"{s:.6e}" for s in stress) + " eV/Å³ (xx yy zz yz xz xy)")
     return 0
+
+
+def _run_free_energy(args, potential, system, atoms) -> int:
+    import jax.numpy as jnp
+
+    import dmdjax as dj
+
+    n = system.n_atoms
+    if "c" in atoms.arrays:
+        concentration = np.asarray(atoms.arrays["c"], dtype=float)
+        if concentration.shape != (n,) or np.any(~np.isfinite(concentration)) or np.any(
+                (concentration < 0) | (concentration > 1)):
+            raise ValueError(f"per-atom array 'c' must hold {n} concentrations in [0, 1]")
+    else:
+        concentration = (np.asarray(system.species) == 0).astype(float)
+    # Sites that hold one species exactly (c = 0 or 1) are pinned species; the others evolve.
+    pinned_species = (concentration == 0.0) | (concentration == 1.0)
+    order_parameter = jnp.asarray(2.0 * concentration - 1.0, dtype=system.positions.dtype)
+    vg = dj.VGFreeEnergy(potential, system.cell, args.temperature, n, pinned=system.pinned,
+                         pinned_species=pinned_species, quadrature=args.quadrature, nodes=args.nodes)
+    nbrs = dj.neighbor_list(system.positions, system.cell, potential.cutoff, skin=args.skin)
+    if args.relax:
+        result = dj.relax(vg, system.positions, order_parameter, nbrs, tolerance=args.tolerance, throw=False)
+        positions, stiffness = result.positions, result.stiffness
+        iterations, converged, norm = int(result.iterations), bool(result.converged), float(result.gradient_norm)
+    else:
+        positions = system.positions
+        stiffness = dj.initial_stiffness(vg, positions, order_parameter, nbrs)
+        iterations, converged, norm = 0, False, float("nan")
+    free_energy = float(vg(positions, stiffness, order_parameter, nbrs))
+    mu = np.asarray(vg.chemical_potential(positions, stiffness, order_parameter, nbrs))
+    if args.output:
+        frame = dj.System(positions, system.species, system.cell, system.pinned, system.species_names)
+        dj.io.write_extxyz(args.output, frame, arrays={"c": concentration, "k": np.asarray(stiffness), "mu": mu},
+                           info={"temperature": args.temperature, "free_energy": free_energy})
+    if args.json:
+        print(json.dumps({
+            "free_energy": free_energy, "positions": np.asarray(positions).tolist(),
+            "stiffness": np.asarray(stiffness).tolist(), "chemical_potential": mu.tolist(),
+            "iterations": iterations, "converged": converged, "gradient_norm": norm,
+            "temperature": args.temperature,
+            "units": {"free_energy": "eV", "positions": "Angstrom", "stiffness": "eV/Angstrom^2",
+                      "chemical_potential": "eV (dF/ds)"},
+        }))
+        return 0 if converged or not args.relax else 3
+    print(f"structure    {args.structure}  ({n} atoms, species {list(system.species_names)}, T = {args.temperature} K)")
+    print(f"free energy  {free_energy:.10f} eV  ({free_energy / n:.6f} eV/atom), "
+          f"{args.quadrature}{'' if args.quadrature != 'gauss-hermite' else f' m={args.nodes}'}")
+    print(f"stiffness    mean {float(np.mean(stiffness)):.5f} eV/Å², range [{float(np.min(stiffness)):.5f}, "
+          f"{float(np.max(stiffness)):.5f}]")
+    if args.relax:
+        print(f"relaxation   {'converged' if converged else 'NOT converged'} after {iterations} iterations "
+              f"(max gradient {norm:.2e})")
+    else:
+        print("relaxation   none (k from the Einstein first guess tr∇²V/d; add --relax to minimise over X, k)")
+    if args.output:
+        print(f"wrote        {args.output}")
+    return 0 if converged or not args.relax else 3
 
 
 def _add_build(sub) -> None:

@@ -29,7 +29,7 @@ from jaxtyping import Array, Bool, Float, Int
 from . import _validate
 from . import neighbors as _neighbors
 from .cell import Cell
-from .potentials import Potential, RadialTerms
+from .potentials import DENSITY, PAIR, Potential
 from .systems import System, species_weights
 
 
@@ -71,18 +71,20 @@ def as_weights(species, n_species: int, dtype) -> Float[Array, "n s"]:
 
 def assemble_site_energies(
     potential: Potential,
-    radial: RadialTerms,
+    radial: Float[Array, "n m t s s"],
     weights: Float[Array, "n s"],
     neighbor_idx: Int[Array, "n m"],
 ) -> Float[Array, " n"]:
-    """Site energies e_i (eV) from radial values ``(N, M, S, S)`` and species weights."""
+    """Site energies e_i (eV) from radial values ``(N, M, T, S, S)`` and species weights."""
     padded = jnp.concatenate([weights, jnp.zeros_like(weights[:1])], axis=0)
     neighbor_weights = padded[neighbor_idx]  # (N, M, S); zero on padding slots
-    pair = 0.5 * jnp.einsum("na,nmab,nmb->n", weights, radial.pair, neighbor_weights)
-    if not potential.is_embedded:
-        return pair
-    density = jnp.einsum("nmbh,nmb->nh", radial.density, neighbor_weights)
-    return pair + jnp.sum(weights * potential.embedding(density), axis=-1)
+    # Contract every term with the neighbours' weights: [n, PAIR, a] = Σ_j Σ_b φ_ab w_j^b and
+    # [n, DENSITY, a] = ρ_{n,a} = Σ_j Σ_b f_{b→a} w_j^b.
+    summed = jnp.einsum("nmtbx,nmb->ntx", radial, neighbor_weights)
+    energies = 0.5 * jnp.sum(weights * summed[:, PAIR], axis=-1)
+    if potential.is_embedded:
+        energies = energies + jnp.sum(weights * potential.embedding(summed[:, DENSITY]), axis=-1)
+    return energies
 
 
 def _site_energies_from_geometry(potential: Potential, geometry: PairGeometry, weights) -> Array:
@@ -222,7 +224,7 @@ def site_hessian_trace(potential: Potential, positions, species, cell: Cell, nei
     neighbor_weights = padded[neighbors.idx]  # (N, M, S)
     if potential.is_embedded:
         radial0 = potential.radial(masked_distance(geometry.displacement, geometry.mask, fill))
-        density0 = jnp.einsum("nmbh,nmb->nh", radial0.density, neighbor_weights)  # (N, S)
+        density0 = jnp.einsum("nmbh,nmb->nh", radial0[:, :, DENSITY], neighbor_weights)  # (N, S)
         neighbor_density0 = jnp.concatenate([density0, jnp.zeros_like(density0[:1])], axis=0)[neighbors.idx]
     else:
         neighbor_density0 = jnp.zeros(neighbors.idx.shape + (potential.n_species,), positions.dtype)
@@ -230,12 +232,12 @@ def site_hessian_trace(potential: Potential, positions, species, cell: Cell, nei
     def local_energy(shift, displacement, mask, w_i, w_j, rho_j0):
         # Energy terms that move with x_i -> x_i + shift (displacement is x_j - x_i).
         radial = potential.radial(masked_distance(displacement - shift, mask, fill))
-        energy = jnp.einsum("a,mab,mb->", w_i, radial.pair, w_j)  # full pair energy of i
+        energy = jnp.einsum("a,mab,mb->", w_i, radial[:, PAIR], w_j)  # full pair energy of i
         if potential.is_embedded:
-            rho_i = jnp.einsum("mbh,mb->h", radial.density, w_j)
+            rho_i = jnp.einsum("mbh,mb->h", radial[:, DENSITY], w_j)
             energy += jnp.sum(w_i * potential.embedding(rho_i))
             radial_at0 = potential.radial(masked_distance(displacement, mask, fill))
-            from_i = jnp.einsum("mbh,b->mh", radial.density - radial_at0.density, w_i)
+            from_i = jnp.einsum("mbh,b->mh", radial[:, DENSITY] - radial_at0[:, DENSITY], w_i)
             embedded = jnp.sum(w_j * potential.embedding(rho_j0 + from_i), axis=-1)
             energy += jnp.sum(jnp.where(mask, embedded, 0.0))
         return energy

@@ -48,7 +48,7 @@ from . import _validate
 from . import neighbors as _neighbors
 from .cell import Cell
 from .energy import assemble_site_energies, masked_distance, pair_geometry
-from .potentials import Potential, RadialTerms
+from .potentials import Potential
 from .units import BOLTZMANN_EV_PER_K
 
 QUADRATURE_RULES = ("gauss-hermite", "third-degree")
@@ -101,11 +101,10 @@ def quadrature_points(distance: Array, variance: Array, dim: int, rule: str = "g
 
 def gaussian_average(
     potential: Potential, distance: Array, variance: Array, dim: int, rule: str = "gauss-hermite", nodes: int = 8
-) -> RadialTerms:
-    """Gaussian averages ⟨φ_ab⟩ and ⟨f_{b→a}⟩ of all radial functions (shape ``R.shape + (S, S)``)."""
+) -> Array:
+    """Gaussian averages of all radial functions, shape ``R.shape + (T, S, S)`` (see ``Potential.radial``)."""
     r_q, f_q = quadrature_points(distance, variance, dim, rule, nodes)
-    values = potential.radial(r_q)
-    return jax.tree_util.tree_map(lambda v: jnp.einsum("...q,...qab->...ab", f_q, v), values)
+    return jnp.einsum("...q,...qtab->...tab", f_q, potential.radial(r_q))
 
 
 class VGFreeEnergy(eqx.Module):
@@ -295,12 +294,10 @@ def monte_carlo_average(potential: Potential, distance: float, variance: float, 
     reference against which the quadrature rules are measured (``docs/quadrature.md``).
 
     Returns:
-        ``(mean, standard_error)``, two :class:`~dmdjax.potentials.RadialTerms` of ``(S, S)`` arrays.
+        ``(mean, standard_error)``, each of shape ``(T, S, S)``.
     """
     dtype = jnp.result_type(float)
     xi = jnp.sqrt(jnp.asarray(variance, dtype)) * jax.random.normal(key, (n_samples, dim), dtype)
     r = jnp.linalg.norm(xi.at[:, 0].add(distance), axis=-1)
     values = potential.radial(r)
-    mean = jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=0), values)
-    error = jax.tree_util.tree_map(lambda v: jnp.std(v, axis=0) / np.sqrt(n_samples), values)
-    return mean, error
+    return jnp.mean(values, axis=0), jnp.std(values, axis=0) / np.sqrt(n_samples)

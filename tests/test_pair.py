@@ -79,17 +79,17 @@ def test_harmonic_bond_matches_jax_md_springs():
 def test_tabulated_pair_interpolates_lennard_jones():
     lj = dj.LennardJones(EPSILON, SIGMA, species=("A", "B"), cutoff=3.0, cutoff_mode="shift")
     grid = np.linspace(0.7, 3.0, 4001)
-    table = np.asarray(lj.radial(jnp.asarray(grid)).pair)
+    table = np.asarray(lj.pair(jnp.asarray(grid)))
     tabulated = dj.TabulatedPair(grid[0], grid[1] - grid[0], table, species=("A", "B"))
     r = jnp.linspace(0.85, 2.95, 777)
-    np.testing.assert_allclose(tabulated.radial(r).pair, lj.radial(r).pair, atol=1e-7)
-    assert float(jnp.abs(tabulated.radial(jnp.asarray([3.0, 3.5])).pair).max()) == 0.0
+    np.testing.assert_allclose(tabulated.pair(r), lj.pair(r), atol=1e-7)
+    assert float(jnp.abs(tabulated.pair(jnp.asarray([3.0, 3.5]))).max()) == 0.0
 
 
 @pytest.mark.parametrize("mode", ["hard", "shift", "smooth"])
 def test_cutoff_modes(mode):
     lj = dj.LennardJones(1.0, 1.0, cutoff=2.5, cutoff_mode=mode, onset=2.0 if mode == "smooth" else None)
-    phi = lambda r: lj.radial(jnp.asarray(r)).pair[0, 0]
+    phi = lambda r: lj.pair(jnp.asarray(r))[0, 0]
     assert float(phi(2.5 + 1e-9)) == 0.0
     below = float(phi(2.5 - 1e-9))
     if mode == "hard":

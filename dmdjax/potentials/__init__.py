@@ -1,6 +1,6 @@
 """Potentials as pure JAX functions of pair distances and species (DESIGN.md §1)."""
 
-from ._base import Potential as Potential, RadialTerms as RadialTerms
+from ._base import DENSITY as DENSITY, PAIR as PAIR, Potential as Potential
 from ._eam import (
     BUNDLED_POTENTIALS as BUNDLED_POTENTIALS,
     EAM as EAM,

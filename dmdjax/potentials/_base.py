@@ -12,22 +12,13 @@ all radial functions at once.
 from __future__ import annotations
 
 import abc
-from typing import NamedTuple, Optional
 
 import equinox as eqx
 from jaxtyping import Array, Float
 
 
-class RadialTerms(NamedTuple):
-    """Radial functions at distances r (shape ``r.shape + (S, S)`` each).
-
-    Attributes:
-        pair: φ_ab(r), eV (symmetric in a, b).
-        density: f_{b→a}(r) indexed ``[..., source b, host a]``; None for pair potentials.
-    """
-
-    pair: Float[Array, "... s s"]
-    density: Optional[Float[Array, "... s s"]]
+#: Index of the pair energies φ_ab and of the densities f_{b→a} along the "term" axis.
+PAIR, DENSITY = 0, 1
 
 
 class Potential(eqx.Module):
@@ -45,9 +36,29 @@ class Potential(eqx.Module):
         """True for EAM-type potentials (a density and an embedding energy)."""
         return False
 
+    @property
+    def n_radial_terms(self) -> int:
+        """T: 1 (pair energies) or 2 (pair energies and EAM densities)."""
+        return 2 if self.is_embedded else 1
+
     @abc.abstractmethod
-    def radial(self, r: Float[Array, "..."]) -> RadialTerms:
-        """All radial functions at distances ``r`` (Å); zero for ``r >= cutoff``."""
+    def radial(self, r: Float[Array, "..."]) -> Float[Array, "... t s s"]:
+        """All radial functions at distances ``r`` (Å), shape ``r.shape + (T, S, S)``; zero beyond the cut-off.
+
+        Term 0 holds the pair energies φ_ab(r) (eV, symmetric); for EAM term 1 holds the
+        densities indexed ``[source b, host a]``. Every term is contracted over its
+        second-to-last axis with the neighbour's species weights.
+        """
+
+    def pair(self, r: Float[Array, "..."]) -> Float[Array, "... s s"]:
+        """Pair energies φ_ab(r), eV."""
+        return self.radial(r)[..., PAIR, :, :]
+
+    def density(self, r: Float[Array, "..."]) -> Float[Array, "... s s"]:
+        """EAM densities f_{b→a}(r) indexed ``[..., source b, host a]``."""
+        if not self.is_embedded:
+            raise NotImplementedError(f"{type(self).__name__} has no density term")
+        return self.radial(r)[..., DENSITY, :, :]
 
     def embedding(self, density: Float[Array, "... s"]) -> Float[Array, "... s"]:
         """Embedding energies F_a(ρ_a), eV, one per host species (EAM only)."""

@@ -24,7 +24,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .. import _validate
-from ._base import Potential, RadialTerms
+from ._base import Potential
 from ._spline import UniformCubicSpline
 
 _CUTOFF_MODES = ("hard", "shift", "smooth")
@@ -91,19 +91,19 @@ class PairPotential(Potential):
     cutoff_mode: eqx.AbstractVar[str]
     onset: eqx.AbstractVar[float]
 
-    def pair_energy(self, r: Float[Array, "... 1 1"]) -> Float[Array, "... s s"]:
-        """The untruncated φ_ab(r); ``r`` arrives with two trailing unit axes."""
+    def pair_energy(self, r: Float[Array, "... 1 1 1"]) -> Float[Array, "... 1 s s"]:
+        """The untruncated φ_ab(r); ``r`` arrives with three trailing unit axes."""
         raise NotImplementedError
 
-    def radial(self, r: Float[Array, "..."]) -> RadialTerms:
-        rr = r[..., None, None]
+    def radial(self, r: Float[Array, "..."]) -> Float[Array, "... 1 s s"]:
+        rr = r[..., None, None, None]
         phi = self.pair_energy(rr)
         inside = rr < self.cutoff
         if self.cutoff_mode == "smooth":
             phi = phi * smooth_switch(rr, self.onset, self.cutoff)
         elif self.cutoff_mode == "shift":
             phi = phi - self.pair_energy(jnp.full_like(rr, self.cutoff))
-        return RadialTerms(pair=jnp.where(inside, phi, 0.0), density=None)
+        return jnp.where(inside, phi, 0.0)
 
 
 def _check_cutoff(cutoff: float, cutoff_mode: str, onset: float | None) -> tuple[float, float]:
@@ -240,5 +240,5 @@ class TabulatedPair(Potential):
         self.cutoff, _ = _check_cutoff(r_end if cutoff is None else cutoff, "hard", None)
 
     def radial(self, r):
-        phi = self.spline(r)
-        return RadialTerms(pair=jnp.where((r < self.cutoff)[..., None, None], phi, 0.0), density=None)
+        phi = self.spline(r)[..., None, :, :]
+        return jnp.where((r < self.cutoff)[..., None, None, None], phi, 0.0)
