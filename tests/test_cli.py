@@ -65,3 +65,43 @@ def test_build_then_energy_as_a_subprocess(tmp_path):
     help_text = subprocess.run([sys.executable, "-m", "dmdjax.cli", "--help"], check=True, capture_output=True,
                                text=True).stdout
     assert "energy" in help_text and "build" in help_text
+
+
+def test_free_energy_json_matches_api(tmp_path, capsys, mendelev):
+    import jax.numpy as jnp
+
+    atoms = random_alloy(repeats=(4, 4, 4), noise=0.03, fraction=0.1, seed=13)
+    rng = np.random.default_rng(0)
+    concentration = np.clip((np.array(atoms.get_chemical_symbols()) == "Al") + rng.normal(0, 0.1, len(atoms)),
+                            0.05, 0.95)
+    atoms.new_array("c", concentration)
+    path = tmp_path / "almg_c.xyz"
+    ase.io.write(path, atoms, format="extxyz")
+    out_xyz = tmp_path / "relaxed.xyz"
+    code, out, _ = _run(capsys, "energy", str(path), "--potential", "AlMg_Mendelev2009", "--temperature", "400",
+                        "--relax", "--json", "--output", str(out_xyz))
+    assert code == 0
+    data = json.loads(out)
+    assert data["converged"] and data["iterations"] > 0
+    back = ase.io.read(path)
+    system = dj.from_ase(back, species_names=mendelev.species)
+    s = jnp.asarray(2 * back.arrays["c"] - 1)
+    vg = dj.VGFreeEnergy(mendelev, system.cell, 400.0, system.n_atoms)
+    nbrs = dj.neighbor_list(system.positions, system.cell, mendelev.cutoff, skin=0.5)
+    result = dj.relax(vg, system.positions, s, nbrs)
+    assert data["free_energy"] == pytest.approx(float(result.free_energy), rel=1e-10)
+    np.testing.assert_allclose(data["stiffness"], np.asarray(result.stiffness), rtol=1e-6)
+    mu = vg.chemical_potential(result.positions, result.stiffness, s, nbrs)
+    np.testing.assert_allclose(data["chemical_potential"], np.asarray(mu), atol=1e-6)
+    frame = ase.io.read(out_xyz)
+    np.testing.assert_allclose(frame.arrays["k"], data["stiffness"], rtol=1e-8)
+    np.testing.assert_allclose(frame.arrays["c"], back.arrays["c"], atol=1e-8)
+
+
+def test_free_energy_flag_errors(tmp_path, capsys):
+    structure = tmp_path / "al.xyz"
+    ase.io.write(structure, random_alloy(repeats=(4, 4, 4), fraction=0.0))
+    code, _, err = _run(capsys, "energy", str(structure), "--potential", "AlMg_Mendelev2009", "--relax")
+    assert code == 2 and "--relax and --output need --temperature" in err
+    code, _, err = _run(capsys, "energy", str(structure), "--potential", "AlMg_Mendelev2009", "--temperature", "-3")
+    assert code == 2 and "temperature must be finite and > 0 K; got -3.0" in err
