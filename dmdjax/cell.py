@@ -17,6 +17,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import _validate
+from ._precision import HIGHEST
 
 
 class Cell(eqx.Module):
@@ -49,10 +50,10 @@ class Cell(eqx.Module):
         if not any(self.pbc):
             return dr
         vectors = self.vectors.astype(dr.dtype)
-        fractional = dr @ jnp.linalg.inv(vectors)
+        fractional = jnp.matmul(dr, jnp.linalg.inv(vectors), precision=HIGHEST)
         periodic = jnp.asarray(self.pbc, dtype=dr.dtype)
         shift = jnp.round(fractional) * periodic
-        return dr - shift @ vectors
+        return dr - jnp.matmul(shift, vectors, precision=HIGHEST)
 
     def volume(self) -> Array:
         """|det(vectors)|: volume (3-D), area (2-D) or length (1-D) of a periodic cell."""

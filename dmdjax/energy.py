@@ -27,6 +27,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _validate
+from ._precision import HIGHEST
 from . import neighbors as _neighbors
 from .cell import Cell
 from .potentials import DENSITY, PAIR, Potential
@@ -80,7 +81,7 @@ def assemble_site_energies(
     neighbor_weights = padded[neighbor_idx]  # (N, M, S); zero on padding slots
     # Contract every term with the neighbours' weights: [n, PAIR, a] = Σ_j Σ_b φ_ab w_j^b and
     # [n, DENSITY, a] = ρ_{n,a} = Σ_j Σ_b f_{b→a} w_j^b.
-    summed = jnp.einsum("nmtbx,nmb->ntx", radial, neighbor_weights)
+    summed = jnp.einsum("nmtbx,nmb->ntx", radial, neighbor_weights, precision=HIGHEST)
     energies = 0.5 * jnp.sum(weights * summed[:, PAIR], axis=-1)
     if potential.is_embedded:
         energies = energies + jnp.sum(weights * potential.embedding(summed[:, DENSITY]), axis=-1)
@@ -156,7 +157,8 @@ def virial_derivative(potential: Potential, positions, species, cell: Cell, neig
 
     def strained_energy(strain):
         deformation = jnp.eye(cell.dim, dtype=positions.dtype) + strain
-        strained = geometry._replace(displacement=geometry.displacement @ deformation.T)
+        displacement = jnp.matmul(geometry.displacement, deformation.T, precision=HIGHEST)
+        strained = geometry._replace(displacement=displacement)
         return jnp.sum(_site_energies_from_geometry(potential, strained, weights))
 
     derivative = jax.grad(strained_energy)(jnp.zeros((cell.dim, cell.dim), positions.dtype))
@@ -224,7 +226,8 @@ def site_hessian_trace(potential: Potential, positions, species, cell: Cell, nei
     neighbor_weights = padded[neighbors.idx]  # (N, M, S)
     if potential.is_embedded:
         radial0 = potential.radial(masked_distance(geometry.displacement, geometry.mask, fill))
-        density0 = jnp.einsum("nmbh,nmb->nh", radial0[:, :, DENSITY], neighbor_weights)  # (N, S)
+        density0 = jnp.einsum("nmbh,nmb->nh", radial0[:, :, DENSITY], neighbor_weights,
+                              precision=HIGHEST)  # (N, S)
         neighbor_density0 = jnp.concatenate([density0, jnp.zeros_like(density0[:1])], axis=0)[neighbors.idx]
     else:
         neighbor_density0 = jnp.zeros(neighbors.idx.shape + (potential.n_species,), positions.dtype)
@@ -232,12 +235,14 @@ def site_hessian_trace(potential: Potential, positions, species, cell: Cell, nei
     def local_energy(shift, displacement, mask, w_i, w_j, rho_j0):
         # Energy terms that move with x_i -> x_i + shift (displacement is x_j - x_i).
         radial = potential.radial(masked_distance(displacement - shift, mask, fill))
-        energy = jnp.einsum("a,mab,mb->", w_i, radial[:, PAIR], w_j)  # full pair energy of i
+        # The full pair energy of i:
+        energy = jnp.einsum("a,mab,mb->", w_i, radial[:, PAIR], w_j, precision=HIGHEST)
         if potential.is_embedded:
-            rho_i = jnp.einsum("mbh,mb->h", radial[:, DENSITY], w_j)
+            rho_i = jnp.einsum("mbh,mb->h", radial[:, DENSITY], w_j, precision=HIGHEST)
             energy += jnp.sum(w_i * potential.embedding(rho_i))
             radial_at0 = potential.radial(masked_distance(displacement, mask, fill))
-            from_i = jnp.einsum("mbh,b->mh", radial[:, DENSITY] - radial_at0[:, DENSITY], w_i)
+            from_i = jnp.einsum("mbh,b->mh", radial[:, DENSITY] - radial_at0[:, DENSITY], w_i,
+                                precision=HIGHEST)
             embedded = jnp.sum(w_j * potential.embedding(rho_j0 + from_i), axis=-1)
             energy += jnp.sum(jnp.where(mask, embedded, 0.0))
         return energy

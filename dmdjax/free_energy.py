@@ -45,6 +45,7 @@ from jax.scipy.special import xlogy
 from jaxtyping import Array, Bool, Float
 
 from . import _validate
+from ._precision import HIGHEST
 from . import neighbors as _neighbors
 from .cell import Cell
 from .energy import assemble_site_energies, masked_distance, pair_geometry
@@ -104,7 +105,7 @@ def gaussian_average(
 ) -> Array:
     """Gaussian averages of all radial functions, shape ``R.shape + (T, S, S)`` (see ``Potential.radial``)."""
     r_q, f_q = quadrature_points(distance, variance, dim, rule, nodes)
-    return jnp.einsum("...q,...qtab->...tab", f_q, potential.radial(r_q))
+    return jnp.einsum("...q,...qtab->...tab", f_q, potential.radial(r_q), precision=HIGHEST)
 
 
 class VGFreeEnergy(eqx.Module):

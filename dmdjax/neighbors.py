@@ -26,6 +26,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from . import _validate
+from ._precision import HIGHEST
 from .cell import Cell
 
 OVERFLOW_MESSAGE = (
@@ -71,7 +72,8 @@ class NeighborList(eqx.Module):
         return (self.state.did_buffer_overflow != 0) | self.out_of_range
 
     def _fractional(self, positions: Float[Array, "n d"]) -> tuple[Array, Array]:
-        f = (positions - self.origin.astype(positions.dtype)) @ self.search_inverse.astype(positions.dtype)
+        f = jnp.matmul(positions - self.origin.astype(positions.dtype), self.search_inverse.astype(positions.dtype),
+                       precision=HIGHEST)
         periodic = jnp.asarray(self.pbc)
         wrapped = jnp.where(periodic, f - jnp.floor(f), f)
         # Free directions: stay at least one search range away from the padded faces.
