@@ -9,6 +9,6 @@ from .systems import System, from_ase, make_system, to_ase
 from .units import BOLTZMANN_EV_PER_K, beta_from_temperature
 
 __version__ = "0.1.0"
-from . import free_energy, relax as _relax_module
+from . import free_energy, kinetics
 from .free_energy import VGFreeEnergy
 from .relax import RelaxResult, initial_stiffness, relax

@@ -210,19 +210,27 @@ class VGFreeEnergy(eqx.Module):
         if np.any(~np.isfinite(s_pinned) | (np.abs(s_pinned) > 1)):
             raise ValueError(f"order_parameter of pinned species must lie in [-1, 1]; got {s_pinned.tolist()}")
 
-    def average_site_energies(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, " n"]:
-        """Site terms of ⟨V⟩ in the species mean field (eV); they sum to ⟨V⟩."""
+    def averaged_radial(self, positions, stiffness, neighbors) -> Float[Array, "n m t s s"]:
+        """Gaussian pair averages of all radial functions on every listed pair, ``(N, M, T, S, S)``."""
         dtype = positions.dtype
         beta = self.beta.astype(dtype)
         inverse = jnp.where(self.pinned, 0.0, 1.0 / (beta * stiffness.astype(dtype)))  # 1/(βk), Å²
         geometry = pair_geometry(positions, self.cell, neighbors.idx)
-        fill = 2.0 * self.potential.cutoff
-        distance = masked_distance(geometry.displacement, geometry.mask, fill)
+        distance = masked_distance(geometry.displacement, geometry.mask, 2.0 * self.potential.cutoff)
         padded = jnp.concatenate([inverse, jnp.zeros((1,), dtype)])
         variance = inverse[:, None] + padded[neighbors.idx]
-        averaged = gaussian_average(self.potential, distance, variance, self.cell.dim, self.quadrature, self.nodes)
-        weights = self.species_weights(order_parameter.astype(dtype))
+        return gaussian_average(self.potential, distance, variance, self.cell.dim, self.quadrature, self.nodes)
+
+    def average_site_energies(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, " n"]:
+        """Site terms of ⟨V⟩ in the species mean field (eV); they sum to ⟨V⟩."""
+        averaged = self.averaged_radial(positions, stiffness, neighbors)
+        weights = self.species_weights(order_parameter.astype(positions.dtype))
         return _neighbors.check(assemble_site_energies(self.potential, averaged, weights, neighbors.idx), neighbors)
+
+    def weight_derivative(self, dtype=float) -> Float[Array, " s"]:
+        """∂w_i/∂s_i: +½ on species A, −½ on species B (zero on both if they coincide)."""
+        a, b = self.species_pair
+        return jnp.zeros((self.potential.n_species,), dtype).at[a].add(0.5).at[b].add(-0.5)
 
     def entropy_terms(self, stiffness, order_parameter) -> Float[Array, " n"]:
         """β⁻¹ [c ln c + (1 − c) ln(1 − c)] + β⁻¹ (d/2)[ln(βk/2π) − 1] per site (eV)."""

@@ -1,0 +1,187 @@
+r"""Species kinetics on a bond graph: the slow process of DMD (DESIGN.md §4).
+
+Every law is a pure function ``(s, μ or μ^ex, graph, parameters) -> ds/dt`` with an
+antisymmetric flux on each bond, so Σ_i s_i is conserved exactly:
+
+* (K1) DMD gradient flow, seed eqs. (3), (38):
+  ṡ_i = Σ_j M_ij (μ_j − μ_i), with M_ij = k_c (constant) or a symmetric mobility M(s_i, s_j).
+  F is a Lyapunov function: dF/dt = −½ Σ_ij M_ij (μ_i − μ_j)² ≤ 0.
+* (K2) Mean-field spin-diffusion, seed eq. (36):
+  ṡ_i = (1/2τ) Σ_j [(s_j − s_i) − (1 − s_i s_j) tanh(β D_ij)], with the exact swap divided
+  difference D_ij = [V̌(s^{ij}) − V̌(s)]/(s_j − s_i) or the gradient variant D_ij = μ_i^ex − μ_j^ex.
+* (K3) Master equation with Arrhenius rates, seed eq. (20):
+  ṡ_i = ½ Σ_j [(1 + s_j)(1 − s_i) Γ_{j→i} − (1 + s_i)(1 − s_j) Γ_{i→j}],
+  Γ_{j→i} = ν e^{−βQ} e^{−β(μ_i^ex − μ_j^ex)}, Γ_{i→j} = ν e^{−βQ} e^{+β(μ_i^ex − μ_j^ex)}; the rates use the
+  excess potential only (the configurational entropy sits in the (1 ± s) prefactors).
+
+Bonds touching a pinned-species site carry no flux.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from ._precision import HIGHEST
+from .cell import Cell
+from .energy import masked_distance, pair_geometry
+from .neighbors import NeighborList
+
+
+class BondGraph(eqx.Module):
+    """Bonds (i, j) as a mask over a Dense neighbour list (both orientations present).
+
+    Attributes:
+        idx: ``(N, M)`` neighbour indices (N marks padding).
+        mask: ``(N, M)`` True where (i, idx[i, m]) is a kinetic bond.
+    """
+
+    idx: Int[Array, "n m"]
+    mask: Bool[Array, "n m"]
+
+    @property
+    def n_bonds(self) -> int:
+        """Number of unordered bonds."""
+        return int(np.asarray(self.mask).sum()) // 2
+
+    def neighbor_values(self, values: Float[Array, " n"]) -> Float[Array, "n m"]:
+        """``values[j]`` for every slot (zero on padding)."""
+        padded = jnp.concatenate([values, jnp.zeros_like(values[:1])])
+        return padded[self.idx]
+
+    def divergence(self, flux: Float[Array, "n m"]) -> Float[Array, " n"]:
+        """Σ_j flux_{j→i} over bonds: the rate of change at i for an antisymmetric bond flux."""
+        return jnp.sum(jnp.where(self.mask, flux, 0.0), axis=1)
+
+
+def bond_graph(positions, cell: Cell, neighbors: NeighborList, cutoff: float, pinned_species=None) -> BondGraph:
+    """Kinetic bonds: listed pairs closer than ``cutoff`` (Å), both ends free species.
+
+    Raises:
+        ValueError: if ``cutoff`` exceeds the neighbour list's cut-off + skin, or is not positive.
+    """
+    if not cutoff > 0:
+        raise ValueError(f"kinetic cutoff must be > 0 Å; got {cutoff!r}")
+    if cutoff > neighbors.cutoff + neighbors.skin:
+        raise ValueError(f"kinetic cutoff {cutoff} Å exceeds the neighbour list's range "
+                         f"{neighbors.cutoff + neighbors.skin} Å")
+    geometry = pair_geometry(positions, cell, neighbors.idx)
+    distance = masked_distance(geometry.displacement, geometry.mask, 2.0 * cutoff)
+    mask = geometry.mask & (distance < cutoff)
+    if pinned_species is not None:
+        pinned = jnp.asarray(pinned_species)
+        padded = jnp.concatenate([pinned, jnp.ones((1,), bool)])
+        mask = mask & ~pinned[:, None] & ~padded[neighbors.idx]
+    return BondGraph(neighbors.idx, mask)
+
+
+def gradient_flow(
+    order_parameter: Float[Array, " n"],
+    chemical_potential: Float[Array, " n"],
+    graph: BondGraph,
+    mobility: float | Callable[[Array, Array], Array],
+) -> Float[Array, " n"]:
+    """(K1) ṡ_i = Σ_j M_ij (μ_j − μ_i).
+
+    Arguments:
+        order_parameter: s ``(N,)``.
+        chemical_potential: μ = ∂F/∂s ``(N,)``, eV.
+        graph: the bonds.
+        mobility: k_c (1/(eV·time)) or a symmetric function ``M(s_i, s_j)`` of bond-shaped arrays.
+    """
+    mu_j = graph.neighbor_values(chemical_potential)
+    if callable(mobility):
+        m = mobility(order_parameter[:, None], graph.neighbor_values(order_parameter))
+    else:
+        m = mobility
+    return graph.divergence(m * (mu_j - chemical_potential[:, None]))
+
+
+def spin_diffusion(
+    order_parameter: Float[Array, " n"],
+    divided_difference: Float[Array, "n m"],
+    graph: BondGraph,
+    beta,
+    tau,
+) -> Float[Array, " n"]:
+    """(K2) ṡ_i = (1/2τ) Σ_j [(s_j − s_i) − (1 − s_i s_j) tanh(β D_ij)].
+
+    Arguments:
+        divided_difference: D_ij on bonds ``(N, M)`` (antisymmetric), eV; see
+            :func:`swap_divided_difference` and :func:`gradient_divided_difference`.
+        beta: 1/(k_B T), 1/eV.
+        tau: the exchange time scale τ.
+    """
+    s_i = order_parameter[:, None]
+    s_j = graph.neighbor_values(order_parameter)
+    flux = (s_j - s_i) - (1.0 - s_i * s_j) * jnp.tanh(beta * divided_difference)
+    return graph.divergence(flux) / (2.0 * tau)
+
+
+def gradient_divided_difference(excess_chemical_potential: Float[Array, " n"], graph: BondGraph):
+    """The gradient variant D_ij = μ_i^ex − μ_j^ex (F decreases along it)."""
+    return excess_chemical_potential[:, None] - graph.neighbor_values(excess_chemical_potential)
+
+
+def swap_divided_difference(
+    order_parameter: Float[Array, " n"],
+    excess_chemical_potential: Float[Array, " n"],
+    coupling: Float[Array, "n m"],
+    graph: BondGraph,
+):
+    """The exact swap divided difference of a multilinear V̌:
+    D_ij = [V̌(s^{ij}) − V̌(s)]/(s_j − s_i) = μ_i^ex − μ_j^ex − J_ij (s_j − s_i).
+
+    Written without a division, so s_i = s_j is its (finite) limit. ``coupling`` is
+    J_ij = ∂²V̌/∂s_i∂s_j on bonds (see :func:`pair_coupling`).
+    """
+    s_j = graph.neighbor_values(order_parameter)
+    return gradient_divided_difference(excess_chemical_potential, graph) - coupling * (s_j - order_parameter[:, None])
+
+
+def pair_coupling(vg, positions, stiffness, neighbors, graph: BondGraph) -> Float[Array, "n m"]:
+    """J_ij = ∂²V̌/∂s_i∂s_j on bonds for a pair potential (eV): ¼(⟨φ_AA⟩ − 2⟨φ_AB⟩ + ⟨φ_BB⟩)_ij.
+
+    V̌ (the mean-field ⟨V⟩ at fixed X, k) is then multilinear in s, and
+    :func:`swap_divided_difference` with this J is the exact swap divided difference.
+
+    Raises:
+        NotImplementedError: for EAM potentials (V̌ is not multilinear in s there).
+    """
+    from .potentials import PAIR
+
+    if vg.potential.is_embedded:
+        raise NotImplementedError(
+            "the exact swap divided difference needs a pair potential (V̌ multilinear in s); "
+            "use gradient_divided_difference for EAM"
+        )
+    averaged = vg.averaged_radial(positions, stiffness, neighbors)[:, :, PAIR]
+    dw = vg.weight_derivative(positions.dtype)
+    return jnp.where(graph.mask, jnp.einsum("a,nmab,b->nm", dw, averaged, dw, precision=HIGHEST), 0.0)
+
+
+def master_equation(
+    order_parameter: Float[Array, " n"],
+    excess_chemical_potential: Float[Array, " n"],
+    graph: BondGraph,
+    beta,
+    attempt_frequency,
+    activation_energy,
+) -> Float[Array, " n"]:
+    """(K3) ṡ_i = ½ Σ_j [(1 + s_j)(1 − s_i) Γ_{j→i} − (1 + s_i)(1 − s_j) Γ_{i→j}].
+
+    Arguments:
+        excess_chemical_potential: μ^ex = ∂⟨V⟩/∂s, eV (not the full μ: see the module docstring).
+        beta: 1/eV. attempt_frequency: ν (per unit time). activation_energy: Q, eV.
+    """
+    s_i = order_parameter[:, None]
+    s_j = graph.neighbor_values(order_parameter)
+    difference = excess_chemical_potential[:, None] - graph.neighbor_values(excess_chemical_potential)
+    rate = attempt_frequency * jnp.exp(-beta * activation_energy)
+    flux = (1.0 + s_j) * (1.0 - s_i) * jnp.exp(-beta * difference) - (1.0 + s_i) * (1.0 - s_j) * jnp.exp(
+        beta * difference)
+    return 0.5 * rate * graph.divergence(flux)
