@@ -22,13 +22,18 @@ def _first_bad(values: np.ndarray, bad: np.ndarray) -> str:
     return f"{values[tuple(idx)].item()!r}{where}"
 
 
-def temperature(value, name: str = "temperature") -> None:
+def positive(value, name: str, unit: str) -> None:
+    """Finite and strictly positive."""
     if not is_concrete(value):
         return
     v = np.asarray(value, dtype=float)
     bad = ~np.isfinite(v) | (v <= 0)
     if np.any(bad):
-        raise ValueError(f"{name} must be finite and > 0 K; got {_first_bad(v, bad)}")
+        raise ValueError(f"{name} must be finite and > 0{unit}; got {_first_bad(v, bad)}")
+
+
+def temperature(value, name: str = "temperature") -> None:
+    positive(value, name, " K")
 
 
 def order_parameter(value, name: str = "order_parameter") -> None:
@@ -45,12 +50,7 @@ def order_parameter(value, name: str = "order_parameter") -> None:
 
 
 def stiffness(value, name: str = "stiffness") -> None:
-    if not is_concrete(value):
-        return
-    v = np.asarray(value, dtype=float)
-    bad = ~np.isfinite(v) | (v <= 0)
-    if np.any(bad):
-        raise ValueError(f"{name} must be finite and > 0 (eV/Å²); got {_first_bad(v, bad)}")
+    positive(value, name, " (eV/Å²)")
 
 
 def finite(value, name: str) -> None:

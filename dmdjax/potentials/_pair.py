@@ -84,12 +84,18 @@ def smooth_switch(r: Array, onset: float, cutoff: float) -> Array:
 
 
 class PairPotential(Potential):
-    """Base for analytic pair potentials: subclasses define :meth:`pair_energy`."""
+    """Base for analytic pair potentials: subclasses add parameter fields and :meth:`pair_energy`.
 
-    species: eqx.AbstractVar[tuple[str, ...]]
-    cutoff: eqx.AbstractVar[float]
-    cutoff_mode: eqx.AbstractVar[str]
-    onset: eqx.AbstractVar[float]
+    Attributes:
+        species: species names (static).
+        cutoff: r_c, Å. cutoff_mode: ``"hard"``, ``"shift"`` or ``"smooth"``. onset: start of the
+            smooth switch, Å.
+    """
+
+    species: tuple[str, ...] = eqx.field(static=True)
+    cutoff: float = eqx.field(static=True)
+    cutoff_mode: str = eqx.field(static=True)
+    onset: float = eqx.field(static=True)
 
     def pair_energy(self, r: Float[Array, "... 1 1 1"]) -> Float[Array, "... 1 s s"]:
         """The untruncated φ_ab(r); ``r`` arrives with three trailing unit axes."""
@@ -126,10 +132,6 @@ class LennardJones(PairPotential):
 
     epsilon: Float[Array, "s s"]
     sigma: Float[Array, "s s"]
-    species: tuple[str, ...] = eqx.field(static=True)
-    cutoff: float = eqx.field(static=True)
-    cutoff_mode: str = eqx.field(static=True)
-    onset: float = eqx.field(static=True)
 
     def __init__(self, epsilon=1.0, sigma=1.0, *, species: Sequence[str] = ("A",), cutoff: float | None = None,
                  cutoff_mode: str = "smooth", onset: float | None = None):
@@ -161,10 +163,6 @@ class Morse(PairPotential):
     well_depth: Float[Array, "s s"]
     alpha: Float[Array, "s s"]
     r0: Float[Array, "s s"]
-    species: tuple[str, ...] = eqx.field(static=True)
-    cutoff: float = eqx.field(static=True)
-    cutoff_mode: str = eqx.field(static=True)
-    onset: float = eqx.field(static=True)
 
     def __init__(self, well_depth=1.0, alpha=5.0, r0=1.0, *, species: Sequence[str] = ("A",), cutoff: float = 2.5,
                  cutoff_mode: str = "smooth", onset: float | None = None):
@@ -191,10 +189,6 @@ class HarmonicBond(PairPotential):
 
     spring_constant: Float[Array, "s s"]
     r0: Float[Array, "s s"]
-    species: tuple[str, ...] = eqx.field(static=True)
-    cutoff: float = eqx.field(static=True)
-    cutoff_mode: str = eqx.field(static=True)
-    onset: float = eqx.field(static=True)
 
     def __init__(self, spring_constant=1.0, r0=1.0, *, species: Sequence[str] = ("A",), cutoff: float = 1.5,
                  cutoff_mode: str = "hard", onset: float | None = None):
