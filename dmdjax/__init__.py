@@ -1,14 +1,24 @@
-"""dmdjax: differentiable diffusive molecular dynamics in JAX."""
+"""dmdjax: differentiable diffusive molecular dynamics in JAX.
 
-from . import cell, energy, io, neighbors, potentials, systems, units
+Metal units (eV, Å, K). See README.md for the public API and docs/design.md for the equations.
+"""
+
+from . import cell, energy, free_energy, io, kinetics, neighbors, potentials, systems, units
 from .cell import Cell, make_cell
 from .energy import evaluate, forces, potential_energy, site_energies, stress
+from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList, neighbor_list
 from .potentials import EAM, HarmonicBond, LennardJones, Morse, TabulatedPair, load_eam
+from .relax import RelaxResult, initial_stiffness, relax
 from .systems import System, from_ase, make_system, to_ase
 from .units import BOLTZMANN_EV_PER_K, beta_from_temperature
 
 __version__ = "0.1.0"
-from . import free_energy, kinetics
-from .free_energy import VGFreeEnergy
-from .relax import RelaxResult, initial_stiffness, relax
+
+__all__ = [
+    "BOLTZMANN_EV_PER_K", "Cell", "EAM", "HarmonicBond", "LennardJones", "Morse", "NeighborList", "RelaxResult",
+    "System", "TabulatedPair", "VGFreeEnergy", "beta_from_temperature", "cell", "energy", "evaluate", "forces",
+    "free_energy", "from_ase", "initial_stiffness", "io", "kinetics", "load_eam", "make_cell", "make_system",
+    "neighbor_list", "neighbors", "potential_energy", "potentials", "relax", "site_energies", "stress", "systems",
+    "to_ase", "units",
+]

@@ -10,7 +10,6 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 import dmdjax as dj  # noqa: E402
 
