@@ -18,7 +18,6 @@ from typing import Callable, Union
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
