@@ -77,8 +77,7 @@ def assemble_site_energies(
     neighbor_idx: Int[Array, "n m"],
 ) -> Float[Array, " n"]:
     """Site energies e_i (eV) from radial values ``(N, M, T, S, S)`` and species weights."""
-    padded = jnp.concatenate([weights, jnp.zeros_like(weights[:1])], axis=0)
-    neighbor_weights = padded[neighbor_idx]  # (N, M, S); zero on padding slots
+    neighbor_weights = _neighbors.gather(weights, neighbor_idx)  # (N, M, S); zero on padding slots
     # Contract every term with the neighbours' weights: [n, PAIR, a] = Σ_j Σ_b φ_ab w_j^b and
     # [n, DENSITY, a] = ρ_{n,a} = Σ_j Σ_b f_{b→a} w_j^b.
     summed = jnp.einsum("nmtbx,nmb->ntx", radial, neighbor_weights, precision=HIGHEST)
@@ -102,9 +101,10 @@ def _check_inputs(potential: Potential, positions, species, cell: Cell, neighbor
     if np.ndim(species) == 1:
         _validate.shape(species, (n,), "species")
         sp = np.asarray(species)
-        if sp.size and (sp.min() < 0 or sp.max() >= potential.n_species):
+        bad = sp[(sp < 0) | (sp >= potential.n_species)]
+        if bad.size:
             raise ValueError(
-                f"species index {int(sp.max())} out of range for the potential's species {list(potential.species)}"
+                f"species index {int(bad[0])} out of range for the potential's species {list(potential.species)}"
             )
     else:
         _validate.shape(species, (n, potential.n_species), "species weights")
@@ -222,17 +222,15 @@ def site_hessian_trace(potential: Potential, positions, species, cell: Cell, nei
     weights = as_weights(species, potential.n_species, positions.dtype)
     geometry = pair_geometry(positions, cell, neighbors.idx)
     fill = 2.0 * potential.cutoff
-    padded = jnp.concatenate([weights, jnp.zeros_like(weights[:1])], axis=0)
-    neighbor_weights = padded[neighbors.idx]  # (N, M, S)
+    neighbor_weights = _neighbors.gather(weights, neighbors.idx)  # (N, M, S)
     if potential.is_embedded:
-        radial0 = potential.radial(masked_distance(geometry.displacement, geometry.mask, fill))
-        density0 = jnp.einsum("nmbh,nmb->nh", radial0[:, :, DENSITY], neighbor_weights,
-                              precision=HIGHEST)  # (N, S)
-        neighbor_density0 = jnp.concatenate([density0, jnp.zeros_like(density0[:1])], axis=0)[neighbors.idx]
+        pair_density0 = potential.radial(masked_distance(geometry.displacement, geometry.mask, fill))[:, :, DENSITY]
+        density0 = jnp.einsum("nmbh,nmb->nh", pair_density0, neighbor_weights, precision=HIGHEST)  # (N, S)
+        neighbor_density0 = _neighbors.gather(density0, neighbors.idx)
     else:
-        neighbor_density0 = jnp.zeros(neighbors.idx.shape + (potential.n_species,), positions.dtype)
+        pair_density0 = neighbor_density0 = None
 
-    def local_energy(shift, displacement, mask, w_i, w_j, rho_j0):
+    def local_energy(shift, displacement, mask, w_i, w_j, rho_j0, f_ij0):
         # Energy terms that move with x_i -> x_i + shift (displacement is x_j - x_i).
         radial = potential.radial(masked_distance(displacement - shift, mask, fill))
         # The full pair energy of i:
@@ -240,16 +238,15 @@ def site_hessian_trace(potential: Potential, positions, species, cell: Cell, nei
         if potential.is_embedded:
             rho_i = jnp.einsum("mbh,mb->h", radial[:, DENSITY], w_j, precision=HIGHEST)
             energy += jnp.sum(w_i * potential.embedding(rho_i))
-            radial_at0 = potential.radial(masked_distance(displacement, mask, fill))
-            from_i = jnp.einsum("mbh,b->mh", radial[:, DENSITY] - radial_at0[:, DENSITY], w_i,
-                                precision=HIGHEST)
+            from_i = jnp.einsum("mbh,b->mh", radial[:, DENSITY] - f_ij0, w_i, precision=HIGHEST)
             embedded = jnp.sum(w_j * potential.embedding(rho_j0 + from_i), axis=-1)
             energy += jnp.sum(jnp.where(mask, embedded, 0.0))
         return energy
 
-    def trace(displacement, mask, w_i, w_j, rho_j0):
+    def trace(*atom_data):
         zero = jnp.zeros((cell.dim,), positions.dtype)
-        return jnp.trace(jax.hessian(local_energy)(zero, displacement, mask, w_i, w_j, rho_j0))
+        return jnp.trace(jax.hessian(local_energy)(zero, *atom_data))
 
-    traces = jax.vmap(trace)(geometry.displacement, geometry.mask, weights, neighbor_weights, neighbor_density0)
+    traces = jax.vmap(trace)(geometry.displacement, geometry.mask, weights, neighbor_weights, neighbor_density0,
+                             pair_density0)
     return _neighbors.check(traces, neighbors)

@@ -217,8 +217,7 @@ class VGFreeEnergy(eqx.Module):
         inverse = jnp.where(self.pinned, 0.0, 1.0 / (beta * stiffness.astype(dtype)))  # 1/(βk), Å²
         geometry = pair_geometry(positions, self.cell, neighbors.idx)
         distance = masked_distance(geometry.displacement, geometry.mask, 2.0 * self.potential.cutoff)
-        padded = jnp.concatenate([inverse, jnp.zeros((1,), dtype)])
-        variance = inverse[:, None] + padded[neighbors.idx]
+        variance = inverse[:, None] + _neighbors.gather(inverse, neighbors.idx)
         return gaussian_average(self.potential, distance, variance, self.cell.dim, self.quadrature, self.nodes)
 
     def average_site_energies(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, " n"]:

@@ -29,7 +29,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._precision import HIGHEST
 from .cell import Cell
 from .energy import masked_distance, pair_geometry
-from .neighbors import NeighborList
+from .neighbors import NeighborList, gather
 
 
 class BondGraph(eqx.Module):
@@ -50,8 +50,7 @@ class BondGraph(eqx.Module):
 
     def neighbor_values(self, values: Float[Array, " n"]) -> Float[Array, "n m"]:
         """``values[j]`` for every slot (zero on padding)."""
-        padded = jnp.concatenate([values, jnp.zeros_like(values[:1])])
-        return padded[self.idx]
+        return gather(values, self.idx)
 
     def divergence(self, flux: Float[Array, "n m"]) -> Float[Array, " n"]:
         """Σ_j flux_{j→i} over bonds: the rate of change at i for an antisymmetric bond flux."""
@@ -74,8 +73,7 @@ def bond_graph(positions, cell: Cell, neighbors: NeighborList, cutoff: float, pi
     mask = geometry.mask & (distance < cutoff)
     if pinned_species is not None:
         pinned = jnp.asarray(pinned_species)
-        padded = jnp.concatenate([pinned, jnp.ones((1,), bool)])
-        mask = mask & ~pinned[:, None] & ~padded[neighbors.idx]
+        mask = mask & ~pinned[:, None] & ~gather(pinned, neighbors.idx, fill=True)
     return BondGraph(neighbors.idx, mask)
 
 

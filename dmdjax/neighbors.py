@@ -188,6 +188,12 @@ def refresh(neighbors: NeighborList, positions: Float[Array, "n d"], cell: Cell,
     return updated
 
 
+def gather(values: Array, idx: Int[Array, "n m"], fill=0) -> Array:
+    """``values[idx]`` for a Dense list: shape ``idx.shape + values.shape[1:]``, ``fill`` on padding slots."""
+    pad = jnp.full((1,) + values.shape[1:], fill, dtype=values.dtype)
+    return jnp.concatenate([values, pad], axis=0)[idx]
+
+
 def check(value, neighbors: NeighborList):
     """Return ``value``, raising (also under jit) if ``neighbors`` overflowed."""
     return eqx.error_if(value, neighbors.overflow, OVERFLOW_MESSAGE)

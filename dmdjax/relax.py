@@ -114,8 +114,8 @@ def _argmin(params, y0, anchor, neighbors, tolerance, max_steps, memory):
 
     value0, gradient0 = jax.value_and_grad(objective)(y0)
     carry = (y0, solver.init(y0), jnp.asarray(0), gradient_norm(gradient0), value0)
-    y, _, iterations, norm, value = jax.lax.while_loop(cond, body, carry)
-    return y, iterations, norm, value
+    y, _, iterations, norm, _ = jax.lax.while_loop(cond, body, carry)
+    return y, iterations, norm
 
 
 @_argmin.def_fwd
@@ -190,7 +190,7 @@ def _relax(vg, positions, order_parameter, neighbors, stiffness, tolerance, max_
     if stiffness is None:
         stiffness = initial_stiffness(vg, positions, order_parameter, neighbors)
     y0 = (positions, jnp.log(jnp.where(vg.pinned, 1.0, stiffness.astype(dtype))))
-    y, iterations, norm, value = _argmin((vg, order_parameter), _constant(y0), _constant(positions),
+    y, iterations, norm = _argmin((vg, order_parameter), _constant(y0), _constant(positions),
                                          _constant(neighbors), tolerance, max_steps, memory)
     relaxed_positions = jnp.where(vg.pinned[:, None], positions, y[0])
     relaxed_stiffness = jnp.where(vg.pinned, stiffness.astype(dtype), jnp.exp(y[1]))
