@@ -116,3 +116,23 @@ def test_fcc_aluminium_relaxes(mendelev):
     einstein = np.asarray(dj.initial_stiffness(vg, system.positions, s, nbrs))
     # Same order as the harmonic (Einstein) estimate; the numbers are in docs/relaxation.md.
     assert 0.8 < k.mean() / einstein.mean() < 1.3
+
+
+@pytest.mark.parametrize("kind", ["eam", "pair"])
+def test_site_hessian_trace_matches_the_full_hessian(kind, mendelev):
+    """The O(NM) diagonal-block traces (the stiffness first guess) equal those of jax.hessian."""
+    rng = np.random.default_rng(0)
+    if kind == "eam":
+        from conftest import random_alloy
+
+        atoms = random_alloy(repeats=(2, 2, 2), noise=0.1, fraction=0.3, pbc=False)
+        potential, system = mendelev, dj.from_ase(atoms, species_names=mendelev.species)
+    else:
+        potential = dj.LennardJones([[1.0, 0.6], [0.6, 0.8]], [[1.0, 1.1], [1.1, 1.2]], species=("A", "B"))
+        system = dj.make_system(rng.random((40, 3)) * 4, np.arange(40) % 2, species_names=("A", "B"))
+    nbrs = dj.neighbor_list(system.positions, system.cell, potential.cutoff)
+    traces = dj.energy.site_hessian_trace(potential, system.positions, system.species, system.cell, nbrs)
+    hessian = jax.hessian(
+        lambda x: dj.potential_energy(potential, x, system.species, system.cell, nbrs))(system.positions)
+    expected = np.einsum("iaia->i", np.asarray(hessian))
+    np.testing.assert_allclose(np.asarray(traces), expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
