@@ -14,15 +14,19 @@ from any recorded state reproduces the uninterrupted run exactly.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Callable, Union
 
 import diffrax
+import jax
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from . import kinetics
+from . import io, kinetics
 from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList
 from .relax import relax
@@ -70,6 +74,34 @@ class Trajectory(eqx.Module):
     free_energy: Float[Array, " t"]
     parameters: dict = eqx.field(static=True)
 
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the run as ``.npz`` (atomically): arrays ``time``, ``order_parameter``,
+        ``positions``, ``stiffness``, ``free_energy`` and the JSON string ``parameters``."""
+        arrays = {name: np.asarray(getattr(self, name)) for name in _FIELDS}
+        return io.save_npz(path, arrays, self.parameters)
+
+
+_FIELDS = ("time", "order_parameter", "positions", "stiffness", "free_energy")
+
+
+def load_trajectory(path: str | os.PathLike) -> Trajectory:
+    """Read a trajectory written by :meth:`Trajectory.save` (or by ``run(..., output=...)``).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if it lacks one of the trajectory arrays.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"trajectory file not found: {str(p)!r}")
+    with np.load(p) as data:
+        missing = [name for name in (*_FIELDS, "parameters") if name not in data.files]
+        if missing:
+            raise ValueError(f"{str(p)!r} is not a dmdjax trajectory: missing {missing}")
+        arrays = [jnp.asarray(data[name]) for name in _FIELDS]
+        parameters = json.loads(str(data["parameters"]))
+    return Trajectory(*arrays, parameters)
+
 
 def species_rate(vg: VGFreeEnergy, law: KineticLaw, graph: kinetics.BondGraph, positions, stiffness,
                  order_parameter, neighbors) -> Float[Array, " n"]:
@@ -94,22 +126,40 @@ def species_rate(vg: VGFreeEnergy, law: KineticLaw, graph: kinetics.BondGraph, p
     raise TypeError(f"unknown kinetic law {type(law).__name__}")
 
 
+def _as_arrays(law, dtype):
+    """Numeric law parameters as arrays, so that new values do not trigger recompilation."""
+    return jax.tree_util.tree_map(
+        lambda leaf: jnp.asarray(leaf, dtype) if isinstance(leaf, (int, float)) and not isinstance(leaf, bool)
+        else leaf, law)
+
+
 @eqx.filter_jit
-def _advance(vg, law, graph, neighbors, positions, stiffness, order_parameter, t0, t1, solver, rtol, atol,
+def _advance(vg, law, graph, neighbors, positions, stiffness, order_parameter, t0, t1, solver, controller, dt0,
              max_steps, tolerance):
     def vector_field(t, s, args):
         relaxed = relax(vg, positions, s, neighbors, stiffness, tolerance=tolerance, throw=False)
         return species_rate(vg, law, graph, relaxed.positions, relaxed.stiffness, s, neighbors)
 
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field), solver, t0, t1, None, order_parameter,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps, throw=False,
-        saveat=diffrax.SaveAt(t1=True),
+        diffrax.ODETerm(vector_field), solver, t0, t1, dt0, order_parameter, stepsize_controller=controller,
+        max_steps=max_steps, throw=False, saveat=diffrax.SaveAt(t1=True),
     )
     s1 = solution.ys[-1]
     relaxed = relax(vg, positions, s1, neighbors, stiffness, tolerance=tolerance, throw=False)
     ok = (solution.result == diffrax.RESULTS.successful) & relaxed.converged
-    return s1, relaxed.positions, relaxed.stiffness, relaxed.free_energy, ok
+    return s1, relaxed.positions, relaxed.stiffness, relaxed.free_energy, ok, solution.stats["num_steps"]
+
+
+def _law_parameters(law) -> dict:
+    values = {}
+    for name, value in vars(law).items():
+        if isinstance(value, (int, float, str)):
+            values[name] = value
+        elif callable(value):
+            values[name] = getattr(value, "__name__", repr(value))
+        else:
+            values[name] = np.asarray(value).tolist()
+    return values
 
 
 def run(
@@ -125,8 +175,13 @@ def run(
     solver=None,
     rtol: float = 1e-8,
     atol: float = 1e-10,
+    stepsize_controller=None,
+    dt0: float | None = None,
     max_steps: int = 4096,
     tolerance: float | None = None,
+    output: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
     progress: bool = False,
 ) -> Trajectory:
     """Integrate s(t) from ``save_times[0]`` through every later output time.
@@ -140,52 +195,188 @@ def run(
         law: :class:`GradientFlow`, :class:`SpinDiffusion` or :class:`MasterEquation`.
         save_times: increasing output times; the first is the start time.
         kinetic_cutoff: bond length for exchanges, Å.
-        solver: a diffrax solver (default ``Tsit5``; ``Kvaerno5`` for stiff cases).
-        rtol, atol, max_steps: diffrax step control per output interval.
+        solver: a diffrax solver (default ``Tsit5``; an implicit one such as ``Kvaerno5``
+            for stiff cases, e.g. the master equation at low temperature — its Jacobian
+            differentiates through the relaxation by the implicit function theorem).
+        rtol, atol: tolerances of the default ``diffrax.PIDController``.
+        stepsize_controller, dt0: replace the default controller (e.g.
+            ``diffrax.ConstantStepSize()`` with a fixed ``dt0``).
+        max_steps: solver steps allowed per output interval.
         tolerance: relaxation tolerance (default: that of :func:`~dmdjax.relax`).
+        output: an ``.npz`` path. The trajectory is rewritten there (atomically) after every
+            output interval, so it is also the checkpoint; see :meth:`Trajectory.save`.
+        resume: continue the run recorded in ``output`` (same parameters, its times a
+            prefix of ``save_times``) from its last state; the result equals the
+            uninterrupted run bit for bit (same device and dtype).
+        overwrite: allow replacing an existing ``output`` (otherwise an error).
         progress: show a progress bar over output intervals.
 
     Raises:
         DMDError: naming the time and sites, when s leaves (−1, 1), a value is non-finite,
-            or the solver fails; the trajectory recorded so far is attached as ``error.trajectory``.
+            or the solver fails; the trajectory recorded so far is attached as
+            ``error.trajectory`` (and is in ``output``).
+        FileExistsError: ``output`` exists and neither ``resume`` nor ``overwrite`` is set.
+        ValueError: bad ``save_times``, or a checkpoint that does not match this run.
     """
     times = np.asarray(save_times, dtype=float)
-    if times.ndim != 1 or times.size < 2 or np.any(np.diff(times) <= 0):
-        raise ValueError(f"save_times must be increasing with at least two entries; got {times.tolist()}")
+    if times.ndim != 1 or times.size < 2 or np.any(np.diff(times) <= 0) or not np.all(np.isfinite(times)):
+        raise ValueError(f"save_times must be finite and increasing with at least two entries; got {times.tolist()}")
     solver = diffrax.Tsit5() if solver is None else solver
-    graph = kinetics.bond_graph(positions, vg.cell, neighbors, kinetic_cutoff, pinned_species=vg.pinned_species)
-    start = relax(vg, positions, order_parameter, neighbors, stiffness, tolerance=tolerance)
-    state = (order_parameter, start.positions, start.stiffness, start.free_energy)
-    record = [state]
-    parameters = {"law": type(law).__name__, "law_parameters": {k: v for k, v in vars(law).items()
-                                                                 if isinstance(v, (int, float, str))},
+    controller = diffrax.PIDController(rtol=rtol, atol=atol) if stepsize_controller is None else stepsize_controller
+    dtype = positions.dtype
+    parameters = {"law": type(law).__name__, "law_parameters": _law_parameters(law),
                   "temperature": float(vg.temperature), "kinetic_cutoff": kinetic_cutoff,
-                  "quadrature": vg.quadrature, "nodes": vg.nodes, "rtol": rtol, "atol": atol,
-                  "solver": type(solver).__name__}
-    intervals = range(1, times.size)
+                  "quadrature": vg.quadrature, "nodes": vg.nodes, "solver": type(solver).__name__,
+                  "stepsize_controller": type(controller).__name__, "rtol": rtol, "atol": atol,
+                  "dt0": None if dt0 is None else float(dt0), "max_steps": max_steps,
+                  "n_sites": int(order_parameter.shape[0]), "dtype": jnp.dtype(dtype).name}
+    record = []
+    if output is not None and Path(output).exists():
+        if resume:
+            record = _checkpoint_record(load_trajectory(output), parameters, times, output)
+        elif not overwrite:
+            raise FileExistsError(f"{str(output)!r} exists: pass resume=True to continue it or overwrite=True")
+    elif resume:
+        raise FileNotFoundError(f"resume=True but there is no checkpoint at {str(output)!r}")
+    graph = kinetics.bond_graph(positions, vg.cell, neighbors, kinetic_cutoff, pinned_species=vg.pinned_species)
+    law = _as_arrays(law, dtype)
+    dt0 = None if dt0 is None else jnp.asarray(dt0, dtype)  # traced: a new dt0 does not recompile
+    if not record:
+        start = relax(vg, positions, order_parameter, neighbors, stiffness, tolerance=tolerance)
+        record = [(order_parameter, start.positions, start.stiffness, start.free_energy)]
+        _write(output, times, record, parameters)
+    intervals = range(len(record), times.size)
     if progress:
         from tqdm.auto import tqdm
 
-        intervals = tqdm(intervals, desc="DMD", unit="interval")
+        intervals = tqdm(intervals, desc=f"DMD {type(law).__name__}", unit="interval")
     for index in intervals:
-        s0, x0, k0, _ = state
-        s1, x1, k1, f1, ok = _advance(vg, law, graph, neighbors, x0, k0, s0, times[index - 1], times[index],
-                                      solver, rtol, atol, max_steps, tolerance)
-        bad = ~np.isfinite(np.asarray(s1)) | (np.abs(np.asarray(s1)) >= 1.0)
+        s0, x0, k0, _ = record[-1]
+        t0, t1 = times[index - 1], times[index]
+        s1, x1, k1, f1, ok, steps = _advance(vg, law, graph, neighbors, x0, k0, s0, jnp.asarray(t0, dtype),
+                                             jnp.asarray(t1, dtype), solver, controller, dt0, max_steps, tolerance)
+        bad = ~np.isfinite(np.asarray(s1)) | ((np.abs(np.asarray(s1)) >= 1.0) & ~np.asarray(vg.pinned_species))
         if not bool(ok) or np.any(bad) or not np.isfinite(float(f1)):
-            trajectory = _trajectory(times[: len(record)], record, parameters)
             sites = np.flatnonzero(bad).tolist()
             error = DMDError(
-                f"DMD stopped in ({times[index - 1]:g}, {times[index]:g}]: "
+                f"DMD stopped in ({t0:g}, {t1:g}]: "
                 + (f"s left (-1, 1) or became non-finite at sites {sites}" if sites else
-                   "the ODE solver or the (X, k) relaxation failed")
+                   f"the ODE solver (after {int(steps)} steps; max_steps={max_steps}) or the (X, k) "
+                   "relaxation failed")
                 + f"; the last good state is at t = {times[len(record) - 1]:g}"
+                + (f" and is saved in {str(output)!r}" if output is not None else "")
             )
-            error.trajectory = trajectory
+            error.trajectory = _trajectory(times[: len(record)], record, parameters)
             raise error
-        state = (s1, x1, k1, f1)
-        record.append(state)
+        record.append((s1, x1, k1, f1))
+        _write(output, times, record, parameters)
+        if progress:
+            intervals.set_postfix(t=f"{t1:g}", F=f"{float(f1):.6g}")
     return _trajectory(times, record, parameters)
+
+
+class Equilibrium(eqx.Module):
+    """The composition-constrained minimum of F (see :func:`equilibrium`).
+
+    Attributes:
+        order_parameter: s* ``(N,)``; positions: X* ``(N, d)``; stiffness: k* ``(N,)``;
+        free_energy: F*, eV; chemical_potential: the common μ of the free sites, eV;
+        residual: max |μ_i − μ| over free sites, eV; iterations: Newton steps.
+    """
+
+    order_parameter: Float[Array, " n"]
+    positions: Float[Array, "n d"]
+    stiffness: Float[Array, " n"]
+    free_energy: Float[Array, ""]
+    chemical_potential: Float[Array, ""]
+    residual: float
+    iterations: int
+
+
+@eqx.filter_jit
+def _relaxed_potential(vg, positions, stiffness, order_parameter, neighbors, tolerance):
+    """F, μ and ∂μ/∂s (total: through the relaxed X*(s), k*(s)) at s."""
+
+    def mu(s):
+        relaxed = relax(vg, positions, s, neighbors, stiffness, tolerance=tolerance, throw=False)
+        chemical = vg.chemical_potential(relaxed.positions, relaxed.stiffness, s, neighbors)
+        return chemical, relaxed
+
+    chemical, relaxed = mu(order_parameter)
+    hessian = jax.jacfwd(lambda s: mu(s)[0])(order_parameter)
+    return relaxed, chemical, hessian
+
+
+def equilibrium(
+    vg: VGFreeEnergy,
+    positions: Float[Array, "n d"],
+    order_parameter: Float[Array, " n"],
+    neighbors: NeighborList,
+    *,
+    tolerance: float = 1e-10,
+    max_steps: int = 100,
+    relax_tolerance: float | None = None,
+) -> Equilibrium:
+    r"""Minimise F(X, k, s) over s with Σ_i s_i fixed, jointly with (X, k) — DMD's long-time state.
+
+    Newton's method on the Lagrange conditions μ_i(s) = λ (free sites), Σ s_i = Σ s_i⁰,
+    with μ = ∂F/∂s at the relaxed (X*, k*) and its exact Jacobian (through the relaxation,
+    by the implicit function theorem), started from the uniform composition — so it is
+    independent of any trajectory. Steps are damped to keep s inside (−1, 1); where the
+    Newton step is not a descent direction (F not convex there) a scaled projected
+    gradient step is taken instead. Pinned-species sites keep their s. Dense N×N Jacobians: meant for
+    N ≲ 10³. One conserved total: the free sites should form one connected bond graph.
+
+    Raises:
+        DMDError: if Newton's method has not reached ``tolerance`` (eV, on max |μ_i − λ|)
+            after ``max_steps`` steps.
+    """
+    free = ~np.asarray(vg.pinned_species)
+    n_free = int(free.sum())
+    s = np.asarray(order_parameter, dtype=float).copy()
+    s[free] = s[free].sum() / n_free
+    dtype = positions.dtype
+    relaxed = relax(vg, positions, jnp.asarray(s, dtype), neighbors, tolerance=relax_tolerance)
+    x, k = relaxed.positions, relaxed.stiffness
+    for iteration in range(max_steps + 1):
+        relaxed, mu, hessian = _relaxed_potential(vg, x, k, jnp.asarray(s, dtype), neighbors, relax_tolerance)
+        mu, hessian = np.asarray(mu)[free], np.asarray(hessian)[np.ix_(free, free)]
+        lagrange = mu.mean()
+        residual = float(np.max(np.abs(mu - lagrange)))
+        x, k = relaxed.positions, relaxed.stiffness
+        if residual <= tolerance:
+            return Equilibrium(jnp.asarray(s, dtype), x, k, relaxed.free_energy, jnp.asarray(lagrange, dtype),
+                               residual, iteration)
+        # KKT system [[H, -1], [1ᵀ, 0]] (δs, λ) = (−μ, 0).
+        kkt = np.block([[hessian, -np.ones((n_free, 1))], [np.ones((1, n_free)), np.zeros((1, 1))]])
+        step = np.linalg.solve(kkt, np.concatenate([-mu, [0.0]]))[:n_free]
+        step -= step.mean()  # keep Σ s exact
+        if step @ mu > 0:  # not a descent direction on the constraint set: projected gradient instead
+            step = -(mu - lagrange) / np.max(np.abs(np.diag(hessian)))
+        largest = np.max(np.abs(s[free] + step))
+        damping = 1.0 if largest < 1 else 0.9 * np.min(
+            np.where(np.abs(step) > 0, (np.sign(step) - s[free]) / np.where(step == 0, 1, step), np.inf))
+        s[free] = s[free] + min(1.0, damping) * step
+    raise DMDError(f"equilibrium: Newton's method did not reach max |μ_i − λ| <= {tolerance} eV in {max_steps} "
+                   f"steps (last {residual:.3g} eV)")
+
+
+def _write(output, times, record, parameters):
+    if output is not None:
+        _trajectory(times[: len(record)], record, parameters).save(output)
+
+
+def _checkpoint_record(checkpoint: Trajectory, parameters, times, output):
+    saved = dict(checkpoint.parameters)
+    if saved != json.loads(json.dumps(parameters)):
+        changed = sorted(k for k in set(saved) | set(parameters) if saved.get(k) != parameters.get(k))
+        raise ValueError(f"checkpoint {str(output)!r} was written with different parameters: {changed}")
+    n = checkpoint.time.shape[0]
+    if n > times.size or not np.array_equal(np.asarray(checkpoint.time), times[:n]):
+        raise ValueError(f"checkpoint {str(output)!r} has times {np.asarray(checkpoint.time).tolist()}, "
+                         f"not a prefix of save_times")
+    return [(checkpoint.order_parameter[i], checkpoint.positions[i], checkpoint.stiffness[i],
+             checkpoint.free_energy[i]) for i in range(n)]
 
 
 def _trajectory(times, record, parameters) -> Trajectory:

@@ -14,7 +14,9 @@ gradient norm; a run that does not converge raises (``throw=True``) or is flagge
 Derivatives of (X*, k*) with respect to everything in the free-energy object (potential
 parameters, temperature, cell) and s come from the implicit function theorem at the
 minimum (∇_y F = 0 ⇒ dy*/dθ = −H⁻¹ ∂_θ ∇_y F), solved matrix-free by conjugate gradients
-on Hessian-vector products — never by back-propagating through the iterations.
+on Hessian-vector products — never by back-propagating through the iterations. The rule
+is a custom JVP (a linear solve that JAX transposes), so forward mode (``jax.jvp``,
+``jax.jacfwd``, the Jacobians of diffrax's implicit solvers) and reverse mode both work.
 The initial positions are treated as constants (they fix the pinned atoms).
 """
 
@@ -90,7 +92,7 @@ def _max_abs(tree):
     return jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
 
 
-@eqx.filter_custom_vjp
+@eqx.filter_custom_jvp
 def _argmin(params, y0, anchor, neighbors, tolerance, max_steps, memory):
     vg = params[0]
     objective = lambda y: _objective(y, params, anchor, neighbors)
@@ -118,21 +120,21 @@ def _argmin(params, y0, anchor, neighbors, tolerance, max_steps, memory):
     return y, iterations, norm
 
 
-@_argmin.def_fwd
-def _argmin_fwd(perturbed, params, y0, anchor, neighbors, tolerance, max_steps, memory):
-    out = _argmin(params, y0, anchor, neighbors, tolerance, max_steps, memory)
-    return out, out[0]
-
-
-@_argmin.def_bwd
-def _argmin_bwd(y_star, grad_obj, perturbed, params, y0, anchor, neighbors, tolerance, max_steps, memory):
-    vg = params[0]
-    cotangent = grad_obj[0]
-    cotangent = jax.tree_util.tree_map(
-        lambda c, y: jnp.zeros_like(y) if c is None else c, cotangent, y_star, is_leaf=lambda x: x is None
+@_argmin.def_jvp
+def _argmin_jvp(primals, tangents):
+    """Implicit tangent dy* = −H⁻¹ (∂_θ ∇_y F) dθ, linear in dθ: reverse mode transposes it."""
+    params, y0, anchor, neighbors, tolerance, max_steps, memory = primals
+    out = _argmin(*primals)
+    y_star = out[0]
+    param_tangent = jax.tree_util.tree_map(
+        lambda t, p: jnp.zeros_like(p) if t is None else t, tangents[0], params,
+        is_leaf=lambda x: x is None,
     )
-    cotangent = _mask_pinned(cotangent, vg.pinned)
+    param_tangent = eqx.filter(param_tangent, eqx.is_inexact_array)
+    vg = params[0]
     gradient = lambda y, p: jax.grad(_objective)(y, p, anchor, neighbors)
+    _, mixed = eqx.filter_jvp(lambda p: gradient(y_star, p), (params,), (param_tangent,))
+    mixed = _mask_pinned(mixed, vg.pinned)
 
     def hessian_vector(v):
         # mask(H mask(v)) + (v - mask(v)): the identity on pinned components keeps it non-singular.
@@ -140,13 +142,11 @@ def _argmin_bwd(y_star, grad_obj, perturbed, params, y0, anchor, neighbors, tole
         hv = jax.jvp(lambda y: gradient(y, params), (y_star,), (masked_v,))[1]
         return jax.tree_util.tree_map(lambda h, full, m: h + full - m, _mask_pinned(hv, vg.pinned), v, masked_v)
 
-    dtype = y_star[0].dtype
-    cg_tolerance = 1e-12 if dtype == jnp.float64 else 1e-6
-    solution, _ = jax.scipy.sparse.linalg.cg(hessian_vector, cotangent, tol=cg_tolerance)
-    _, vjp = eqx.filter_vjp(lambda p: gradient(y_star, p), params)
-    (param_cotangent,) = vjp(solution)
-    return jax.tree_util.tree_map(lambda g: None if g is None else -g, param_cotangent,
-                                  is_leaf=lambda x: x is None)
+    cg_tolerance = 1e-12 if y_star[0].dtype == jnp.float64 else 1e-6
+    solve = lambda matvec, b: jax.scipy.sparse.linalg.cg(matvec, b, tol=cg_tolerance)[0]
+    step = jax.lax.custom_linear_solve(hessian_vector, mixed, solve, symmetric=True)
+    y_tangent = jax.tree_util.tree_map(jnp.negative, step)
+    return out, (y_tangent, None, None)
 
 
 def relax(

@@ -1,54 +1,234 @@
-"""The DMD driver (work in progress for the kinetics issue): conservation, F decrease, errors, resume."""
+"""The DMD driver: conservation, Lyapunov decrease, long-time equilibrium, linearisation,
+failure reports, checkpoint/resume and the trajectory file (DESIGN.md §4).
+
+All runs share one free energy (a 6-site Lennard-Jones chain with weak A–B chemistry at
+k_B T = 0.2 eV, first site pinned in place and species, s = +1) so that each law compiles once.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import diffrax
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import dmdjax as dj
-from dmdjax import dmd
+from dmdjax import dmd, kinetics
 
-LJ = dj.LennardJones([[1.0, 0.5], [0.5, 0.9]], [[1.0, 1.1], [1.1, 1.2]], species=("A", "B"), cutoff=2.6)
+KT = 0.2
+TAU = 0.1
+KINETIC_CUTOFF = 1.4
+TIMES = np.array([0.0, 1.0, 5.0, 20.0, 60.0, 120.0])
+SETUP = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, dmdjax as dj
+    jax.config.update("jax_enable_x64", True)
+    LJ = dj.LennardJones([[1.0, 0.9], [0.9, 0.9]], [[1.0, 1.05], [1.05, 1.1]], species=("A", "B"), cutoff=2.6)
+    n = 6
+    chain = dj.systems.chain(n, 1.05, pinned=[0])
+    nbrs = dj.neighbor_list(chain.positions, chain.cell, LJ.cutoff, skin=0.4)
+    vg = dj.VGFreeEnergy(LJ, chain.cell, {kt} / dj.BOLTZMANN_EV_PER_K, n, pinned=chain.pinned,
+                          pinned_species=chain.pinned)
+    s0 = (jnp.linspace(0.5, -0.5, n) + 0.1).at[0].set(1.0)  # the pinned site is pure A
+    """
+).format(kt=KT)
 
 
 @pytest.fixture(scope="module")
 def setup():
-    n = 10
-    chain = dj.systems.chain(n, 1.1, pinned=[0])
-    nbrs = dj.neighbor_list(chain.positions, chain.cell, LJ.cutoff, skin=0.4)
-    vg = dj.VGFreeEnergy(LJ, chain.cell, 0.05 / dj.BOLTZMANN_EV_PER_K, n, pinned=chain.pinned)
-    return chain, nbrs, vg, jnp.linspace(0.6, -0.6, n)
+    namespace = {}
+    exec(SETUP, namespace)
+    return namespace
 
 
-@pytest.mark.parametrize("law", [dmd.GradientFlow(0.1), dmd.SpinDiffusion(10.0, "exact"),
-                                 dmd.SpinDiffusion(10.0, "gradient")], ids=["K1", "K2-exact", "K2-gradient"])
-def test_conservation_and_free_energy_decrease(setup, law):
-    chain, nbrs, vg, s0 = setup
-    trajectory = dmd.run(vg, chain.positions, s0, nbrs, law, np.linspace(0, 4, 5), kinetic_cutoff=1.5,
-                         tolerance=1e-10)
-    totals = np.asarray(jnp.sum(trajectory.order_parameter, axis=1))
-    assert np.max(np.abs(totals - totals[0])) < 1e-12 * np.abs(s0).sum()
-    assert np.all(np.diff(np.asarray(trajectory.free_energy)) < 0)
-    assert np.all(np.abs(np.asarray(trajectory.order_parameter)) < 1)
-    assert trajectory.parameters["law"] == type(law).__name__
+OPTIONS = dict(rtol=1e-9, atol=1e-11, tolerance=1e-11, max_steps=20000)
+LAWS = {
+    "K1": (dmd.GradientFlow(1.0 / KT / (2 * TAU)), diffrax.Tsit5()),
+    "K2-gradient": (dmd.SpinDiffusion(TAU, "gradient"), diffrax.Tsit5()),
+    "K2-exact": (dmd.SpinDiffusion(TAU, "exact"), diffrax.Tsit5()),
+    "K3": (dmd.MasterEquation(1.0, 0.0), diffrax.Tsit5()),
+}
 
 
-def test_failed_step_reports_time_and_keeps_the_last_good_state(setup):
-    chain, nbrs, vg, s0 = setup
-    # Master-equation rates e^{βΔ} ~ 1e4 make the ODE stiff: an explicit solver with few steps fails.
-    with pytest.raises(dmd.DMDError, match=r"DMD stopped in \(0, 1\]: .* last good state is at t = 0") as info:
-        dmd.run(vg, chain.positions, s0, nbrs, dmd.MasterEquation(100.0, 0.0), [0.0, 1.0, 2.0],
-                kinetic_cutoff=1.5, solver=diffrax.Tsit5(), max_steps=64)
-    assert info.value.trajectory.time.shape == (1,)
-    np.testing.assert_allclose(np.asarray(info.value.trajectory.order_parameter[0]), np.asarray(s0))
+@pytest.fixture(scope="module")
+def trajectories(setup):
+    out = {}
+    for name, (law, solver) in LAWS.items():
+        out[name] = dmd.run(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], law, TIMES,
+                            kinetic_cutoff=KINETIC_CUTOFF, solver=solver, **OPTIONS)
+    return out
 
 
-def test_resume_from_a_recorded_state_is_exact(setup):
-    chain, nbrs, vg, s0 = setup
-    law = dmd.SpinDiffusion(10.0, "exact")
-    times = np.linspace(0, 3, 4)
-    full = dmd.run(vg, chain.positions, s0, nbrs, law, times, kinetic_cutoff=1.5, tolerance=1e-10)
-    resumed = dmd.run(vg, full.positions[1], full.order_parameter[1], nbrs, law, times[1:], kinetic_cutoff=1.5,
-                      stiffness=full.stiffness[1], tolerance=1e-10)
-    np.testing.assert_array_equal(np.asarray(resumed.order_parameter), np.asarray(full.order_parameter[1:]))
-    np.testing.assert_array_equal(np.asarray(resumed.positions), np.asarray(full.positions[1:]))
+@pytest.fixture(scope="module")
+def minimiser(setup):
+    return dmd.equilibrium(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], relax_tolerance=1e-11)
+
+
+@pytest.mark.parametrize("name", list(LAWS))
+def test_conservation_and_bounds(trajectories, setup, name):
+    s = np.asarray(trajectories[name].order_parameter)
+    totals = s.sum(axis=1)
+    assert np.max(np.abs(totals - totals[0])) <= 1e-12 * np.abs(np.asarray(setup["s0"])).sum()
+    assert np.all(np.abs(s[:, 1:]) < 1)
+    assert s[:, 0].tolist() == [1.0] * len(TIMES)  # the pinned site
+    assert trajectories[name].parameters["law"] == type(LAWS[name][0]).__name__
+
+
+@pytest.mark.parametrize("name", ["K1", "K2-gradient", "K3"])
+def test_free_energy_is_non_increasing(trajectories, name):
+    free_energy = np.asarray(trajectories[name].free_energy)
+    assert np.all(np.diff(free_energy) <= 1e-12 * np.abs(free_energy).max())
+    assert free_energy[-1] < free_energy[0] - 1e-3
+
+
+def test_implicit_solver_agrees(trajectories, setup):
+    """Kvaerno5 (for stiff cases; its Jacobian goes through the (X, k) relaxation by the
+    implicit function theorem, in forward mode) gives the explicit solver's state."""
+    law, _ = LAWS["K3"]
+    implicit = dmd.run(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], law, TIMES[:2],
+                       kinetic_cutoff=KINETIC_CUTOFF, solver=diffrax.Kvaerno5(), **OPTIONS)
+    np.testing.assert_allclose(np.asarray(implicit.order_parameter[1]),
+                               np.asarray(trajectories["K3"].order_parameter[1]), atol=1e-7)
+
+
+def _bonds(setup, state, index):
+    chain, nbrs, vg = setup["chain"], setup["nbrs"], setup["vg"]
+    graph = kinetics.bond_graph(state.positions[index], vg.cell, nbrs, KINETIC_CUTOFF, vg.pinned_species)
+    mu = vg.chemical_potential(state.positions[index], state.stiffness[index], state.order_parameter[index], nbrs)
+    difference = np.asarray(graph.neighbor_values(mu) - mu[:, None])
+    return graph, difference, np.asarray(graph.mask)
+
+
+@pytest.mark.parametrize("name", ["K1", "K2-gradient", "K3"])
+def test_long_time_state_is_the_constrained_minimiser(trajectories, minimiser, setup, name):
+    trajectory = trajectories[name]
+    _, mu_difference, mask = _bonds(setup, trajectory, -1)
+    assert np.max(np.abs(mu_difference[mask])) < 1e-8  # equal total μ on every bond
+    assert minimiser.residual < 1e-10
+    np.testing.assert_allclose(np.asarray(trajectory.order_parameter[-1]), np.asarray(minimiser.order_parameter),
+                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(trajectory.positions[-1]), np.asarray(minimiser.positions), atol=1e-6)
+    assert float(trajectory.free_energy[-1]) == pytest.approx(float(minimiser.free_energy), abs=1e-9)
+
+
+def test_exact_spin_diffusion_fixed_point(trajectories, minimiser, setup):
+    """K2 with the exact swap divided difference stops where artanh s_j − artanh s_i = β D_ij,
+    i.e. μ_j − μ_i = −J_ij (s_j − s_i): not the minimiser of F (a mean-field closure effect)."""
+    trajectory = trajectories["K2-exact"]
+    vg, nbrs = setup["vg"], setup["nbrs"]
+    graph, mu_difference, mask = _bonds(setup, trajectory, -1)
+    s = trajectory.order_parameter[-1]
+    coupling = kinetics.pair_coupling(vg, trajectory.positions[-1], trajectory.stiffness[-1], nbrs, graph)
+    predicted = -np.asarray(coupling * (graph.neighbor_values(s) - s[:, None]))
+    np.testing.assert_allclose(mu_difference[mask], predicted[mask], atol=1e-9)
+    assert np.max(np.abs(predicted[mask])) > 1e-4  # the J term is really there
+    distance = np.max(np.abs(np.asarray(s - minimiser.order_parameter)))
+    assert 1e-4 < distance < 0.05
+
+
+def test_spin_diffusion_linearises_to_gradient_flow():
+    """Near s = 0, K2 (gradient variant) = K1 with k_c = β/(2τ) + O(a³): the relative rate error ∝ a²."""
+    potential = dj.LennardJones([[1.0, 0.8], [0.8, 0.9]], [[1.0, 1.05], [1.05, 1.1]], species=("A", "B"),
+                                cutoff=2.6)
+    n = 8
+    ring = dj.systems.chain(n, 1.05, periodic=True)
+    nbrs = dj.neighbor_list(ring.positions, ring.cell, potential.cutoff, skin=0.4)
+    vg = dj.VGFreeEnergy(potential, ring.cell, KT / dj.BOLTZMANN_EV_PER_K, n)
+    graph = kinetics.bond_graph(ring.positions, ring.cell, nbrs, KINETIC_CUTOFF)
+    pattern = jnp.cos(2 * jnp.pi * jnp.arange(n) / n) + 0.3 * jnp.sin(4 * jnp.pi * jnp.arange(n) / n)
+    pattern = pattern - pattern.mean()
+    errors = []
+    for amplitude in (0.1, 0.05, 0.025):
+        s = amplitude * pattern
+        relaxed = dj.relax(vg, ring.positions, s, nbrs, tolerance=1e-12)
+        rates = [dmd.species_rate(vg, law, graph, relaxed.positions, relaxed.stiffness, s, nbrs)
+                 for law in (dmd.SpinDiffusion(TAU, "gradient"), dmd.GradientFlow(1.0 / KT / (2 * TAU)))]
+        errors.append(float(jnp.max(jnp.abs(rates[0] - rates[1])) / jnp.max(jnp.abs(rates[1]))))
+    ratios = np.array(errors[:-1]) / np.array(errors[1:])
+    assert errors[0] < 0.03
+    np.testing.assert_allclose(ratios, 4.0, rtol=0.05)  # halving a quarters the relative error
+
+
+def _euler_run(setup, mobility, dt0, output=None):
+    """Forward Euler with a constant step (the last step of an interval is cut at the output time)."""
+    return dmd.run(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], dmd.GradientFlow(mobility),
+                   [0.0, 1e-3, 1.0], kinetic_cutoff=KINETIC_CUTOFF, solver=diffrax.Euler(),
+                   stepsize_controller=diffrax.ConstantStepSize(), dt0=dt0, max_steps=16, output=output)
+
+
+def test_forced_bad_step_is_reported_and_the_last_good_state_saved(setup, tmp_path):
+    output = tmp_path / "bad.npz"
+    # One Euler step of 1e-3 is harmless; the next one (length ~1) throws s out of (−1, 1).
+    with pytest.raises(dmd.DMDError, match=r"DMD stopped in \(0.001, 1\]: s left \(-1, 1\) or became non-finite "
+                                           r"at sites \[[0-9, ]+\]; the last good state is at t = 0.001 and is "
+                                           r"saved in") as info:
+        _euler_run(setup, 100.0, 1.0, output)
+    saved = dmd.load_trajectory(output)
+    assert saved.time.tolist() == [0.0, 1e-3]
+    np.testing.assert_array_equal(np.asarray(saved.order_parameter),
+                                  np.asarray(info.value.trajectory.order_parameter))
+    assert np.all(np.abs(np.asarray(saved.order_parameter)[:, 1:]) < 1)
+    assert not np.array_equal(np.asarray(saved.order_parameter[1]), np.asarray(saved.order_parameter[0]))
+    # Too many steps for max_steps: the solver failure is reported the same way.
+    with pytest.raises(dmd.DMDError, match=r"DMD stopped in \(0.001, 1\]: the ODE solver \(after 16 steps; "
+                                           r"max_steps=16\) .* last good state is at t = 0.001$"):
+        _euler_run(setup, 100.0, 1e-4)
+
+
+CHILD = SETUP + "OPTIONS = dict(rtol=1e-9, atol=1e-11, tolerance=1e-11, max_steps=20000)\n" + textwrap.dedent(
+    """
+    import sys, time
+    from dmdjax import dmd
+    write = dmd._write
+
+    def slow_write(*args):  # a slow run: time for the parent to kill it between checkpoints
+        write(*args)
+        time.sleep(1.0)
+
+    dmd._write = slow_write
+    dmd.run(vg, chain.positions, s0, nbrs, dmd.SpinDiffusion(0.1, "exact"), [0, 0.5, 1, 1.5, 2, 2.5, 3],
+            kinetic_cutoff=1.4, output=sys.argv[1], **OPTIONS)
+    """
+)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
+    """SIGKILL a run after two checkpoints; resuming from the file gives the same final state
+    bit for bit (float64, CPU) as the run that was never interrupted."""
+    output = tmp_path / "run.npz"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(output)], env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            if output.exists() and dmd.load_trajectory(output).time.shape[0] >= 3:
+                child.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.1)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    written = dmd.load_trajectory(output).time.shape[0]
+    assert 3 <= written < 7
+    law, times = dmd.SpinDiffusion(0.1, "exact"), [0, 0.5, 1, 1.5, 2, 2.5, 3]
+    arguments = (setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], law, times)
+    with pytest.raises(FileExistsError, match="resume=True"):
+        dmd.run(*arguments, kinetic_cutoff=KINETIC_CUTOFF, output=output, **OPTIONS)
+    with pytest.raises(ValueError, match=r"different parameters: \['kinetic_cutoff'\]"):
+        dmd.run(*arguments, kinetic_cutoff=1.3, output=output, resume=True, **OPTIONS)
+    resumed = dmd.run(*arguments, kinetic_cutoff=KINETIC_CUTOFF, output=output, resume=True, **OPTIONS)
+    uninterrupted = dmd.run(*arguments, kinetic_cutoff=KINETIC_CUTOFF, **OPTIONS)
+    for name in ("time", "order_parameter", "positions", "stiffness", "free_energy"):
+        np.testing.assert_array_equal(np.asarray(getattr(resumed, name)), np.asarray(getattr(uninterrupted, name)))
+    on_disk = dmd.load_trajectory(output)  # the file now holds the whole run, parameters included
+    np.testing.assert_array_equal(np.asarray(on_disk.order_parameter), np.asarray(uninterrupted.order_parameter))
+    assert on_disk.parameters == uninterrupted.parameters
+    with np.load(output) as data:
+        assert set(data.files) == {"time", "order_parameter", "positions", "stiffness", "free_energy", "parameters"}
+        assert data["positions"].shape == (7, 6, 1) and data["positions"].dtype == np.float64
