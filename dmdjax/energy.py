@@ -75,9 +75,16 @@ def assemble_site_energies(
     radial: Float[Array, "n m t s s"],
     weights: Float[Array, "n s"],
     neighbor_idx: Int[Array, "n m"],
+    rows: Int[Array, " r"] | None = None,
 ) -> Float[Array, " n"]:
-    """Site energies e_i (eV) from radial values ``(N, M, T, S, S)`` and species weights."""
+    """Site energies e_i (eV) from radial values ``(N, M, T, S, S)`` and species weights.
+
+    With ``rows`` (``(R,)`` atom indices), ``radial`` and ``neighbor_idx`` hold those atoms'
+    rows only (``(R, M, ...)``) and the R site energies are returned: a local update.
+    """
     neighbor_weights = _neighbors.gather(weights, neighbor_idx)  # (N, M, S); zero on padding slots
+    if rows is not None:
+        weights = weights[rows]
     # Contract every term with the neighbours' weights: [n, PAIR, a] = Σ_j Σ_b φ_ab w_j^b and
     # [n, DENSITY, a] = ρ_{n,a} = Σ_j Σ_b f_{b→a} w_j^b.
     summed = jnp.einsum("nmtbx,nmb->ntx", radial, neighbor_weights, precision=HIGHEST)

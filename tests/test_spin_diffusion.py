@@ -1,0 +1,244 @@
+"""The spin-diffusion sampler (DESIGN.md §5): local swap energies, exchange frequencies,
+detailed balance by enumeration, Langevin variance, the joint stationary law, replicas."""
+
+import itertools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dmdjax as dj
+from dmdjax import spin_diffusion as sd
+
+KT = 0.1
+LJ = dj.LennardJones([[1.0, 0.8], [0.8, 0.9]], [[1.0, 1.05], [1.05, 1.1]], species=("A", "B"), cutoff=2.6)
+
+
+def _states(sampler, key, spins, times, n_replicas):
+    """Full replica states at ``times`` (the low-level init/advance pair)."""
+    keys = jax.random.split(key, n_replicas)
+    x0 = jnp.broadcast_to(sampler.reference_positions, (n_replicas,) + sampler.reference_positions.shape)
+    states = sd._init_replicas(sampler, keys, x0, jnp.broadcast_to(spins, (n_replicas, spins.shape[0])))
+    out = []
+    for t in times:
+        states = sd._advance_replicas(sampler, states, jnp.asarray(t))
+        out.append(states)
+    return out
+
+
+def _lj_chain(n, mode="frozen", kt=KT, **kwargs):
+    rng = np.random.default_rng(1)
+    positions = 1.05 * np.arange(n)[:, None] + 0.03 * rng.normal(size=(n, 1))
+    chain = dj.systems.chain(n, 1.05)
+    nbrs = dj.neighbor_list(jnp.asarray(positions), chain.cell, LJ.cutoff, skin=0.4)
+    return sd.spin_diffusion_sampler(LJ, jnp.asarray(positions), chain.cell, nbrs, temperature=kt / dj.BOLTZMANN_EV_PER_K,
+                                     kinetic_cutoff=1.4, mode=mode, **kwargs)
+
+
+def test_local_swap_energy_equals_the_global_difference(mendelev):
+    """Δ_ij V from the neighbourhoods of i and j equals V(σ^{ij}) − V(σ): pair (chain) and EAM (3-D)."""
+    from ase.build import bulk
+
+    sampler = _lj_chain(8)
+    spins = jnp.array([1.0, 1, -1, 1, -1, -1, 1, -1])
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True).repeat((4, 4, 4))
+    atoms.positions += np.random.default_rng(0).normal(0, 0.05, atoms.positions.shape)
+    system = dj.from_ase(atoms, species_names=mendelev.species)
+    nbrs = dj.neighbor_list(system.positions, system.cell, mendelev.cutoff, skin=0.3)
+    eam = sd.spin_diffusion_sampler(mendelev, system.positions, system.cell, nbrs, temperature=600.0,
+                                    kinetic_cutoff=3.0, mode="frozen")
+    eam_spins = jnp.asarray(np.where(np.random.default_rng(2).random(system.n_atoms) < 0.3, -1.0, 1.0))
+    for model, s in ((sampler, spins), (eam, eam_spins)):
+        x = model.reference_positions
+        energy, swap = eqx.filter_jit(model.energy), eqx.filter_jit(model.swap_energy_change)
+        for i, j in np.asarray(model.bonds)[:: max(1, model.bonds.shape[0] // 12)]:
+            swapped = s.at[i].set(s[j]).at[j].set(s[i])
+            exact = float(energy(x, swapped) - energy(x, s))
+            local = float(swap(x, s, i, j))
+            assert local == pytest.approx(exact, abs=1e-10), (i, j)
+
+
+def test_exchange_frequencies_match_the_rates():
+    """From a fixed (x, σ), accepted candidates per unit time on each bond → r_ij."""
+    sampler = _lj_chain(8, kt=1.0)
+    spins = jnp.array([1.0, 1, -1, 1, -1, -1, 1, -1])
+    rates = np.asarray(sampler.exchange_rates(sampler.reference_positions, spins))
+    state = sampler.init(jax.random.PRNGKey(0), sampler.reference_positions, spins)
+    n = 200_000
+    keys = jax.random.split(jax.random.PRNGKey(1), n)
+    after = jax.jit(jax.vmap(lambda k: sampler._candidate(eqx_key(state, k)).spins))(keys)
+    changed = np.asarray(after != spins[None])
+    bonds = np.asarray(sampler.bonds)
+    counts = np.array([np.sum(changed[:, i] & changed[:, j]) for i, j in bonds])
+    probability = np.asarray(jnp.asarray(rates)) * float(sampler.tau) / bonds.shape[0]
+    expected = n * probability
+    frequency = counts / n * float(sampler.candidate_rate)
+    assert np.all(np.abs(counts - expected) <= 4.5 * np.sqrt(expected * (1 - probability)) + 1), (counts, expected)
+    assert np.sum((rates > 0.05) & (rates < 0.95)) >= 3 and np.allclose(frequency[rates == 0], 0)
+    np.testing.assert_allclose(frequency[rates > 0], rates[rates > 0], rtol=0.05)
+
+
+def eqx_key(state, key):
+    return eqx.tree_at(lambda s: s.key, state, key)
+
+
+def _histogram(spins, n):
+    codes = ((spins.reshape(-1, n) > 0).astype(np.int64) << np.arange(n)).sum(axis=1)
+    return np.bincount(codes, minlength=2 ** n)
+
+
+def test_detailed_balance_by_enumeration():
+    """x frozen, 10 sites, Σσ = 0: the sampled law of σ is e^{−βV} over all 252 states (TV < 0.01)."""
+    n, kt = 10, 0.3
+    sampler = _lj_chain(n, kt=kt)
+    spins0 = jnp.array([1.0, -1] * 5)
+    times = 5.0 + 2.0 * np.arange(300)
+    states = _states(sampler, jax.random.PRNGKey(3), spins0, times, 1000)
+    samples = np.stack([np.asarray(s.spins) for s in states])
+    assert np.all(samples.sum(axis=-1) == 0)
+    configurations = np.array([c for c in itertools.product((1.0, -1.0), repeat=n) if sum(c) == 0])
+    energies = np.asarray(jax.vmap(lambda s: sampler.energy(sampler.reference_positions, s))(
+        jnp.asarray(configurations)))
+    weights = np.exp(-(energies - energies.min()) / kt)
+    exact = np.zeros(2 ** n)
+    codes = ((configurations > 0).astype(np.int64) << np.arange(n)).sum(axis=1)
+    exact[codes] = weights / weights.sum()
+    empirical = _histogram(samples, n) / samples.reshape(-1, n).shape[0]
+    tv = 0.5 * np.abs(empirical - exact).sum()
+    assert len(configurations) == 252 and exact.max() < 0.5  # a non-trivial law
+    print("detailed balance: TV", tv, "max p", exact.max(), "samples", samples.reshape(-1, n).shape[0])
+    assert tv < 0.01, tv
+
+
+def test_langevin_variance_of_a_harmonic_bond():
+    """Overdamped Leimkuhler–Matthews Langevin: Var x = 1/(βκ) (exact for quadratic V)."""
+    kappa = 5.0
+    potential = dj.HarmonicBond(kappa, 1.0, species=("A", "B"), cutoff=3.0)  # the bond never breaks
+    chain = dj.systems.chain(2, 1.0, pinned=[0])
+    nbrs = dj.neighbor_list(chain.positions, chain.cell, potential.cutoff, skin=2.0)
+    sampler = sd.spin_diffusion_sampler(potential, chain.positions, chain.cell, nbrs, temperature=KT / dj.BOLTZMANN_EV_PER_K,
+                                        kinetic_cutoff=1.2, mode="joint", epsilon=1.0, langevin_step=0.05,
+                                        pinned=chain.pinned)
+    states = _states(sampler, jax.random.PRNGKey(4), jnp.array([1.0, 1.0]), 2.0 + 1.0 * np.arange(200), 2000)
+    x = np.stack([np.asarray(s.positions[:, 1, 0]) for s in states])
+    assert np.all(np.stack([np.asarray(s.positions[:, 0, 0]) for s in states]) == 0.0)  # pinned
+    assert not np.any([np.asarray(s.displaced).any() for s in states])
+    variance = x.var()
+    assert variance == pytest.approx(KT / kappa, rel=0.01)
+    assert x.mean() == pytest.approx(1.0, abs=3e-3)
+
+
+def test_joint_stationary_law_of_the_spins():
+    """Harmonic bonds κ_{σ_i σ_j} on a free chain: ∫e^{−βV}dx ∝ Π_bonds κ_b^{-1/2}, so the σ
+    marginal of the joint (x, σ) process is known exactly; TV < 0.01."""
+    n = 4
+    kappa = np.array([[20.0, 80.0], [80.0, 45.0]])
+    # One rest length: a swap at fixed x then costs O(k_B T) and σ mixes quickly; the
+    # segregation is purely entropic (vibrational).
+    potential = dj.HarmonicBond(kappa, 1.0, species=("A", "B"), cutoff=1.5)
+    chain = dj.systems.chain(n, 1.0, pinned=[0])
+    nbrs = dj.neighbor_list(chain.positions, chain.cell, potential.cutoff, skin=2.0)
+    sampler = sd.spin_diffusion_sampler(potential, chain.positions, chain.cell, nbrs,
+                                        temperature=0.05 / dj.BOLTZMANN_EV_PER_K, kinetic_cutoff=1.2, tau=0.1,
+                                        mode="joint", epsilon=1.0, langevin_step=0.004, pinned=chain.pinned)
+    spins0 = jnp.array([1.0, -1, 1, -1])
+    # h λ_max(∇²V) ≤ 0.004 · 4 · 80 < 2: the Langevin step is stable.
+    states = _states(sampler, jax.random.PRNGKey(5), spins0, 1.0 + 0.5 * np.arange(100), 1000)
+    samples = np.stack([np.asarray(s.spins) for s in states])
+    configurations = np.array([c for c in itertools.product((1.0, -1.0), repeat=n) if sum(c) == 0])
+    index = ((1 - configurations) / 2).astype(int)
+    weights = np.prod(kappa[index[:, :-1], index[:, 1:]] ** -0.5, axis=1)
+    exact = np.zeros(2 ** n)
+    exact[((configurations > 0).astype(np.int64) << np.arange(n)).sum(axis=1)] = weights / weights.sum()
+    empirical = _histogram(samples, n) / samples.reshape(-1, n).shape[0]
+    tv = 0.5 * np.abs(empirical - exact).sum()
+    print("joint: TV", tv, "samples", samples.reshape(-1, n).shape[0])
+    assert tv < 0.01, tv
+    assert not bool(np.any([np.asarray(s.displaced).any() for s in states]))
+
+
+def test_scale_separated_basin_sampler_has_the_exact_marginal():
+    """ε → 0 with basin-averaged rates satisfies detailed balance with Z(σ) = ∫e^{−βV}dx, so its
+    σ law is the joint process's. 3 sites, Σσ = 1 (3 states); TV < 0.015 (its sampling noise
+    is about 0.005 here)."""
+    n = 3
+    kappa = np.array([[20.0, 40.0], [40.0, 30.0]])
+    potential = dj.HarmonicBond(kappa, 1.0, species=("A", "B"), cutoff=1.5)
+    chain = dj.systems.chain(n, 1.0, pinned=[0])
+    nbrs = dj.neighbor_list(chain.positions, chain.cell, potential.cutoff, skin=2.0)
+    # h λ_max ≤ 0.01 · 4 · 40 < 2; 60 steps relax the slowest mode by e^{-4} (variance e^{-8}).
+    sampler = sd.spin_diffusion_sampler(potential, chain.positions, chain.cell, nbrs,
+                                        temperature=0.05 / dj.BOLTZMANN_EV_PER_K, kinetic_cutoff=1.2, tau=0.1,
+                                        mode="scale-separated", rate_average="basin", basin_steps=60,
+                                        langevin_step=0.01, pinned=chain.pinned)
+    states = _states(sampler, jax.random.PRNGKey(6), jnp.array([1.0, -1, 1]), 0.5 + 0.2 * np.arange(40), 1000)
+    samples = np.stack([np.asarray(s.spins) for s in states])
+    configurations = np.array([c for c in itertools.product((1.0, -1.0), repeat=n) if sum(c) == 1])
+    index = ((1 - configurations) / 2).astype(int)
+    weights = np.prod(kappa[index[:, :-1], index[:, 1:]] ** -0.5, axis=1)
+    exact = np.zeros(2 ** n)
+    exact[((configurations > 0).astype(np.int64) << np.arange(n)).sum(axis=1)] = weights / weights.sum()
+    empirical = _histogram(samples, n) / samples.reshape(-1, n).shape[0]
+    tv = 0.5 * np.abs(empirical - exact).sum()
+    print("scale-separated (basin): TV", tv, "samples", samples.reshape(-1, n).shape[0])
+    assert tv < 0.015, tv
+
+
+def test_sample_averages_errors_file_and_sharding(tmp_path):
+    """`sample`: E[σ](t) and standard errors, Σσ conserved, the .npz file; 8 fake CPU devices
+    (replicas sharded) give the same numbers as one."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import sys, json, jax, jax.numpy as jnp, numpy as np
+        jax.config.update("jax_enable_x64", True)
+        import dmdjax as dj
+        from dmdjax import spin_diffusion as sd
+        lj = dj.LennardJones([[1.0, 0.8], [0.8, 0.9]], [[1.0, 1.05], [1.05, 1.1]], species=("A", "B"), cutoff=2.6)
+        chain = dj.systems.chain(8, 1.05, pinned=[0])
+        nbrs = dj.neighbor_list(chain.positions, chain.cell, lj.cutoff, skin=0.4)
+        sampler = sd.spin_diffusion_sampler(lj, chain.positions, chain.cell, nbrs, temperature=0.3 / dj.BOLTZMANN_EV_PER_K,
+                                            kinetic_cutoff=1.4, mode="frozen", pinned=chain.pinned,
+                                            pinned_species=chain.pinned)
+        spins = jnp.array([1.0, 1, 1, 1, -1, -1, -1, -1])
+        out = sd.sample(sampler, jax.random.PRNGKey(0), spins, [0, 1, 2, 4], n_replicas=64, output=sys.argv[1])
+        print(json.dumps({"devices": len(jax.devices()), "mean": np.asarray(out.order_parameter).tolist()}))
+        """
+    )
+    results = []
+    for devices in (1, 8):
+        env = {**__import__("os").environ, "JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        path = tmp_path / f"sample{devices}.npz"
+        done = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results.append((json.loads(done.stdout.strip().splitlines()[-1]), path))
+    (one, path_one), (eight, path_eight) = results
+    assert one["devices"] == 1 and eight["devices"] == 8
+    np.testing.assert_array_equal(np.asarray(one["mean"]), np.asarray(eight["mean"]))
+    with np.load(path_eight) as data:
+        parameters = json.loads(str(data["parameters"]))
+        mean, error = data["order_parameter"], data["order_parameter_error"]
+        assert data["time"].tolist() == [0, 1, 2, 4] and mean.shape == error.shape == (4, 8)
+        np.testing.assert_allclose(mean.sum(axis=1), 0.0, atol=1e-12)  # Σσ conserved in every replica
+        assert np.all(mean[:, 0] == 1.0) and np.all(error[:, 0] == 0.0)  # the pinned species
+        assert error[1:, 1:].min() >= 0 and error[1:, 1:].max() > 0 and error.max() <= 1.0 / np.sqrt(63) + 1e-12
+        assert data["accepted"][-1] > 0 and data["candidates"][-1] >= data["accepted"][-1]
+    assert parameters["mode"] == "frozen" and parameters["n_replicas"] == 64 and parameters["devices"] == 8
+
+
+def test_bad_input_is_named():
+    sampler = _lj_chain(4)
+    with pytest.raises(ValueError, match=r"spins must be ±1 .* value 0.5"):
+        sd.sample(sampler, jax.random.PRNGKey(0), jnp.array([1.0, 0.5, -1, -1]), [0, 1], n_replicas=2)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        _lj_chain(4, mode="fast")
+    with pytest.raises(ValueError, match="tau must be finite and > 0; got -1"):
+        _lj_chain(4, tau=-1.0)
