@@ -44,8 +44,9 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from . import _validate, io, kinetics
 from .cell import Cell
 from .energy import assemble_site_energies, masked_distance, pair_geometry
+from ._precision import HIGHEST
 from .free_energy import VGFreeEnergy
-from .neighbors import NeighborList
+from .neighbors import NeighborList, gather
 from .potentials import Potential
 from .units import BOLTZMANN_EV_PER_K
 
@@ -122,13 +123,33 @@ class SpinDiffusionSampler(eqx.Module):
         return jnp.sum(assemble_site_energies(self.potential, self.potential.radial(r), spin_weights(spins),
                                               self.neighbor_idx))
 
+    def force(self, positions, spins) -> Float[Array, "n d"]:
+        """−∇_x V(x, σ), eV/Å. Pair potentials: analytic row sums over the full neighbour list
+        (no scatter: every bond is listed from both ends); EAM: ``jax.grad``."""
+        if self.potential.is_embedded:
+            return -jax.grad(self.energy)(positions, spins)
+        geometry = pair_geometry(positions, self.cell, self.neighbor_idx)
+        r = masked_distance(geometry.displacement, geometry.mask, 2.0 * self.potential.cutoff)
+        _, slope = jax.jvp(self.potential.pair, (r,), (jnp.ones_like(r),))  # dφ_ab/dr, (N, M, 2, 2)
+        weights = spin_weights(spins)
+        neighbor_weights = gather(weights, self.neighbor_idx)
+        dphi = jnp.einsum("na,nmab,nmb->nm", weights, slope, neighbor_weights, precision=HIGHEST)
+        dphi = jnp.where(geometry.mask, dphi / r, 0.0)
+        return jnp.sum(dphi[:, :, None] * geometry.displacement, axis=1)
+
     def swap_energy_change(self, positions, spins, i, j) -> Float[Array, ""]:
         """Δ_ij V = V(x, σ^{ij}) − V(x, σ) from the site energies of i, j and their neighbours."""
         n = positions.shape[0]
-        rows = jnp.concatenate([jnp.stack([i, j]), self.neighbor_idx[i], self.neighbor_idx[j]])
-        earlier = jnp.tril(rows[:, None] == rows[None, :], k=-1)
-        first = (rows < n) & ~jnp.any(earlier, axis=1)  # each affected atom once
-        rows = jnp.where(rows < n, rows, 0)
+        if self.potential.is_embedded:  # embedding energies of the neighbours change too
+            rows = jnp.concatenate([jnp.stack([i, j]), self.neighbor_idx[i], self.neighbor_idx[j]])
+            earlier = jnp.tril(rows[:, None] == rows[None, :], k=-1)
+            first = (rows < n) & ~jnp.any(earlier, axis=1)  # each affected atom once
+            rows = jnp.where(rows < n, rows, 0)
+            scale = 1.0
+        else:
+            # Pair potential: only the bonds of i and j change; their full bond energies are
+            # twice the site energies' halves (the i–j bond itself does not change).
+            rows, first, scale = jnp.stack([i, j]), jnp.ones(2, bool), 2.0
         idx = self.neighbor_idx[rows]
         mask = idx < n
         displacement = self.cell.displacement(positions[jnp.where(mask, idx, 0)], positions[rows][:, None, :])
@@ -136,7 +157,7 @@ class SpinDiffusionSampler(eqx.Module):
         swapped = spins.at[i].set(spins[j]).at[j].set(spins[i])
         before = assemble_site_energies(self.potential, radial, spin_weights(spins), idx, rows)
         after = assemble_site_energies(self.potential, radial, spin_weights(swapped), idx, rows)
-        return jnp.sum(jnp.where(first, after - before, 0.0))
+        return scale * jnp.sum(jnp.where(first, after - before, 0.0))
 
     def exchange_rates(self, positions, spins) -> Float[Array, " b"]:
         """r_ij = τ⁻¹ ½(1 − tanh(βΔ_ij V/2)) on every bond (0 where σ_i = σ_j: nothing to exchange)."""
@@ -147,7 +168,7 @@ class SpinDiffusionSampler(eqx.Module):
 
     # -- moves ----------------------------------------------------------------------------
     def _langevin(self, positions, spins, noise, key):
-        force = -jax.grad(self.energy)(positions, spins)
+        force = self.force(positions, spins)
         fresh = jax.random.normal(key, positions.shape, positions.dtype)
         h = self.langevin_step
         step = h * force + jnp.sqrt(h / (2.0 * self.beta)) * (noise + fresh)
@@ -175,7 +196,8 @@ class SpinDiffusionSampler(eqx.Module):
                            (result.positions, result.stiffness, state.displaced | moved | ~result.converged))
 
     def _candidate(self, state: SamplerState) -> SamplerState:
-        key, k_bond, k_accept, k_move, k_wait = jax.random.split(state.key, 5)
+        key, k_move, k_uniform = jax.random.split(state.key, 3)
+        u_bond, u_accept, u_wait = jax.random.uniform(k_uniform, (3,), state.time.dtype)
         state = eqx.tree_at(lambda s: s.key, state, key)
         if self.mode == "scale-separated" and self.rate_average == "basin":
             # A fresh LM noise: the basin sample must not remember the last exchange.
@@ -186,18 +208,17 @@ class SpinDiffusionSampler(eqx.Module):
             width = jnp.sqrt(1.0 / (self.beta * state.stiffness))[:, None]
             sample = positions + width * jax.random.normal(k_move, positions.shape, positions.dtype)
             positions = jnp.where(self.pinned[:, None], positions, sample)
-        bond = jax.random.randint(k_bond, (), 0, self.bonds.shape[0])
+        bond = jnp.minimum((u_bond * self.bonds.shape[0]).astype(jnp.int32), self.bonds.shape[0] - 1)
         i, j = self.bonds[bond, 0], self.bonds[bond, 1]
         delta = self.swap_energy_change(positions, state.spins, i, j)
-        accept = (state.spins[i] != state.spins[j]) & (
-            jax.random.uniform(k_accept, (), positions.dtype) < jax.nn.sigmoid(-self.beta * delta))
+        accept = (state.spins[i] != state.spins[j]) & (u_accept < jax.nn.sigmoid(-self.beta * delta))
         swapped = state.spins.at[i].set(state.spins[j]).at[j].set(state.spins[i])
         state = eqx.tree_at(lambda s: (s.spins, s.candidates, s.accepted), state,
                             (jnp.where(accept, swapped, state.spins), state.candidates + 1,
                              state.accepted + accept.astype(state.accepted.dtype)))
         if self.mode == "scale-separated" and self.rate_average == "gaussian":
             state = jax.lax.cond(accept, self._relax, lambda s: s, state)
-        wait = jax.random.exponential(k_wait, (), positions.dtype) / self.candidate_rate
+        wait = -jnp.log1p(-u_wait) / self.candidate_rate  # Exp(Λ)
         return eqx.tree_at(lambda s: s.next_candidate, state, state.time + wait)
 
     # -- the init / advance pair ------------------------------------------------------------

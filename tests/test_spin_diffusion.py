@@ -58,6 +58,9 @@ def test_local_swap_energy_equals_the_global_difference(mendelev):
             exact = float(energy(x, swapped) - energy(x, s))
             local = float(swap(x, s, i, j))
             assert local == pytest.approx(exact, abs=1e-10), (i, j)
+        # The sampler's forces (analytic for pair potentials) are −∇V.
+        np.testing.assert_allclose(np.asarray(model.force(x, s)), -np.asarray(jax.grad(model.energy)(x, s)),
+                                   atol=1e-10)
 
 
 def test_exchange_frequencies_match_the_rates():

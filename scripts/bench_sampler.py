@@ -1,0 +1,160 @@
+"""Benchmark: candidate exchange events per second of the spin-diffusion sampler.
+
+A 64-site Lennard-Jones chain (the chain study's potential), R replicas in one jitted,
+vmapped loop, against a plain NumPy implementation of the same algorithm (uniformised
+Kawasaki exchange with local swap energies; in "joint" mode one Leimkuhler–Matthews step
+per candidate) written here for the comparison. NumPy runs replicas one after another, so
+its rate does not depend on R: it is measured once per mode.
+
+    python scripts/bench_sampler.py [--replicas 1 1000 10000] [--float32] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+N_SITES = 64
+SPACING = 1.05
+KT = 0.3
+EPSILON_AB = 0.8
+
+
+def build(mode, dtype):
+    import dmdjax as dj
+    from dmdjax import spin_diffusion as sd
+
+    lj = dj.LennardJones([[1.0, EPSILON_AB], [EPSILON_AB, 0.9]], [[1.0, 1.05], [1.05, 1.1]], species=("A", "B"),
+                         cutoff=2.6)
+    chain = dj.systems.chain(N_SITES, SPACING, pinned=[0])
+    positions = chain.positions.astype(dtype)
+    nbrs = dj.neighbor_list(positions, chain.cell, lj.cutoff, skin=0.6)
+    # One LM step per candidate on average: ε h Λ = 1.
+    tau, h = 1.0, 2e-3
+    epsilon = tau / ((N_SITES - 1) * h)
+    sampler = sd.spin_diffusion_sampler(lj, positions, chain.cell, nbrs, temperature=KT / dj.BOLTZMANN_EV_PER_K,
+                                        kinetic_cutoff=1.4, mode=mode, tau=tau, epsilon=epsilon, langevin_step=h,
+                                        pinned=chain.pinned)
+    return sampler, lj
+
+
+def jax_rate(mode, n_replicas, dtype, horizon):
+    from dmdjax import spin_diffusion as sd
+
+    sampler, _ = build(mode, dtype)
+    spins = jnp.where(jnp.arange(N_SITES) < N_SITES // 2, 1.0, -1.0).astype(dtype)
+    keys = jax.random.split(jax.random.PRNGKey(0), n_replicas)
+    x0 = jnp.broadcast_to(sampler.reference_positions, (n_replicas,) + sampler.reference_positions.shape)
+    states = sd._init_replicas(sampler, keys, x0, jnp.broadcast_to(spins, (n_replicas, N_SITES)))
+    warm = sd._advance_replicas(sampler, states, jnp.asarray(horizon / 10, dtype))  # compile
+    jax.block_until_ready(warm)
+    start = time.perf_counter()
+    final = sd._advance_replicas(sampler, warm, jnp.asarray(horizon, dtype))
+    jax.block_until_ready(final)
+    seconds = time.perf_counter() - start
+    events = int(np.asarray(final.candidates).sum() - np.asarray(warm.candidates).sum())
+    return events / seconds, events, seconds
+
+
+def numpy_rate(mode, n_events, seed=0):
+    """The same algorithm in plain NumPy, one replica, one event at a time."""
+    sampler, lj = build(mode, jnp.float64)
+    rng = np.random.default_rng(seed)
+    eps = np.asarray(lj.epsilon, float)
+    sig = np.asarray(lj.sigma, float)
+    cutoff = lj.cutoff
+    beta = 1.0 / KT
+    x = np.asarray(sampler.reference_positions, float)[:, 0].copy()
+    pinned = np.asarray(sampler.pinned)
+    bonds = np.asarray(sampler.bonds)
+    idx = np.asarray(sampler.neighbor_idx)
+    neighbours = [row[row < N_SITES] for row in idx]
+    species = (np.arange(N_SITES) >= N_SITES // 2).astype(int)  # 0 = A (σ = +1), 1 = B
+    rate = len(bonds) / float(sampler.tau)
+    h, epsilon = float(sampler.langevin_step), float(sampler.epsilon)
+    noise = rng.normal(size=N_SITES)
+
+    def phi(r, a, b):
+        sr6 = (sig[a, b] / r) ** 6
+        return np.where(r < cutoff, 4 * eps[a, b] * (sr6 * sr6 - sr6), 0.0)
+
+    def dphi(r, a, b):
+        sr6 = (sig[a, b] / r) ** 6
+        return np.where(r < cutoff, 4 * eps[a, b] * (-12 * sr6 * sr6 + 6 * sr6) / r, 0.0)
+
+    def swap_energy(i, j):
+        delta = 0.0
+        for site, old, new, other in ((i, species[i], species[j], j), (j, species[j], species[i], i)):
+            k = neighbours[site]
+            k = k[k != other]
+            r = np.abs(x[k] - x[site])
+            delta += np.sum(phi(r, new, species[k]) - phi(r, old, species[k]))
+        return delta
+
+    pairs = np.array([(i, j) for i in range(N_SITES) for j in neighbours[i] if j > i])
+
+    def force():
+        i, j = pairs[:, 0], pairs[:, 1]
+        d = x[j] - x[i]
+        f = dphi(np.abs(d), species[i], species[j]) * np.sign(d)
+        out = np.zeros(N_SITES)
+        np.add.at(out, i, f)
+        np.add.at(out, j, -f)
+        return out
+
+    debt = 0.0
+    start = time.perf_counter()
+    for _ in range(n_events):
+        wait = rng.exponential() / rate
+        if mode == "joint":
+            debt += wait / epsilon
+            while debt >= h:
+                fresh = rng.normal(size=N_SITES)
+                x[:] = np.where(pinned, x, x + h * force() + np.sqrt(h / (2 * beta)) * (noise + fresh))
+                noise = fresh
+                debt -= h
+        i, j = bonds[rng.integers(len(bonds))]
+        if species[i] != species[j] and rng.random() < 1.0 / (1.0 + np.exp(beta * swap_energy(i, j))):
+            species[i], species[j] = species[j], species[i]
+    seconds = time.perf_counter() - start
+    return n_events / seconds, n_events, seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 1000, 10000])
+    parser.add_argument("--modes", nargs="+", default=["frozen", "joint"])
+    parser.add_argument("--float32", action="store_true")
+    parser.add_argument("--numpy-events", type=int, default=20000)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    if not args.float32:
+        jax.config.update("jax_enable_x64", True)
+    dtype = jnp.float32 if args.float32 else jnp.float64
+    device = jax.devices()[0]
+    print(f"device: {device.platform} ({device.device_kind}), {len(jax.devices())} device(s), "
+          f"dtype {jnp.dtype(dtype).name}, {N_SITES}-site LJ chain, jax {jax.__version__}")
+    rows = []
+    for mode in args.modes:
+        reference, _, _ = numpy_rate(mode, args.numpy_events)
+        print(f"{mode:7s} NumPy loop            : {reference:12.4g} candidates/s")
+        for r in args.replicas:
+            target_events = max(20000, 200 * r)
+            horizon = target_events / r / (N_SITES - 1)  # τ = 1: Λ = 63 candidates per unit time
+            rate, events, seconds = jax_rate(mode, r, dtype, horizon)
+            print(f"{mode:7s} dmdjax R = {r:6d}      : {rate:12.4g} candidates/s  ({events} in {seconds:.2f} s)  "
+                  f"= {rate / reference:8.1f} x NumPy")
+            rows.append({"mode": mode, "replicas": r, "candidates_per_s": rate, "numpy_candidates_per_s": reference,
+                         "speedup": rate / reference})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": str(device.device_kind), "platform": device.platform, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
