@@ -133,6 +133,20 @@ def test_langevin_variance_of_a_harmonic_bond():
     assert x.mean() == pytest.approx(1.0, abs=3e-3)
 
 
+def _spring_chain_distance(states, kappa, total):
+    """TV distance of the sampled σ from the exact law of a free chain of springs κ_{σ_i σ_j}:
+    ∫e^{−βV}dx ∝ Π_bonds κ_b^{-1/2} over {Σσ = total}."""
+    samples = np.stack([np.asarray(s.spins) for s in states])
+    n = samples.shape[-1]
+    configurations = np.array([c for c in itertools.product((1.0, -1.0), repeat=n) if sum(c) == total])
+    index = ((1 - configurations) / 2).astype(int)
+    weights = np.prod(kappa[index[:, :-1], index[:, 1:]] ** -0.5, axis=1)
+    exact = np.zeros(2 ** n)
+    exact[((configurations > 0).astype(np.int64) << np.arange(n)).sum(axis=1)] = weights / weights.sum()
+    empirical = _histogram(samples, n) / samples.reshape(-1, n).shape[0]
+    return 0.5 * np.abs(empirical - exact).sum()
+
+
 def test_joint_stationary_law_of_the_spins():
     """Harmonic bonds κ_{σ_i σ_j} on a free chain: ∫e^{−βV}dx ∝ Π_bonds κ_b^{-1/2}, so the σ
     marginal of the joint (x, σ) process is known exactly; TV < 0.01."""
@@ -149,15 +163,7 @@ def test_joint_stationary_law_of_the_spins():
     spins0 = jnp.array([1.0, -1, 1, -1])
     # h λ_max(∇²V) ≤ 0.004 · 4 · 80 < 2: the Langevin step is stable.
     states = _states(sampler, jax.random.PRNGKey(5), spins0, 1.0 + 0.5 * np.arange(100), 1000)
-    samples = np.stack([np.asarray(s.spins) for s in states])
-    configurations = np.array([c for c in itertools.product((1.0, -1.0), repeat=n) if sum(c) == 0])
-    index = ((1 - configurations) / 2).astype(int)
-    weights = np.prod(kappa[index[:, :-1], index[:, 1:]] ** -0.5, axis=1)
-    exact = np.zeros(2 ** n)
-    exact[((configurations > 0).astype(np.int64) << np.arange(n)).sum(axis=1)] = weights / weights.sum()
-    empirical = _histogram(samples, n) / samples.reshape(-1, n).shape[0]
-    tv = 0.5 * np.abs(empirical - exact).sum()
-    print("joint: TV", tv, "samples", samples.reshape(-1, n).shape[0])
+    tv = _spring_chain_distance(states, kappa, total=0)
     assert tv < 0.01, tv
     assert not bool(np.any([np.asarray(s.displaced).any() for s in states]))
 
@@ -177,15 +183,7 @@ def test_scale_separated_basin_sampler_has_the_exact_marginal():
                                         mode="scale-separated", rate_average="basin", basin_steps=60,
                                         langevin_step=0.01, pinned=chain.pinned)
     states = _states(sampler, jax.random.PRNGKey(6), jnp.array([1.0, -1, 1]), 0.5 + 0.2 * np.arange(40), 1000)
-    samples = np.stack([np.asarray(s.spins) for s in states])
-    configurations = np.array([c for c in itertools.product((1.0, -1.0), repeat=n) if sum(c) == 1])
-    index = ((1 - configurations) / 2).astype(int)
-    weights = np.prod(kappa[index[:, :-1], index[:, 1:]] ** -0.5, axis=1)
-    exact = np.zeros(2 ** n)
-    exact[((configurations > 0).astype(np.int64) << np.arange(n)).sum(axis=1)] = weights / weights.sum()
-    empirical = _histogram(samples, n) / samples.reshape(-1, n).shape[0]
-    tv = 0.5 * np.abs(empirical - exact).sum()
-    print("scale-separated (basin): TV", tv, "samples", samples.reshape(-1, n).shape[0])
+    tv = _spring_chain_distance(states, kappa, total=1)
     assert tv < 0.015, tv
 
 
