@@ -295,15 +295,14 @@ class Equilibrium(eqx.Module):
 
 @eqx.filter_jit
 def _relaxed_potential(vg, positions, stiffness, order_parameter, neighbors, tolerance):
-    """F, μ and ∂μ/∂s (total: through the relaxed X*(s), k*(s)) at s."""
+    """The relaxed state, μ and ∂μ/∂s (total: through the relaxed X*(s), k*(s)) at s, from one relaxation."""
 
     def mu(s):
         relaxed = relax(vg, positions, s, neighbors, stiffness, tolerance=tolerance, throw=False)
         chemical = vg.chemical_potential(relaxed.positions, relaxed.stiffness, s, neighbors)
-        return chemical, relaxed
+        return chemical, (chemical, relaxed)
 
-    chemical, relaxed = mu(order_parameter)
-    hessian = jax.jacfwd(lambda s: mu(s)[0])(order_parameter)
+    hessian, (chemical, relaxed) = jax.jacfwd(mu, has_aux=True)(order_parameter)
     return relaxed, chemical, hessian
 
 

@@ -43,7 +43,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _validate, io, kinetics
 from .cell import Cell
-from .energy import assemble_site_energies, masked_distance, pair_geometry
+from .energy import _site_energies_from_geometry, assemble_site_energies, masked_distance, pair_geometry
 from ._precision import HIGHEST
 from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList, gather
@@ -100,7 +100,6 @@ class SpinDiffusionSampler(eqx.Module):
     tau: Float[Array, ""]
     epsilon: Float[Array, ""]
     langevin_step: Float[Array, ""]
-    skin: float = eqx.field(static=True)
     mode: str = eqx.field(static=True)
     rate_average: str = eqx.field(static=True)
     basin_steps: int = eqx.field(static=True)
@@ -111,6 +110,11 @@ class SpinDiffusionSampler(eqx.Module):
         return self.neighbors.idx
 
     @property
+    def skin(self) -> float:
+        """Verlet skin of the (never rebuilt) neighbour list, Å: atoms may move skin/2."""
+        return self.neighbors.skin
+
+    @property
     def candidate_rate(self) -> Float[Array, ""]:
         """Λ = B/τ, the uniformisation rate."""
         return self.bonds.shape[0] / self.tau
@@ -119,9 +123,7 @@ class SpinDiffusionSampler(eqx.Module):
     def energy(self, positions, spins) -> Float[Array, ""]:
         """V(x, σ), eV."""
         geometry = pair_geometry(positions, self.cell, self.neighbor_idx)
-        r = masked_distance(geometry.displacement, geometry.mask, 2.0 * self.potential.cutoff)
-        return jnp.sum(assemble_site_energies(self.potential, self.potential.radial(r), spin_weights(spins),
-                                              self.neighbor_idx))
+        return jnp.sum(_site_energies_from_geometry(self.potential, geometry, spin_weights(spins)))
 
     def force(self, positions, spins) -> Float[Array, "n d"]:
         """−∇_x V(x, σ), eV/Å. Pair potentials: analytic row sums over the full neighbour list
@@ -342,7 +344,7 @@ def spin_diffusion_sampler(
         potential=potential, cell=cell, neighbors=neighbors, reference_positions=positions,
         bonds=jnp.asarray(bonds, jnp.int32), pinned=jnp.asarray(pinned),
         beta=jnp.asarray(1.0 / (BOLTZMANN_EV_PER_K * temperature), dtype), tau=jnp.asarray(tau, dtype),
-        epsilon=jnp.asarray(epsilon, dtype), langevin_step=jnp.asarray(langevin_step, dtype), skin=neighbors.skin,
+        epsilon=jnp.asarray(epsilon, dtype), langevin_step=jnp.asarray(langevin_step, dtype),
         mode=mode, rate_average=rate_average, basin_steps=basin_steps, free_energy=free_energy)
 
 

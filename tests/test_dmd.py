@@ -13,7 +13,6 @@ import textwrap
 import time
 
 import diffrax
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -98,7 +97,7 @@ def test_implicit_solver_agrees(trajectories, setup):
 
 
 def _bonds(setup, state, index):
-    chain, nbrs, vg = setup["chain"], setup["nbrs"], setup["vg"]
+    nbrs, vg = setup["nbrs"], setup["vg"]
     graph = kinetics.bond_graph(state.positions[index], vg.cell, nbrs, KINETIC_CUTOFF, vg.pinned_species)
     mu = vg.chemical_potential(state.positions[index], state.stiffness[index], state.order_parameter[index], nbrs)
     difference = np.asarray(graph.neighbor_values(mu) - mu[:, None])
