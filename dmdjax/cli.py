@@ -3,7 +3,8 @@
 Sub-commands:
 
 * ``dmdjax build`` — write an fcc/bcc crystal (optionally a random alloy) as extended XYZ;
-* ``dmdjax energy`` — energy, forces and stress of any structure ASE reads.
+* ``dmdjax energy`` — energy, forces and stress of any structure ASE reads;
+* ``dmdjax chain`` — the chain study (K2 vs K1 vs the spin-diffusion replica average).
 
 Bad input ends with ``dmdjax: error: ...`` on stderr and exit status 2; no output file
 is written half-way. The command runs in float64 unless ``--float32`` is given.
@@ -185,6 +186,40 @@ def _run_build(args) -> int:
     return 0
 
 
+def _add_chain(sub) -> None:
+    p = sub.add_parser(
+        "chain", help="the chain study: mean-field spin-diffusion vs DMD vs the sampler (figures, files)",
+        description="Runs the chain study of dmdjax.studies.chain with its embedded defaults (or --quick), "
+        "writes one trajectory per model, run.json, summary.json and figures (a)-(d) into --output, and prints "
+        "a summary table. Parameters: dmdjax.studies.chain.ChainParameters.")
+    p.add_argument("--output", default="chain-study", help="output folder (default ./chain-study)")
+    p.add_argument("--quick", action="store_true", help="the reduced study (N = 16; sizes 16, 32; 64 replicas)")
+    p.add_argument("--config", help="TOML file of parameters (keys of ChainParameters, optionally under [chain])")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one parameter, e.g. --set kt=0.12 --set sizes=32,64 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--float32", action="store_true", help="single precision (default float64)")
+    p.set_defaults(run=_run_chain)
+
+
+def _run_chain(args) -> int:
+    from .studies import chain
+
+    parameters = chain.ChainParameters.quick() if args.quick else chain.ChainParameters()
+    if args.config:
+        parameters = chain.load_parameters(args.config, parameters)
+    changes = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set needs NAME=VALUE; got {item!r}")
+        changes[name.strip()] = value.strip()
+    parameters = parameters.replace(**changes)._checked()
+    chain.run_chain_study(parameters, args.output, overwrite=args.overwrite, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmdjax",
@@ -194,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_build(sub)
     _add_energy(sub)
+    _add_chain(sub)
     return parser
 
 
@@ -206,7 +242,7 @@ def main(argv=None) -> int:
         jax.config.update("jax_enable_x64", True)  # the application (not the library) chooses precision
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"dmdjax: error: {err}", file=sys.stderr)
         return 2
 

@@ -29,7 +29,7 @@ from jaxtyping import Array, Float
 from . import io, kinetics
 from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList
-from .relax import relax
+from .relax import hessian_colouring, relax
 
 
 class GradientFlow(eqx.Module):
@@ -135,9 +135,12 @@ def _as_arrays(law, dtype):
 
 @eqx.filter_jit
 def _advance(vg, law, graph, neighbors, positions, stiffness, order_parameter, t0, t1, solver, controller, dt0,
-             max_steps, tolerance):
+             max_steps, tolerance, colouring=None):
+    relax_options = dict(tolerance=tolerance, throw=False, method="lbfgs" if colouring is None else "newton",
+                         colouring=colouring)
+
     def vector_field(t, s, args):
-        relaxed = relax(vg, positions, s, neighbors, stiffness, tolerance=tolerance, throw=False)
+        relaxed = relax(vg, positions, s, neighbors, stiffness, **relax_options)
         return species_rate(vg, law, graph, relaxed.positions, relaxed.stiffness, s, neighbors)
 
     solution = diffrax.diffeqsolve(
@@ -145,7 +148,7 @@ def _advance(vg, law, graph, neighbors, positions, stiffness, order_parameter, t
         max_steps=max_steps, throw=False, saveat=diffrax.SaveAt(t1=True),
     )
     s1 = solution.ys[-1]
-    relaxed = relax(vg, positions, s1, neighbors, stiffness, tolerance=tolerance, throw=False)
+    relaxed = relax(vg, positions, s1, neighbors, stiffness, **relax_options)
     ok = (solution.result == diffrax.RESULTS.successful) & relaxed.converged
     return s1, relaxed.positions, relaxed.stiffness, relaxed.free_energy, ok, solution.stats["num_steps"]
 
@@ -179,6 +182,7 @@ def run(
     dt0: float | None = None,
     max_steps: int = 4096,
     tolerance: float | None = None,
+    relax_method: str = "lbfgs",
     output: str | os.PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -203,6 +207,8 @@ def run(
             ``diffrax.ConstantStepSize()`` with a fixed ``dt0``).
         max_steps: solver steps allowed per output interval.
         tolerance: relaxation tolerance (default: that of :func:`~dmdjax.relax`).
+        relax_method: ``"lbfgs"`` or ``"newton"`` (see :func:`~dmdjax.relax`): Newton is
+            much faster for chains and small systems (up to a few thousand unknowns).
         output: an ``.npz`` path. The trajectory is rewritten there (atomically) after every
             output interval, so it is also the checkpoint; see :meth:`Trajectory.save`.
         resume: continue the run recorded in ``output`` (same parameters, its times a
@@ -228,7 +234,7 @@ def run(
                   "temperature": float(vg.temperature), "kinetic_cutoff": kinetic_cutoff,
                   "quadrature": vg.quadrature, "nodes": vg.nodes, "solver": type(solver).__name__,
                   "stepsize_controller": type(controller).__name__, "rtol": rtol, "atol": atol,
-                  "dt0": None if dt0 is None else float(dt0), "max_steps": max_steps,
+                  "dt0": None if dt0 is None else float(dt0), "max_steps": max_steps, "relax_method": relax_method,
                   "n_sites": int(order_parameter.shape[0]), "dtype": jnp.dtype(dtype).name}
     record = []
     if output is not None and Path(output).exists():
@@ -239,10 +245,14 @@ def run(
     elif resume:
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {str(output)!r}")
     graph = kinetics.bond_graph(positions, vg.cell, neighbors, kinetic_cutoff, pinned_species=vg.pinned_species)
+    if relax_method not in ("lbfgs", "newton"):
+        raise ValueError(f"relax_method must be 'lbfgs' or 'newton'; got {relax_method!r}")
+    colouring = hessian_colouring(vg, neighbors) if relax_method == "newton" else None
     law = _as_arrays(law, dtype)
     dt0 = None if dt0 is None else jnp.asarray(dt0, dtype)  # traced: a new dt0 does not recompile
     if not record:
-        start = relax(vg, positions, order_parameter, neighbors, stiffness, tolerance=tolerance)
+        start = relax(vg, positions, order_parameter, neighbors, stiffness, tolerance=tolerance, method=relax_method,
+                      colouring=colouring)
         record = [(order_parameter, start.positions, start.stiffness, start.free_energy)]
         _write(output, times, record, parameters)
     intervals = range(len(record), times.size)
@@ -254,7 +264,8 @@ def run(
         s0, x0, k0, _ = record[-1]
         t0, t1 = times[index - 1], times[index]
         s1, x1, k1, f1, ok, steps = _advance(vg, law, graph, neighbors, x0, k0, s0, jnp.asarray(t0, dtype),
-                                             jnp.asarray(t1, dtype), solver, controller, dt0, max_steps, tolerance)
+                                             jnp.asarray(t1, dtype), solver, controller, dt0, max_steps, tolerance,
+                                             colouring)
         bad = ~np.isfinite(np.asarray(s1)) | ((np.abs(np.asarray(s1)) >= 1.0) & ~np.asarray(vg.pinned_species))
         if not bool(ok) or np.any(bad) or not np.isfinite(float(f1)):
             sites = np.flatnonzero(bad).tolist()
@@ -294,11 +305,12 @@ class Equilibrium(eqx.Module):
 
 
 @eqx.filter_jit
-def _relaxed_potential(vg, positions, stiffness, order_parameter, neighbors, tolerance):
+def _relaxed_potential(vg, positions, stiffness, order_parameter, neighbors, tolerance, colouring=None):
     """The relaxed state, μ and ∂μ/∂s (total: through the relaxed X*(s), k*(s)) at s, from one relaxation."""
 
     def mu(s):
-        relaxed = relax(vg, positions, s, neighbors, stiffness, tolerance=tolerance, throw=False)
+        relaxed = relax(vg, positions, s, neighbors, stiffness, tolerance=tolerance, throw=False,
+                        method="lbfgs" if colouring is None else "newton", colouring=colouring)
         chemical = vg.chemical_potential(relaxed.positions, relaxed.stiffness, s, neighbors)
         return chemical, (chemical, relaxed)
 
@@ -315,13 +327,19 @@ def equilibrium(
     tolerance: float = 1e-10,
     max_steps: int = 100,
     relax_tolerance: float | None = None,
+    relax_method: str = "lbfgs",
+    start: str = "uniform",
 ) -> Equilibrium:
     r"""Minimise F(X, k, s) over s with Σ_i s_i fixed, jointly with (X, k) — DMD's long-time state.
 
     Newton's method on the Lagrange conditions μ_i(s) = λ (free sites), Σ s_i = Σ s_i⁰,
     with μ = ∂F/∂s at the relaxed (X*, k*) and its exact Jacobian (through the relaxation,
-    by the implicit function theorem), started from the uniform composition — so it is
-    independent of any trajectory. Steps are damped to keep s inside (−1, 1); where the
+    by the implicit function theorem), started (``start="uniform"``, the default) from the
+    uniform composition — so it is independent of any trajectory — or (``start="given"``)
+    from ``order_parameter``: where F is not convex in s (segregating alloys below the
+    mean-field critical temperature) the uniform state is a saddle, and a start near the
+    wanted minimum (e.g. a long DMD run's last state) picks it. ``relax_method`` as in
+    :func:`run`. Steps are damped to keep s inside (−1, 1); where the
     Newton step is not a descent direction (F not convex there) a scaled projected
     gradient step is taken instead. Pinned-species sites keep their s. Dense N×N Jacobians: meant for
     N ≲ 10³. One conserved total: the free sites should form one connected bond graph.
@@ -330,15 +348,21 @@ def equilibrium(
         DMDError: if Newton's method has not reached ``tolerance`` (eV, on max |μ_i − λ|)
             after ``max_steps`` steps.
     """
+    if start not in ("uniform", "given"):
+        raise ValueError(f"start must be 'uniform' or 'given'; got {start!r}")
     free = ~np.asarray(vg.pinned_species)
     n_free = int(free.sum())
     s = np.asarray(order_parameter, dtype=float).copy()
-    s[free] = s[free].sum() / n_free
+    if start == "uniform":
+        s[free] = s[free].sum() / n_free
     dtype = positions.dtype
-    relaxed = relax(vg, positions, jnp.asarray(s, dtype), neighbors, tolerance=relax_tolerance)
+    colouring = hessian_colouring(vg, neighbors) if relax_method == "newton" else None
+    relaxed = relax(vg, positions, jnp.asarray(s, dtype), neighbors, tolerance=relax_tolerance, method=relax_method,
+                    colouring=colouring)
     x, k = relaxed.positions, relaxed.stiffness
     for iteration in range(max_steps + 1):
-        relaxed, mu, hessian = _relaxed_potential(vg, x, k, jnp.asarray(s, dtype), neighbors, relax_tolerance)
+        relaxed, mu, hessian = _relaxed_potential(vg, x, k, jnp.asarray(s, dtype), neighbors, relax_tolerance,
+                                                  colouring)
         mu, hessian = np.asarray(mu)[free], np.asarray(hessian)[np.ix_(free, free)]
         lagrange = mu.mean()
         residual = float(np.max(np.abs(mu - lagrange)))

@@ -17,6 +17,7 @@ Overflow never passes silently:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -137,7 +138,6 @@ def neighbor_list(
         raise ValueError(f"skin must be finite and >= 0 Å; got {skin!r}")
     if capacity_multiplier < 1.0:
         raise ValueError(f"capacity_multiplier must be >= 1; got {capacity_multiplier!r}")
-    from jax_md import partition, space  # imported lazily: jax-md takes seconds to import
 
     search_range = float(cutoff) + float(skin)
     cell.check_minimum_image(search_range)
@@ -145,25 +145,11 @@ def neighbor_list(
     gram = vectors @ vectors.T
     box = np.linalg.cholesky(gram).T  # upper triangular, box.T @ box = gram
     dtype = positions.dtype if hasattr(positions, "dtype") else jnp.asarray(positions).dtype
-    if cell.dim == 1:
-        # jax-md's periodic_general returns (1, 1) displacements in 1-D: search in Å instead.
-        search_scale = float(box[0, 0])
-        displacement, _ = space.periodic(search_scale)
-        search_box, fractional_search = search_scale, False
-    else:
-        search_scale = 1.0
-        search_box, fractional_search = jnp.asarray(box, dtype=dtype), True
-        displacement, _ = space.periodic_general(search_box, fractional_coordinates=True)
-    neighbor_fns = partition.neighbor_list(
-        displacement,
-        search_box,
-        float(cutoff),
-        dr_threshold=float(skin),
-        capacity_multiplier=capacity_multiplier,
-        fractional_coordinates=fractional_search,
-        disable_cell_list=cell.dim == 1,
-        format=partition.NeighborListFormat.Dense,
-    )
+    # Equal searches share one jax-md function: its update closure is part of the list's
+    # static structure, so a new closure per build would recompile every jitted caller.
+    neighbor_fns, search_scale = _jax_md_neighbor_fns(cell.dim, tuple(box.reshape(-1).tolist()),
+                                                      jnp.dtype(dtype).name, float(cutoff), float(skin),
+                                                      float(capacity_multiplier))
     template = NeighborList(
         state=None, search_inverse=jnp.asarray(np.linalg.inv(vectors), dtype=dtype),
         origin=jnp.asarray(origin, dtype=dtype), out_of_range=jnp.asarray(False), pbc=cell.pbc,
@@ -176,6 +162,33 @@ def neighbor_list(
         state = neighbor_fns.allocate(fractional)
     return eqx.tree_at(lambda n: (n.state, n.out_of_range), template, (state, outside),
                        is_leaf=lambda x: x is None)
+
+
+@functools.lru_cache(maxsize=64)
+def _jax_md_neighbor_fns(dim, box, dtype, cutoff, skin, capacity_multiplier):
+    from jax_md import partition, space
+
+    box = np.asarray(box).reshape(dim, dim)
+    if dim == 1:
+        # jax-md's periodic_general returns (1, 1) displacements in 1-D: search in Å instead.
+        search_scale = float(box[0, 0])
+        displacement, _ = space.periodic(search_scale)
+        search_box, fractional_search = search_scale, False
+    else:
+        search_scale = 1.0
+        search_box, fractional_search = jnp.asarray(box, dtype=dtype), True
+        displacement, _ = space.periodic_general(search_box, fractional_coordinates=True)
+    neighbor_fns = partition.neighbor_list(
+        displacement,
+        search_box,
+        cutoff,
+        dr_threshold=skin,
+        capacity_multiplier=capacity_multiplier,
+        fractional_coordinates=fractional_search,
+        disable_cell_list=dim == 1,
+        format=partition.NeighborListFormat.Dense,
+    )
+    return neighbor_fns, search_scale
 
 
 def refresh(neighbors: NeighborList, positions: Float[Array, "n d"], cell: Cell,

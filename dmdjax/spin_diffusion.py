@@ -23,7 +23,9 @@ Modes (``mode``):
   ``"basin"`` — ``basin_steps`` Langevin steps at the current σ before every candidate;
   ``"gaussian"`` — x drawn from the variational Gaussian N(X*, (βk*)⁻¹) of the VG free
   energy relaxed at s = σ (re-relaxed, warm-started, after every accepted exchange).
-* ``"frozen"``: x fixed; the spin process alone (for tests and for the exchange law).
+* ``"frozen"``: x fixed at the sampler's ``positions``; the spin process alone (a lattice
+  gas with Kawasaki dynamics; also the exchange law of the tests). The radial values of
+  every listed pair are tabulated once (N·M·T·S² numbers), so a candidate only gathers.
 
 Replicas are the unit of parallelism: :func:`sample` runs R replicas in one jitted,
 vmapped loop with one PRNG key each, shards them over the available devices
@@ -104,6 +106,7 @@ class SpinDiffusionSampler(eqx.Module):
     rate_average: str = eqx.field(static=True)
     basin_steps: int = eqx.field(static=True)
     free_energy: VGFreeEnergy | None = None
+    frozen_radial: Float[Array, "n m t s s"] | None = None
 
     @property
     def neighbor_idx(self) -> Int[Array, "n m"]:
@@ -141,25 +144,53 @@ class SpinDiffusionSampler(eqx.Module):
 
     def swap_energy_change(self, positions, spins, i, j) -> Float[Array, ""]:
         """Δ_ij V = V(x, σ^{ij}) − V(x, σ) from the site energies of i, j and their neighbours."""
-        n = positions.shape[0]
-        if self.potential.is_embedded:  # embedding energies of the neighbours change too
-            rows = jnp.concatenate([jnp.stack([i, j]), self.neighbor_idx[i], self.neighbor_idx[j]])
-            earlier = jnp.tril(rows[:, None] == rows[None, :], k=-1)
-            first = (rows < n) & ~jnp.any(earlier, axis=1)  # each affected atom once
-            rows = jnp.where(rows < n, rows, 0)
-            scale = 1.0
-        else:
-            # Pair potential: only the bonds of i and j change; their full bond energies are
-            # twice the site energies' halves (the i–j bond itself does not change).
-            rows, first, scale = jnp.stack([i, j]), jnp.ones(2, bool), 2.0
+        return self._swap_energy_change(spins, i, j, positions)
+
+    def _row_radial(self, positions, rows) -> Float[Array, "r m t s s"]:
+        """Radial values (φ_ab, f_{b→a}) from atoms ``rows`` to their listed neighbours
+        (``positions=None``: the ``"frozen"`` table)."""
+        if positions is None:
+            return self.frozen_radial[rows]
         idx = self.neighbor_idx[rows]
-        mask = idx < n
+        mask = idx < positions.shape[0]
         displacement = self.cell.displacement(positions[jnp.where(mask, idx, 0)], positions[rows][:, None, :])
-        radial = self.potential.radial(masked_distance(displacement, mask, 2.0 * self.potential.cutoff))
+        return self.potential.radial(masked_distance(displacement, mask, 2.0 * self.potential.cutoff))
+
+    def _swap_energy_change(self, spins, i, j, positions) -> Float[Array, ""]:
+        n = spins.shape[0]
+        if not self.potential.is_embedded:
+            # Pair potential: only the bonds of i and j change. Σ over both rows of the full
+            # bond energies φ_{a_i b_k}(r_ik) (the i–j bond itself, counted twice, does not
+            # change); O(M), and only the species pairs present are read.
+            rows = jnp.stack([i, j])
+            idx = self.neighbor_idx[rows]
+            mask = idx < n
+            neighbours = spins[jnp.where(mask, idx, 0)]
+            swapped_neighbours = jnp.where(idx == i, spins[j], jnp.where(idx == j, spins[i], neighbours))
+            own = spins[rows]
+            # Species index 0 for σ = +1, 1 for σ = −1; (a, b) pairs before and after, (2, M).
+            before = 2 * (own[:, None] < 0) + (neighbours < 0)
+            after = 2 * (own[::-1, None] < 0) + (swapped_neighbours < 0)
+            if positions is None:  # "frozen": read the two entries per bond from the table
+                table = self.frozen_radial[..., 0, :, :].reshape(-1)
+                base = (rows[:, None] * idx.shape[1] + jnp.arange(idx.shape[1])) * 4
+                change = table[base + after] - table[base + before]
+            else:
+                pair = self._row_radial(positions, rows)[..., 0, :, :].reshape(rows.shape + (idx.shape[1], 4))
+                change = (jnp.take_along_axis(pair, after[..., None], -1)
+                          - jnp.take_along_axis(pair, before[..., None], -1))[..., 0]
+            return jnp.sum(jnp.where(mask, change, 0.0))
+        # EAM: the embedding energies of the neighbours change too.
+        rows = jnp.concatenate([jnp.stack([i, j]), self.neighbor_idx[i], self.neighbor_idx[j]])
+        earlier = jnp.tril(rows[:, None] == rows[None, :], k=-1)
+        first = (rows < n) & ~jnp.any(earlier, axis=1)  # each affected atom once
+        rows = jnp.where(rows < n, rows, 0)
+        idx = self.neighbor_idx[rows]
+        radial = self._row_radial(positions, rows)
         swapped = spins.at[i].set(spins[j]).at[j].set(spins[i])
         before = assemble_site_energies(self.potential, radial, spin_weights(spins), idx, rows)
         after = assemble_site_energies(self.potential, radial, spin_weights(swapped), idx, rows)
-        return scale * jnp.sum(jnp.where(first, after - before, 0.0))
+        return jnp.sum(jnp.where(first, after - before, 0.0))
 
     def exchange_rates(self, positions, spins) -> Float[Array, " b"]:
         """r_ij = τ⁻¹ ½(1 − tanh(βΔ_ij V/2)) on every bond (0 where σ_i = σ_j: nothing to exchange)."""
@@ -197,31 +228,60 @@ class SpinDiffusionSampler(eqx.Module):
         return eqx.tree_at(lambda s: (s.positions, s.stiffness, s.displaced), state,
                            (result.positions, result.stiffness, state.displaced | moved | ~result.converged))
 
-    def _candidate(self, state: SamplerState) -> SamplerState:
-        key, k_move, k_uniform = jax.random.split(state.key, 3)
-        u_bond, u_accept, u_wait = jax.random.uniform(k_uniform, (3,), state.time.dtype)
-        state = eqx.tree_at(lambda s: s.key, state, key)
+    def _candidate(self, state: SamplerState, uniforms, move_key, due=True) -> SamplerState:
+        """The candidate exchange at ``state.next_candidate`` if ``due`` (else ``state``).
+
+        ``uniforms``: three U(0, 1) draws (bond, acceptance, waiting time to the next
+        candidate); ``move_key``: the key of the basin/Gaussian sample of x (scale-separated).
+        Only the touched entries are written, so a masked (not due) slot costs O(1) in
+        ``"frozen"`` mode, not O(N).
+        """
+        due = jnp.asarray(due)
+        u_bond, u_accept, u_wait = uniforms[0], uniforms[1], uniforms[2]
         if self.mode == "scale-separated" and self.rate_average == "basin":
             # A fresh LM noise: the basin sample must not remember the last exchange.
-            fresh = jax.random.normal(k_move, state.noise.shape, state.noise.dtype)
-            state = self._langevin_steps(eqx.tree_at(lambda s: s.noise, state, fresh), self.basin_steps)
+            k_noise, k_steps = jax.random.split(move_key)
+            fresh = jax.random.normal(k_noise, state.noise.shape, state.noise.dtype)
+            moved = self._langevin_steps(eqx.tree_at(lambda s: (s.noise, s.key), state, (fresh, k_steps)),
+                                         self.basin_steps)
+            state = eqx.tree_at(lambda s: (s.positions, s.noise, s.displaced), state,
+                                tuple(jnp.where(due, a, b) for a, b in ((moved.positions, state.positions),
+                                                                        (moved.noise, state.noise),
+                                                                        (moved.displaced, state.displaced))))
         positions = state.positions
         if self.mode == "scale-separated" and self.rate_average == "gaussian":
             width = jnp.sqrt(1.0 / (self.beta * state.stiffness))[:, None]
-            sample = positions + width * jax.random.normal(k_move, positions.shape, positions.dtype)
+            sample = positions + width * jax.random.normal(move_key, positions.shape, positions.dtype)
             positions = jnp.where(self.pinned[:, None], positions, sample)
         bond = jnp.minimum((u_bond * self.bonds.shape[0]).astype(jnp.int32), self.bonds.shape[0] - 1)
         i, j = self.bonds[bond, 0], self.bonds[bond, 1]
-        delta = self.swap_energy_change(positions, state.spins, i, j)
-        accept = (state.spins[i] != state.spins[j]) & (u_accept < jax.nn.sigmoid(-self.beta * delta))
-        swapped = state.spins.at[i].set(state.spins[j]).at[j].set(state.spins[i])
-        state = eqx.tree_at(lambda s: (s.spins, s.candidates, s.accepted), state,
-                            (jnp.where(accept, swapped, state.spins), state.candidates + 1,
-                             state.accepted + accept.astype(state.accepted.dtype)))
+        # "frozen": x is the lattice, whose radial values are tabulated (positions=None).
+        delta = self._swap_energy_change(state.spins, i, j, None if self.mode == "frozen" else positions)
+        spin_i, spin_j = state.spins[i], state.spins[j]
+        accept = due & (spin_i != spin_j) & (u_accept < jax.nn.sigmoid(-self.beta * delta))
+        pair = jnp.stack([i, j])
+        spins = state.spins.at[pair].set(jnp.where(accept, jnp.stack([spin_j, spin_i]), jnp.stack([spin_i, spin_j])))
+        wait = -jnp.log1p(-u_wait) / self.candidate_rate  # Exp(Λ)
+        state = eqx.tree_at(
+            lambda s: (s.spins, s.candidates, s.accepted, s.time, s.next_candidate), state,
+            (spins, state.candidates + due.astype(state.candidates.dtype),
+             state.accepted + accept.astype(state.accepted.dtype),
+             jnp.where(due, state.next_candidate, state.time),
+             jnp.where(due, state.next_candidate + wait, state.next_candidate)))
         if self.mode == "scale-separated" and self.rate_average == "gaussian":
             state = jax.lax.cond(accept, self._relax, lambda s: s, state)
-        wait = -jnp.log1p(-u_wait) / self.candidate_rate  # Exp(Λ)
-        return eqx.tree_at(lambda s: s.next_candidate, state, state.time + wait)
+        return state
+
+    @property
+    def _candidate_block(self) -> int:
+        """Candidates whose random numbers are drawn together (one PRNG call per block).
+
+        Under ``vmap`` every replica runs every slot of a block (the ones past the target
+        time masked), so the block is small where few candidates fall between targets (one
+        per Langevin step in ``"joint"``) and where a candidate is costly (a basin sample or a
+        relaxation in ``"scale-separated"``): 16 in ``"frozen"``, 1 otherwise.
+        """
+        return 16 if self.mode == "frozen" else 1
 
     # -- the init / advance pair ------------------------------------------------------------
     def init(self, key: PRNGKeyArray, positions: Float[Array, "n d"], spins: Float[Array, " n"]) -> SamplerState:
@@ -242,11 +302,23 @@ class SpinDiffusionSampler(eqx.Module):
         return state
 
     def _exchanges_until(self, state: SamplerState, time) -> SamplerState:
-        """Every candidate exchange with time ≤ ``time`` (x as it is)."""
-        def body(s):
-            return self._candidate(eqx.tree_at(lambda s: s.time, s, s.next_candidate))
+        """Every candidate exchange with time ≤ ``time`` (x as it is), in blocks of
+        :attr:`_candidate_block` candidates sharing one PRNG call."""
+        block = self._candidate_block
+        moves = self.mode == "scale-separated"
 
-        state = jax.lax.while_loop(lambda s: s.next_candidate <= time, body, state)
+        def run_block(s):
+            key, k_uniform, k_move = jax.random.split(s.key, 3)
+            uniforms = jax.random.uniform(k_uniform, (block, 3), s.time.dtype)
+            move_keys = jax.random.split(k_move, block) if moves else None
+
+            def slot(index, s):
+                return self._candidate(s, uniforms[index], move_keys[index] if moves else None,
+                                       due=s.next_candidate <= time)
+
+            return jax.lax.fori_loop(0, block, slot, eqx.tree_at(lambda s: s.key, s, key))
+
+        state = jax.lax.while_loop(lambda s: s.next_candidate <= time, run_block, state)
         return eqx.tree_at(lambda s: s.time, state, jnp.asarray(time, state.time.dtype))
 
     def advance(self, state: SamplerState, time) -> SamplerState:
@@ -296,7 +368,8 @@ def spin_diffusion_sampler(
         potential: a two-species potential (σ = +1 is ``potential.species[0]``).
         positions: the lattice ``(N, d)`` Å: it fixes the kinetic bonds and the neighbour
             list, which is not rebuilt; a replica whose atoms move more than skin/2 from
-            here is flagged ``displaced`` and :func:`sample` raises.
+            here is flagged ``displaced`` and :func:`sample` raises. In ``"frozen"`` mode x
+            stays here.
         temperature: K. tau: the exchange time scale τ.
         kinetic_cutoff: exchange bonds are pairs closer than this (Å) in ``positions``.
         mode: ``"joint"``, ``"scale-separated"`` or ``"frozen"``.
@@ -345,7 +418,15 @@ def spin_diffusion_sampler(
         bonds=jnp.asarray(bonds, jnp.int32), pinned=jnp.asarray(pinned),
         beta=jnp.asarray(1.0 / (BOLTZMANN_EV_PER_K * temperature), dtype), tau=jnp.asarray(tau, dtype),
         epsilon=jnp.asarray(epsilon, dtype), langevin_step=jnp.asarray(langevin_step, dtype),
-        mode=mode, rate_average=rate_average, basin_steps=basin_steps, free_energy=free_energy)
+        mode=mode, rate_average=rate_average, basin_steps=basin_steps, free_energy=free_energy,
+        frozen_radial=(jax.jit(_lattice_radial)(positions, cell, neighbors.idx, potential) if mode == "frozen"
+                       else None))
+
+
+def _lattice_radial(positions, cell, neighbor_idx, potential):
+    """The radial values of every listed pair at fixed ``positions`` (``"frozen"`` mode's table)."""
+    geometry = pair_geometry(positions, cell, neighbor_idx)
+    return potential.radial(masked_distance(geometry.displacement, geometry.mask, 2.0 * potential.cutoff))
 
 
 class SamplerTrajectory(eqx.Module):
@@ -409,7 +490,7 @@ def sample(
         key: PRNG key (split into one key per replica).
         spins: initial σ, ``(N,)`` shared or ``(R, N)`` per replica, entries ±1.
         save_times: increasing, starting at 0.
-        positions: initial x (default the sampler's lattice).
+        positions: initial x (default the sampler's lattice; not in ``"frozen"`` mode).
         output: ``.npz`` path, rewritten (atomically) after every interval.
         progress: a progress bar over the intervals.
 
@@ -432,6 +513,9 @@ def sample(
         raise ValueError(f"spins must be ±1 with shape ({n},) or ({n_replicas}, {n}); got shape {spins.shape}"
                          + (f" and value {float(bad.flat[0])!r}" if bad.size else ""))
     spins = jnp.broadcast_to(jnp.asarray(spins, dtype), (n_replicas, n))
+    if positions is not None and sampler.mode == "frozen":
+        raise ValueError("positions cannot be given in 'frozen' mode: x is the sampler's lattice; build the "
+                         "sampler at the positions you want")
     x0 = sampler.reference_positions if positions is None else jnp.asarray(positions, dtype)
     x0 = jnp.broadcast_to(x0, (n_replicas,) + sampler.reference_positions.shape)
     keys = jax.random.split(key, n_replicas)

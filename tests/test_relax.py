@@ -140,3 +140,41 @@ def test_site_hessian_trace_matches_the_full_hessian(kind, mendelev):
         lambda x: dj.potential_energy(potential, x, system.species, system.cell, nbrs))(system.positions)
     expected = np.einsum("iaia->i", np.asarray(hessian))
     np.testing.assert_allclose(np.asarray(traces), expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+
+
+def test_newton_matches_lbfgs_with_a_coloured_hessian():
+    """method="newton": the compressed Hessian equals jax.hessian (a pair chain), the
+    minimum equals L-BFGS's, in a handful of iterations, and the implicit gradient agrees."""
+    from dmdjax.relax import _dense_hessian, hessian_colouring
+
+    lj = dj.LennardJones([[1.0, 0.92], [0.92, 1.0]], [[1.0, 1.05], [1.05, 1.1]], species=("A", "B"), cutoff=2.7)
+    n = 24
+    pinned = np.arange(n) == 0
+    chain = dj.systems.chain(n, 1.18, pinned=pinned)
+    nbrs = dj.neighbor_list(chain.positions, chain.cell, lj.cutoff, skin=1.0)
+    vg = dj.VGFreeEnergy(lj, chain.cell, 0.1 / dj.BOLTZMANN_EV_PER_K, n, pinned=pinned)
+    s = jnp.asarray(np.sin(np.arange(n)) * 0.6)
+    colouring = hessian_colouring(vg, nbrs)
+    assert colouring.n_colours <= 9  # 2b + 1 whatever N (b = 3 or 4 here)
+
+    for model, x, order, neighbours in ((vg, chain.positions, s, nbrs),):
+        z = jnp.concatenate([x, jnp.log(jnp.full((x.shape[0], 1), 20.0))], axis=1)
+        d = x.shape[1]
+        objective = lambda z: model(z[:, :d], jnp.exp(z[:, d]), order, neighbours)
+        dense = _dense_hessian(jax.grad(objective), z, hessian_colouring(model, neighbours))
+        exact = jax.hessian(objective)(z).reshape(dense.shape)
+        np.testing.assert_allclose(np.asarray(dense), np.asarray(exact), atol=1e-9 * float(jnp.max(jnp.abs(exact))))
+
+    newton = dj.relax(vg, chain.positions, s, nbrs, method="newton", tolerance=1e-10)
+    lbfgs = dj.relax(vg, chain.positions, s, nbrs, tolerance=1e-10, max_steps=20000)
+    assert bool(newton.converged) and int(newton.iterations) <= 10 < int(lbfgs.iterations)
+    np.testing.assert_allclose(np.asarray(newton.positions), np.asarray(lbfgs.positions), atol=1e-8)
+    np.testing.assert_allclose(np.asarray(newton.stiffness), np.asarray(lbfgs.stiffness), rtol=1e-8)
+    energy = lambda order, method: dj.relax(vg, chain.positions, order, nbrs, method=method, colouring=colouring,
+                                            tolerance=1e-10, max_steps=20000).free_energy
+    gradient = jax.grad(energy)(s, "newton")
+    step = 1e-5 * jnp.asarray(np.cos(np.arange(n)))
+    finite = (energy(s + step, "newton") - energy(s - step, "newton")) / 2
+    assert float(jnp.dot(gradient, step)) == pytest.approx(float(finite), rel=1e-6)
+    with pytest.raises(ValueError, match="method"):
+        dj.relax(vg, chain.positions, s, nbrs, method="bfgs")

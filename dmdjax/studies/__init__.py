@@ -1,0 +1,1 @@
+"""Studies: complete, reproducible computations behind the ``dmdjax`` sub-commands."""

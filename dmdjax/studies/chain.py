@@ -1,0 +1,375 @@
+r"""The chain study (seed "Simulations"; DESIGN.md §6): mean-field spin-diffusion (K2),
+DMD (K1) and the replica average of the scale-separated spin-diffusion on a 1-D chain.
+
+The chain: N sites of a two-species Lennard-Jones chain (metal units), site 0 pinned in
+place with σ = +1 (A), the last site free to move with σ = −1 (B); both end species are
+fixed. Segregation is favoured (ε_AB < (ε_AA + ε_BB)/2) and the three bond lengths differ
+(σ_AA < σ_AB < σ_BB), so the chain lengthens where B gathers: the mechanical deformation
+that (a) shows. The interior starts mixed, s_i = 0 (for the sampler: each replica a random
+arrangement of equal numbers of A and B, so E[σ_i(0)] ≈ 0).
+
+Defaults (:class:`ChainParameters`) are a documented choice — the seed gives no numbers:
+ε_AA = ε_BB = 1 eV, ε_AB = 0.92 eV (Ising coupling J = (ε_AA + ε_BB − 2ε_AB)/4 =
+0.04 eV per first-neighbour bond, βJ = 0.4), σ = 1.00 / 1.05 / 1.10 Å, cut-off 2.7 Å
+(past the second neighbour, smooth), k_B T = 0.1 eV: below the temperature where the VG
+free energy of the mixed chain stops being convex in s, so A- and B-rich domains
+nucleate, while every exchange is still accepted often (Δ_ij V of a few J). At
+k_B T = 0.2 eV the sampled chain breaks: its free end leaves the LJ cut-off within the
+run (bond energy 1 eV = 5 k_B T). τ = 1 and k_c = β/(2τ) (K1's linearisation of K2). The
+study runs in float64 on whatever device JAX finds.
+
+Outputs (in the output folder): ``k1_n{N}.npz`` and ``k2_n{N}.npz`` (DMD trajectories,
+:func:`dmdjax.dmd.load_trajectory`), ``spin_diffusion.npz`` (replica averages and their
+standard errors), ``equilibrium.npz``, ``run.json`` (every parameter), ``summary.json``
+(headline numbers, keys documented in :func:`run_chain_study`) and the figures
+``fig_a_spacetime.png``, ``fig_b_sizes.png``, ``fig_c_sampler.png``,
+``fig_d_equilibrium.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import dmd, io, spin_diffusion
+from ..free_energy import VGFreeEnergy
+from ..neighbors import neighbor_list
+from ..potentials import LennardJones
+from ..relax import relax
+from ..systems import chain
+from ..units import BOLTZMANN_EV_PER_K
+
+FIGURES = ("fig_a_spacetime.png", "fig_b_sizes.png", "fig_c_sampler.png", "fig_d_equilibrium.png")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainParameters:
+    """Every parameter of the study (metal units: eV, Å; times in units of τ).
+
+    Attributes:
+        n_sites: chain length for (a), (c), (d). sizes: chain lengths for (b).
+        kt: k_B T, eV. epsilon, sigma: LJ (AA, AB, BB) well depths (eV) and lengths (Å).
+        cutoff: LJ cut-off, Å (smooth switch from 0.8 × cut-off).
+        kinetic_cutoff: exchange bonds are pairs closer than this, Å (first neighbours).
+        tau: τ of K2 and of the sampler. mobility: k_c of K1 (``None``: β/(2τ)).
+        t_end: final time of (a), (c), (d); t_end_sizes: of (b). n_frames: output times.
+        replicas: sampler replicas. basin_steps, langevin_step: the scale-separated
+        sampler's basin sampling (Langevin steps per candidate; fast step h).
+        rtol, atol: the ODE tolerances; relax_tolerance: of (X, k) (eV/Å, eV).
+        seed: PRNG seed of the sampler.
+    """
+
+    n_sites: int = 32
+    sizes: tuple = (32, 64, 128, 256)
+    kt: float = 0.1
+    epsilon: tuple = (1.0, 0.92, 1.0)
+    sigma: tuple = (1.0, 1.05, 1.1)
+    cutoff: float = 2.7
+    kinetic_cutoff: float = 1.5
+    tau: float = 1.0
+    mobility: float | None = None
+    t_end: float = 200.0
+    t_end_sizes: float = 100.0
+    n_frames: int = 41
+    replicas: int = 256
+    basin_steps: int = 10
+    langevin_step: float = 2e-3
+    rtol: float = 1e-6
+    atol: float = 1e-8
+    relax_tolerance: float = 1e-8
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides) -> "ChainParameters":
+        """A reduced study (N = 16; sizes 16, 32; shorter runs; 64 replicas) for tests and CI."""
+        values = dict(n_sites=16, sizes=(16, 32), t_end=60.0, t_end_sizes=30.0, n_frames=13, replicas=64,
+                      basin_steps=5)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes) -> "ChainParameters":
+        """A copy with ``changes``; unknown names and bad values raise ``ValueError``."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown chain parameter(s) {unknown}; known: {sorted(fields)}")
+        coerced = {}
+        for name, value in changes.items():
+            default = getattr(self, name)
+            if isinstance(default, tuple):
+                value = tuple(float(v) if isinstance(default[0], float) else int(v)
+                              for v in (value.split(",") if isinstance(value, str) else value))
+            elif name == "mobility":
+                value = None if value in (None, "none", "None") else float(value)
+            elif isinstance(default, bool):
+                value = bool(value)
+            elif isinstance(default, int):
+                value = int(value)
+            elif isinstance(default, float):
+                value = float(value)
+            coerced[name] = value
+        return dataclasses.replace(self, **coerced)._checked()
+
+    def _checked(self) -> "ChainParameters":
+        if self.n_sites < 4 or any(n < 4 for n in self.sizes):
+            raise ValueError(f"chains need at least 4 sites; got n_sites={self.n_sites}, sizes={self.sizes}")
+        if len(self.epsilon) != 3 or len(self.sigma) != 3:
+            raise ValueError(f"epsilon and sigma are (AA, AB, BB) triples; got {self.epsilon}, {self.sigma}")
+        for name in ("kt", "cutoff", "kinetic_cutoff", "tau", "t_end", "t_end_sizes", "langevin_step", "rtol",
+                     "atol", "relax_tolerance"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number; got {value!r}")
+        if min(self.epsilon) <= 0 or min(self.sigma) <= 0:
+            raise ValueError(f"epsilon and sigma must be positive; got {self.epsilon}, {self.sigma}")
+        if self.n_frames < 3 or self.replicas < 2 or self.basin_steps < 1:
+            raise ValueError(f"need n_frames >= 3, replicas >= 2, basin_steps >= 1; got {self.n_frames}, "
+                             f"{self.replicas}, {self.basin_steps}")
+        if self.mobility is not None and not self.mobility > 0:
+            raise ValueError(f"mobility must be positive or None; got {self.mobility!r}")
+        return self
+
+    @property
+    def beta(self) -> float:
+        return 1.0 / self.kt
+
+    @property
+    def spacing(self) -> float:
+        """Initial lattice spacing: the A–B pair minimum 2^{1/6} σ_AB, Å."""
+        return 2.0 ** (1.0 / 6.0) * self.sigma[1]
+
+    @property
+    def k1_mobility(self) -> float:
+        return self.beta / (2.0 * self.tau) if self.mobility is None else self.mobility
+
+
+def load_parameters(path: str | os.PathLike, base: ChainParameters | None = None) -> ChainParameters:
+    """Parameters from a TOML file (keys as in :class:`ChainParameters`), over ``base``."""
+    import tomllib
+
+    with open(path, "rb") as fh:
+        values = tomllib.load(fh)
+    values = values.get("chain", values)
+    return (base or ChainParameters()).replace(**values)
+
+
+def chain_model(p: ChainParameters, n_sites: int, dtype=jnp.float64):
+    """The chain's potential, free energy, lattice, neighbour list and initial s.
+
+    Returns:
+        ``(potential, vg, positions (N, 1), neighbors, s0 (N,), pinned, pinned_species)``.
+    """
+    aa, ab, bb = p.epsilon
+    saa, sab, sbb = p.sigma
+    potential = LennardJones([[aa, ab], [ab, bb]], [[saa, sab], [sab, sbb]], species=("A", "B"), cutoff=p.cutoff)
+    pinned = np.zeros(n_sites, bool)
+    pinned[0] = True
+    pinned_species = pinned.copy()
+    pinned_species[-1] = True
+    system = chain(n_sites, p.spacing, pinned=pinned)
+    positions = system.positions.astype(dtype)
+    neighbors = neighbor_list(positions, system.cell, potential.cutoff, skin=1.0)
+    vg = VGFreeEnergy(potential, system.cell, p.kt / BOLTZMANN_EV_PER_K, n_sites, pinned=pinned,
+                      pinned_species=pinned_species)
+    s0 = jnp.zeros(n_sites, dtype).at[0].set(1.0).at[-1].set(-1.0)
+    return potential, vg, positions, neighbors, s0, pinned, pinned_species
+
+
+def _times(t_end: float, n_frames: int) -> np.ndarray:
+    return np.linspace(0.0, t_end, n_frames)
+
+
+def run_dmd_models(p: ChainParameters, n_sites: int, t_end: float, output: Path | None = None,
+                   progress: bool = False) -> dict:
+    """K1 (DMD, k_c) and K2 (mean-field spin-diffusion, exact swap rates) for one chain length."""
+    _, vg, positions, neighbors, s0, _, _ = chain_model(p, n_sites)
+    laws = {"K1": dmd.GradientFlow(p.k1_mobility), "K2": dmd.SpinDiffusion(p.tau, "exact")}
+    out = {}
+    for name, law in laws.items():
+        path = None if output is None else output / f"{name.lower()}_n{n_sites}.npz"
+        out[name] = dmd.run(vg, positions, s0, neighbors, law, _times(t_end, p.n_frames),
+                            kinetic_cutoff=p.kinetic_cutoff, rtol=p.rtol, atol=p.atol, tolerance=p.relax_tolerance,
+                            relax_method="newton", max_steps=100_000, output=path, overwrite=True,
+                            progress=progress)
+    return out
+
+
+def run_sampler(p: ChainParameters, output: Path | None = None, progress: bool = False):
+    """The replica average of the scale-separated spin-diffusion (basin-averaged rates)."""
+    potential, vg, positions, neighbors, s0, pinned, pinned_species = chain_model(p, p.n_sites)
+    start = relax(vg, positions, s0, neighbors, method="newton", tolerance=p.relax_tolerance)
+    # The sampler's list is never rebuilt: a wide skin lets atoms wander 1.5 Å (the chain's
+    # length fluctuates with the arrangement of A and B).
+    wide = neighbor_list(start.positions, vg.cell, potential.cutoff, skin=3.0)
+    sampler = spin_diffusion.spin_diffusion_sampler(
+        potential, start.positions, vg.cell, wide, temperature=p.kt / BOLTZMANN_EV_PER_K, tau=p.tau,
+        kinetic_cutoff=p.kinetic_cutoff, mode="scale-separated", rate_average="basin",
+        basin_steps=p.basin_steps, langevin_step=p.langevin_step, pinned=pinned, pinned_species=pinned_species)
+    rng = np.random.default_rng(p.seed)
+    interior = np.tile(np.where(np.arange(p.n_sites - 2) < (p.n_sites - 2) // 2, 1.0, -1.0), (p.replicas, 1))
+    interior = rng.permuted(interior, axis=1)
+    if (p.n_sites - 2) % 2:  # odd interior: the middle value is 0 on average, as s0
+        interior[:, -1] = rng.choice([-1.0, 1.0], p.replicas)
+        interior = rng.permuted(interior, axis=1)
+    spins = np.concatenate([np.ones((p.replicas, 1)), interior, -np.ones((p.replicas, 1))], axis=1)
+    path = None if output is None else output / "spin_diffusion.npz"
+    return sampler.skin, spin_diffusion.sample(sampler, jax.random.PRNGKey(p.seed), spins, _times(p.t_end, p.n_frames),
+                                               n_replicas=p.replicas, output=path, overwrite=True, progress=progress)
+
+
+def interface(positions: np.ndarray, s: np.ndarray) -> tuple[float, float, float]:
+    """Fit s(x) = a − b tanh((x − x₀)/w) to a profile: (x₀ Å, w Å, rms residual)."""
+    from scipy.optimize import curve_fit
+
+    x = np.asarray(positions, float).reshape(-1)
+    s = np.asarray(s, float)
+    model = lambda x, a, b, x0, w: a - b * np.tanh((x - x0) / w)
+    drop = np.argmin(np.diff(np.convolve(s, np.ones(3) / 3, mode="same")))
+    guess = (float(s.mean()), 0.5 * float(s[0] - s[-1]) or 0.5, float(x[drop]), 2.0 * float(np.mean(np.diff(x))))
+    try:
+        values, _ = curve_fit(model, x, s, p0=guess, maxfev=20000)
+    except RuntimeError:
+        return float("nan"), float("nan"), float("nan")
+    residual = float(np.sqrt(np.mean((model(x, *values) - s) ** 2)))
+    return float(values[2]), float(abs(values[3])), residual
+
+
+def run_chain_study(p: ChainParameters, output: str | os.PathLike, *, overwrite: bool = False,
+                    progress: bool = True, log=print) -> dict:
+    """Run the whole study, write every file, and return the summary.
+
+    ``summary.json`` keys: ``device``, ``platform``, ``dtype``; ``wall_time_s`` (total and per
+    part: ``dmd``, ``sizes``, ``sampler``, ``equilibrium``, ``figures``); ``n_sites``,
+    ``sizes``, ``replicas``; ``models``: per model (``K1``, ``K2``, ``spin_diffusion``,
+    ``equilibrium``) the final ``free_energy`` (eV; the sampler's at s = E[σ]),
+    ``interface_position`` and ``interface_width`` (Å, tanh fit), ``fit_rms``,
+    ``max_abs_diff_equilibrium`` and ``rms_diff_equilibrium`` (vs the constrained
+    minimiser of F), ``chain_length`` (Å, free end − pinned end); ``sampler_vs_k2``:
+    ``max_abs_diff`` and ``rms_diff`` of E[σ] − s_K2 over all output times and sites, and
+    ``max_z`` (the same in units of the standard error); ``sigma_conservation``: the
+    largest |Σ s(t) − Σ s(0)| of each DMD run.
+
+    Raises:
+        FileExistsError: ``output`` exists and is not empty, unless ``overwrite``.
+    """
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise FileExistsError(f"output folder {str(output)!r} is not empty: pass overwrite=True (--overwrite)")
+    output.mkdir(parents=True, exist_ok=True)
+    device = jax.devices()[0]
+    run_info = {"study": "chain", "parameters": dataclasses.asdict(p), "k1_mobility": p.k1_mobility,
+                "spacing": p.spacing, "device": device.device_kind, "platform": device.platform,
+                "jax": jax.__version__, "python": platform.python_version(),
+                "dtype": "float64" if jax.config.jax_enable_x64 else "float32"}
+    io.write_json(output / "run.json", run_info)
+    walls, start = {}, time.perf_counter()
+
+    log(f"chain study: N = {p.n_sites}, k_BT = {p.kt} eV, t = 0..{p.t_end} τ -> {output}/")
+    tick = time.perf_counter()
+    main = run_dmd_models(p, p.n_sites, p.t_end, output, progress)
+    walls["dmd"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    by_size = {}
+    for n in p.sizes:
+        log(f"  sizes: N = {n} to t = {p.t_end_sizes} τ")
+        by_size[n] = (main if (n == p.n_sites and p.t_end_sizes == p.t_end) else
+                      run_dmd_models(p, n, p.t_end_sizes, output, progress))
+    walls["sizes"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    log(f"  scale-separated spin-diffusion: {p.replicas} replicas")
+    skin, sampled = run_sampler(p, output, progress)
+    walls["sampler"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    _, vg, positions, neighbors, _, _, _ = chain_model(p, p.n_sites)
+    # F is not convex in s here (segregation): start the constrained minimisation from one
+    # interface in the middle (the mixed state is a saddle; the runs' domain patterns are
+    # local minima that mean-field coarsening leaves only on much longer times).
+    guess = np.tanh((np.arange(p.n_sites) - (p.n_sites - 1) / 2) / -2.0)
+    guess[1:-1] -= guess[1:-1].mean()
+    guess[0], guess[-1] = 1.0, -1.0
+    equilibrium = dmd.equilibrium(vg, positions, jnp.asarray(0.9 * guess), neighbors, relax_method="newton",
+                                  start="given", relax_tolerance=1e-10)
+    io.save_npz(output / "equilibrium.npz", {
+        "order_parameter": np.asarray(equilibrium.order_parameter), "positions": np.asarray(equilibrium.positions),
+        "stiffness": np.asarray(equilibrium.stiffness), "free_energy": np.asarray(equilibrium.free_energy)},
+        {"residual": equilibrium.residual, "iterations": equilibrium.iterations})
+    sampled_state = relax(vg, main["K2"].positions[-1], jnp.asarray(sampled.order_parameter[-1]), neighbors,
+                          method="newton", tolerance=p.relax_tolerance)
+    walls["equilibrium"] = time.perf_counter() - tick
+
+    s_eq = np.asarray(equilibrium.order_parameter)
+    finals = {
+        "K1": (np.asarray(main["K1"].positions[-1]), np.asarray(main["K1"].order_parameter[-1]),
+               float(main["K1"].free_energy[-1])),
+        "K2": (np.asarray(main["K2"].positions[-1]), np.asarray(main["K2"].order_parameter[-1]),
+               float(main["K2"].free_energy[-1])),
+        "spin_diffusion": (np.asarray(sampled_state.positions), np.asarray(sampled.order_parameter[-1]),
+                           float(sampled_state.free_energy)),
+        "equilibrium": (np.asarray(equilibrium.positions), s_eq, float(equilibrium.free_energy)),
+    }
+    models = {}
+    for name, (x, s, f) in finals.items():
+        x0, width, rms = interface(x, s)
+        models[name] = {"free_energy": f, "interface_position": x0, "interface_width": width, "fit_rms": rms,
+                        "max_abs_diff_equilibrium": float(np.max(np.abs(s - s_eq))),
+                        "rms_diff_equilibrium": float(np.sqrt(np.mean((s - s_eq) ** 2))),
+                        "chain_length": float(x[-1, 0] - x[0, 0])}
+    difference = np.asarray(sampled.order_parameter) - np.asarray(main["K2"].order_parameter)
+    error = np.asarray(sampled.order_parameter_error)
+    z = np.abs(difference) / np.where(error > 0, error, np.inf)
+    conservation = {f"{law}_n{n}": float(np.max(np.abs(np.asarray(t.order_parameter).sum(1)
+                                                      - float(np.asarray(t.order_parameter)[0].sum()))))
+                    for n, runs in by_size.items() for law, t in runs.items()}
+
+    tick = time.perf_counter()
+    from . import chain_figures
+
+    chain_figures.spacetime(output / FIGURES[0], main, p)
+    chain_figures.sizes(output / FIGURES[1], by_size, p)
+    chain_figures.sampler(output / FIGURES[2], main, sampled, p)
+    chain_figures.equilibrium(output / FIGURES[3], finals, sampled, models)
+    walls["figures"] = time.perf_counter() - tick
+    walls["total"] = time.perf_counter() - start
+
+    summary = {"study": "chain", "device": device.device_kind, "platform": device.platform,
+               "dtype": run_info["dtype"], "wall_time_s": walls, "n_sites": p.n_sites, "sizes": list(p.sizes),
+               "replicas": p.replicas, "t_end": p.t_end, "models": models,
+               "sampler_vs_k2": {"max_abs_diff": float(np.max(np.abs(difference))),
+                                 "rms_diff": float(np.sqrt(np.mean(difference ** 2))),
+                                 "max_z": float(np.max(z)), "final_max_abs_diff": float(np.max(np.abs(difference[-1])))},
+               "sampler_skin": float(skin), "sigma_conservation": conservation,
+               "equilibrium_residual_ev": equilibrium.residual,
+               "files": sorted(f.name for f in output.iterdir())}
+    io.write_json(output / "summary.json", summary)
+    log(format_summary(summary, output))
+    return summary
+
+
+def format_summary(summary: dict, output: Path) -> str:
+    lines = [f"\n{'model':16s} {'F (eV)':>12s} {'x0 (Å)':>9s} {'w (Å)':>8s} {'L (Å)':>8s} "
+             f"{'max|s-s*|':>10s} {'rms|s-s*|':>10s}"]
+    for name, m in summary["models"].items():
+        lines.append(f"{name:16s} {m['free_energy']:12.5f} {m['interface_position']:9.3f} "
+                     f"{m['interface_width']:8.3f} {m['chain_length']:8.3f} {m['max_abs_diff_equilibrium']:10.4f} "
+                     f"{m['rms_diff_equilibrium']:10.4f}")
+    c = summary["sampler_vs_k2"]
+    lines.append(f"sampler - K2 over all times: max |Δ| = {c['max_abs_diff']:.3f}, rms = {c['rms_diff']:.3f}, "
+                 f"max |Δ|/SE = {c['max_z']:.1f}")
+    lines.append(f"wall time {summary['wall_time_s']['total']:.1f} s on {summary['device']} "
+                 f"({summary['platform']}); files in {output}/: {', '.join(summary['files'])}")
+    return "\n".join(lines)
+
+
+def parameters_json(p: ChainParameters) -> str:
+    return json.dumps(dataclasses.asdict(p), indent=1)

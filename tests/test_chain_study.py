@@ -1,0 +1,59 @@
+"""`dmdjax chain --quick`: the files it writes (DESIGN.md §6)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dmdjax import cli, dmd
+from dmdjax.studies import chain
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("chain")
+    assert cli.main(["chain", "--quick", "--output", str(out), "--overwrite", "--no-progress", "--set", "seed=3"]) == 0
+    return out
+
+
+def test_quick_study_writes_every_file(study):
+    p = chain.ChainParameters.quick(seed=3)
+    run = json.loads((study / "run.json").read_text())
+    assert run["parameters"]["n_sites"] == p.n_sites == 16 and run["parameters"]["seed"] == 3
+    assert run["parameters"]["kt"] == p.kt and run["k1_mobility"] == pytest.approx(1 / p.kt / 2)
+    for name in chain.FIGURES:
+        path = study / name
+        assert path.stat().st_size > 10_000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for n in p.sizes:
+        for law in ("k1", "k2"):
+            trajectory = dmd.load_trajectory(study / f"{law}_n{n}.npz")
+            s = np.asarray(trajectory.order_parameter)
+            assert s.shape == (p.n_frames, n) and np.asarray(trajectory.positions).shape == (p.n_frames, n, 1)
+            assert np.max(np.abs(s.sum(1) - s[0].sum())) < 1e-10  # Σ s conserved
+            assert s[0, 0] == 1 and s[0, -1] == -1 and np.all(s[:, 0] == 1) and np.all(s[:, -1] == -1)
+            assert np.all(np.diff(np.asarray(trajectory.free_energy)) <= 1e-9) or law == "k2"
+    sampled = np.load(study / "spin_diffusion.npz")
+    assert sampled["order_parameter"].shape == (p.n_frames, p.n_sites)
+    assert np.allclose(sampled["order_parameter"].sum(1), 0.0)  # Σσ = 0 in every replica
+    assert np.all(sampled["order_parameter_error"][1:] > 0)
+    summary = json.loads((study / "summary.json").read_text())
+    assert set(summary["models"]) == {"K1", "K2", "spin_diffusion", "equilibrium"}
+    assert summary["models"]["equilibrium"]["max_abs_diff_equilibrium"] == 0
+    assert summary["equilibrium_residual_ev"] < 1e-9
+    assert max(summary["sigma_conservation"].values()) < 1e-10
+    assert {"total", "dmd", "sizes", "sampler"} <= set(summary["wall_time_s"])
+
+
+def test_bad_parameters_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown chain parameter"):
+        chain.ChainParameters().replace(temperature=3)
+    with pytest.raises(ValueError, match="kt"):
+        chain.ChainParameters().replace(kt=-1)
+    assert cli.main(["chain", "--output", str(tmp_path / "x"), "--set", "kt"]) == 2
+    config = tmp_path / "c.toml"
+    config.write_text("[chain]\nn_sites = 20\nsizes = [20, 24]\n")
+    assert chain.load_parameters(config).sizes == (20, 24)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    assert cli.main(["chain", "--quick", "--output", str(tmp_path / "full")]) == 2
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
