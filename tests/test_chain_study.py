@@ -35,7 +35,7 @@ def test_quick_study_writes_every_file(study):
     sampled = np.load(study / "spin_diffusion.npz")
     assert sampled["order_parameter"].shape == (p.n_frames, p.n_sites)
     assert np.allclose(sampled["order_parameter"].sum(1), 0.0)  # Σσ = 0 in every replica
-    assert np.all(sampled["order_parameter_error"][1:] > 0)
+    assert np.all(sampled["order_parameter_error"][1:, 1:-1] > 0)  # the end species are fixed
     summary = json.loads((study / "summary.json").read_text())
     assert set(summary["models"]) == {"K1", "K2", "spin_diffusion", "equilibrium"}
     assert summary["models"]["equilibrium"]["max_abs_diff_equilibrium"] == 0

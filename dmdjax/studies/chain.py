@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -235,7 +236,9 @@ def interface(positions: np.ndarray, s: np.ndarray) -> tuple[float, float, float
     drop = np.argmin(np.diff(np.convolve(s, np.ones(3) / 3, mode="same")))
     guess = (float(s.mean()), 0.5 * float(s[0] - s[-1]) or 0.5, float(x[drop]), 2.0 * float(np.mean(np.diff(x))))
     try:
-        values, _ = curve_fit(model, x, s, p0=guess, maxfev=20000)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # covariance not estimated: only the values are used
+            values, _ = curve_fit(model, x, s, p0=guess, maxfev=20000)
     except RuntimeError:
         return float("nan"), float("nan"), float("nan")
     residual = float(np.sqrt(np.mean((model(x, *values) - s) ** 2)))
