@@ -215,7 +215,7 @@ def _run_chain(args) -> int:
         if not sep:
             raise ValueError(f"--set needs NAME=VALUE; got {item!r}")
         changes[name.strip()] = value.strip()
-    parameters = parameters.replace(**changes)._checked()
+    parameters = parameters.replace(**changes)  # validates
     chain.run_chain_study(parameters, args.output, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
 

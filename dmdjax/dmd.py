@@ -136,8 +136,7 @@ def _as_arrays(law, dtype):
 @eqx.filter_jit
 def _advance(vg, law, graph, neighbors, positions, stiffness, order_parameter, t0, t1, solver, controller, dt0,
              max_steps, tolerance, colouring=None):
-    relax_options = dict(tolerance=tolerance, throw=False, method="lbfgs" if colouring is None else "newton",
-                         colouring=colouring)
+    relax_options = dict(tolerance=tolerance, throw=False, colouring=colouring)  # a colouring selects Newton
 
     def vector_field(t, s, args):
         relaxed = relax(vg, positions, s, neighbors, stiffness, **relax_options)
@@ -245,14 +244,11 @@ def run(
     elif resume:
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {str(output)!r}")
     graph = kinetics.bond_graph(positions, vg.cell, neighbors, kinetic_cutoff, pinned_species=vg.pinned_species)
-    if relax_method not in ("lbfgs", "newton"):
-        raise ValueError(f"relax_method must be 'lbfgs' or 'newton'; got {relax_method!r}")
-    colouring = hessian_colouring(vg, neighbors) if relax_method == "newton" else None
+    colouring = _colouring(vg, neighbors, relax_method)
     law = _as_arrays(law, dtype)
     dt0 = None if dt0 is None else jnp.asarray(dt0, dtype)  # traced: a new dt0 does not recompile
     if not record:
-        start = relax(vg, positions, order_parameter, neighbors, stiffness, tolerance=tolerance, method=relax_method,
-                      colouring=colouring)
+        start = relax(vg, positions, order_parameter, neighbors, stiffness, tolerance=tolerance, colouring=colouring)
         record = [(order_parameter, start.positions, start.stiffness, start.free_energy)]
         _write(output, times, record, parameters)
     intervals = range(len(record), times.size)
@@ -309,8 +305,7 @@ def _relaxed_potential(vg, positions, stiffness, order_parameter, neighbors, tol
     """The relaxed state, μ and ∂μ/∂s (total: through the relaxed X*(s), k*(s)) at s, from one relaxation."""
 
     def mu(s):
-        relaxed = relax(vg, positions, s, neighbors, stiffness, tolerance=tolerance, throw=False,
-                        method="lbfgs" if colouring is None else "newton", colouring=colouring)
+        relaxed = relax(vg, positions, s, neighbors, stiffness, tolerance=tolerance, throw=False, colouring=colouring)
         chemical = vg.chemical_potential(relaxed.positions, relaxed.stiffness, s, neighbors)
         return chemical, (chemical, relaxed)
 
@@ -356,9 +351,8 @@ def equilibrium(
     if start == "uniform":
         s[free] = s[free].sum() / n_free
     dtype = positions.dtype
-    colouring = hessian_colouring(vg, neighbors) if relax_method == "newton" else None
-    relaxed = relax(vg, positions, jnp.asarray(s, dtype), neighbors, tolerance=relax_tolerance, method=relax_method,
-                    colouring=colouring)
+    colouring = _colouring(vg, neighbors, relax_method)
+    relaxed = relax(vg, positions, jnp.asarray(s, dtype), neighbors, tolerance=relax_tolerance, colouring=colouring)
     x, k = relaxed.positions, relaxed.stiffness
     for iteration in range(max_steps + 1):
         relaxed, mu, hessian = _relaxed_potential(vg, x, k, jnp.asarray(s, dtype), neighbors, relax_tolerance,
@@ -382,6 +376,13 @@ def equilibrium(
         s[free] = s[free] + min(1.0, damping) * step
     raise DMDError(f"equilibrium: Newton's method did not reach max |μ_i − λ| <= {tolerance} eV in {max_steps} "
                    f"steps (last {residual:.3g} eV)")
+
+
+def _colouring(vg, neighbors, relax_method):
+    """The Hessian colouring that makes :func:`~dmdjax.relax` use Newton, or None (L-BFGS)."""
+    if relax_method not in ("lbfgs", "newton"):
+        raise ValueError(f"relax_method must be 'lbfgs' or 'newton'; got {relax_method!r}")
+    return hessian_colouring(vg, neighbors) if relax_method == "newton" else None
 
 
 def _write(output, times, record, parameters):

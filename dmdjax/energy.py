@@ -94,9 +94,13 @@ def assemble_site_energies(
     return energies
 
 
+def radial_from_geometry(potential: Potential, geometry: PairGeometry) -> Float[Array, "n m t s s"]:
+    """The potential's radial values (φ_ab, f_{b→a}) on every listed pair (0 on padding)."""
+    return potential.radial(masked_distance(geometry.displacement, geometry.mask, 2.0 * potential.cutoff))
+
+
 def _site_energies_from_geometry(potential: Potential, geometry: PairGeometry, weights) -> Array:
-    r = masked_distance(geometry.displacement, geometry.mask, 2.0 * potential.cutoff)
-    return assemble_site_energies(potential, potential.radial(r), weights, geometry.idx)
+    return assemble_site_energies(potential, radial_from_geometry(potential, geometry), weights, geometry.idx)
 
 
 def _check_inputs(potential: Potential, positions, species, cell: Cell, neighbors) -> None:

@@ -160,12 +160,11 @@ def _newton(objective, y0, pinned, colouring, tolerance, max_steps):
         return jnp.where(free, gradient(z).reshape(-1), 0.0)
 
     def cond(carry):
-        _, iteration, norm, value = carry
-        return (iteration < max_steps) & (norm > tolerance) & jnp.isfinite(value)
+        _, g, iteration, value = carry
+        return (iteration < max_steps) & (jnp.max(jnp.abs(g)) > tolerance) & jnp.isfinite(value)
 
     def body(carry):
-        z, iteration, _, value = carry
-        g = masked_gradient(z)
+        z, g, iteration, value = carry
         hessian = _dense_hessian(gradient, z, colouring)
         hessian = jnp.where(free[:, None] & free[None, :], hessian, 0.0) + jnp.diag(~free)
         step = jnp.linalg.solve(hessian, -g)
@@ -189,12 +188,11 @@ def _newton(objective, y0, pinned, colouring, tolerance, max_steps):
         alpha, new_value = jax.lax.while_loop(too_long, shorter,
                                               (jnp.ones((), z.dtype), flat_objective(z + step.reshape(n, d + 1))))
         z = z + alpha * step.reshape(n, d + 1)
-        return z, iteration + 1, jnp.max(jnp.abs(masked_gradient(z))), new_value
+        return z, masked_gradient(z), iteration + 1, new_value  # the gradient is carried, not recomputed
 
     z0 = to_flat(y0)
-    carry = (z0, jnp.asarray(0), jnp.max(jnp.abs(masked_gradient(z0))), flat_objective(z0))
-    z, iterations, norm, _ = jax.lax.while_loop(cond, body, carry)
-    return to_tree(z), iterations, norm
+    z, g, iterations, _ = jax.lax.while_loop(cond, body, (z0, masked_gradient(z0), jnp.asarray(0), flat_objective(z0)))
+    return to_tree(z), iterations, jnp.max(jnp.abs(g))
 
 
 @eqx.filter_custom_jvp
@@ -267,7 +265,7 @@ def relax(
     max_steps: int = 2000,
     memory: int = 20,
     throw: bool = True,
-    method: str = "lbfgs",
+    method: str | None = None,
     colouring: HessianColouring | None = None,
 ) -> RelaxResult:
     """Minimise F(X, k, s) over (X, k) at fixed s.
@@ -283,7 +281,8 @@ def relax(
         max_steps: iteration limit.
         memory: L-BFGS history length.
         throw: raise (also under jit, via ``equinox.error_if``) when not converged.
-        method: ``"lbfgs"`` (default; any size) or ``"newton"``: damped Newton with the
+        method: ``"lbfgs"`` (the default; any size) or ``"newton"`` (the default when a
+            ``colouring`` is given): damped Newton with the
             dense Hessian from compressed Hessian-vector products (:func:`hessian_colouring`)
             — a few iterations where L-BFGS needs hundreds (ill-conditioned chains: the
             condition number grows as N²), at O((N(d+1))³) per iteration: for systems up to
@@ -296,6 +295,8 @@ def relax(
     vg.check(positions, jnp.ones_like(order_parameter) if stiffness is None else stiffness, order_parameter,
              neighbors)
     tolerance = _default_tolerance(positions.dtype) if tolerance is None else float(tolerance)
+    if method is None:
+        method = "lbfgs" if colouring is None else "newton"
     if method not in ("lbfgs", "newton"):
         raise ValueError(f"method must be 'lbfgs' or 'newton'; got {method!r}")
     if method == "newton" and colouring is None:

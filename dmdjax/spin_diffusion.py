@@ -45,7 +45,8 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _validate, io, kinetics
 from .cell import Cell
-from .energy import _site_energies_from_geometry, assemble_site_energies, masked_distance, pair_geometry
+from .energy import (_site_energies_from_geometry, assemble_site_energies, masked_distance, pair_geometry,
+                     radial_from_geometry)
 from ._precision import HIGHEST
 from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList, gather
@@ -171,14 +172,9 @@ class SpinDiffusionSampler(eqx.Module):
             # Species index 0 for σ = +1, 1 for σ = −1; (a, b) pairs before and after, (2, M).
             before = 2 * (own[:, None] < 0) + (neighbours < 0)
             after = 2 * (own[::-1, None] < 0) + (swapped_neighbours < 0)
-            if positions is None:  # "frozen": read the two entries per bond from the table
-                table = self.frozen_radial[..., 0, :, :].reshape(-1)
-                base = (rows[:, None] * idx.shape[1] + jnp.arange(idx.shape[1])) * 4
-                change = table[base + after] - table[base + before]
-            else:
-                pair = self._row_radial(positions, rows)[..., 0, :, :].reshape(rows.shape + (idx.shape[1], 4))
-                change = (jnp.take_along_axis(pair, after[..., None], -1)
-                          - jnp.take_along_axis(pair, before[..., None], -1))[..., 0]
+            pair = self._row_radial(positions, rows)[..., 0, :, :].reshape(rows.shape + (idx.shape[1], 4))
+            change = (jnp.take_along_axis(pair, after[..., None], -1)
+                      - jnp.take_along_axis(pair, before[..., None], -1))[..., 0]
             return jnp.sum(jnp.where(mask, change, 0.0))
         # EAM: the embedding energies of the neighbours change too.
         rows = jnp.concatenate([jnp.stack([i, j]), self.neighbor_idx[i], self.neighbor_idx[j]])
@@ -419,14 +415,9 @@ def spin_diffusion_sampler(
         beta=jnp.asarray(1.0 / (BOLTZMANN_EV_PER_K * temperature), dtype), tau=jnp.asarray(tau, dtype),
         epsilon=jnp.asarray(epsilon, dtype), langevin_step=jnp.asarray(langevin_step, dtype),
         mode=mode, rate_average=rate_average, basin_steps=basin_steps, free_energy=free_energy,
-        frozen_radial=(jax.jit(_lattice_radial)(positions, cell, neighbors.idx, potential) if mode == "frozen"
-                       else None))
-
-
-def _lattice_radial(positions, cell, neighbor_idx, potential):
-    """The radial values of every listed pair at fixed ``positions`` (``"frozen"`` mode's table)."""
-    geometry = pair_geometry(positions, cell, neighbor_idx)
-    return potential.radial(masked_distance(geometry.displacement, geometry.mask, 2.0 * potential.cutoff))
+        # "frozen": x never moves, so the radial values of every listed pair are a table.
+        frozen_radial=(radial_from_geometry(potential, pair_geometry(positions, cell, neighbors.idx))
+                       if mode == "frozen" else None))
 
 
 class SamplerTrajectory(eqx.Module):

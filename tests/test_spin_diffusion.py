@@ -143,6 +143,16 @@ def _spring_chain_distance(states, kappa, total):
     return 0.5 * np.abs(empirical - exact).sum()
 
 
+def _spring_chain_sampler(n, kappa, **options):
+    """A free chain of harmonic bonds κ_{σ_i σ_j} (one rest length 1 Å), site 0 pinned, k_BT = 0.05 eV."""
+    potential = dj.HarmonicBond(kappa, 1.0, species=("A", "B"), cutoff=1.5)
+    chain = dj.systems.chain(n, 1.0, pinned=[0])
+    nbrs = dj.neighbor_list(chain.positions, chain.cell, potential.cutoff, skin=2.0)
+    return sd.spin_diffusion_sampler(potential, chain.positions, chain.cell, nbrs,
+                                     temperature=0.05 / dj.BOLTZMANN_EV_PER_K, kinetic_cutoff=1.2, tau=0.1,
+                                     pinned=chain.pinned, **options)
+
+
 def test_joint_stationary_law_of_the_spins():
     """Harmonic bonds κ_{σ_i σ_j} on a free chain: ∫e^{−βV}dx ∝ Π_bonds κ_b^{-1/2}, so the σ
     marginal of the joint (x, σ) process is known exactly; TV < 0.01."""
@@ -150,12 +160,7 @@ def test_joint_stationary_law_of_the_spins():
     kappa = np.array([[20.0, 80.0], [80.0, 45.0]])
     # One rest length: a swap at fixed x then costs O(k_B T) and σ mixes quickly; the
     # segregation is purely entropic (vibrational).
-    potential = dj.HarmonicBond(kappa, 1.0, species=("A", "B"), cutoff=1.5)
-    chain = dj.systems.chain(n, 1.0, pinned=[0])
-    nbrs = dj.neighbor_list(chain.positions, chain.cell, potential.cutoff, skin=2.0)
-    sampler = sd.spin_diffusion_sampler(potential, chain.positions, chain.cell, nbrs,
-                                        temperature=0.05 / dj.BOLTZMANN_EV_PER_K, kinetic_cutoff=1.2, tau=0.1,
-                                        mode="joint", epsilon=1.0, langevin_step=0.004, pinned=chain.pinned)
+    sampler = _spring_chain_sampler(n, kappa, mode="joint", epsilon=1.0, langevin_step=0.004)
     spins0 = jnp.array([1.0, -1, 1, -1])
     # h λ_max(∇²V) ≤ 0.004 · 4 · 80 < 2: the Langevin step is stable.
     states = _states(sampler, jax.random.PRNGKey(5), spins0, 1.0 + 0.5 * np.arange(100), 1000)
@@ -170,14 +175,9 @@ def test_scale_separated_basin_sampler_has_the_exact_marginal():
     is about 0.005 here)."""
     n = 3
     kappa = np.array([[20.0, 40.0], [40.0, 30.0]])
-    potential = dj.HarmonicBond(kappa, 1.0, species=("A", "B"), cutoff=1.5)
-    chain = dj.systems.chain(n, 1.0, pinned=[0])
-    nbrs = dj.neighbor_list(chain.positions, chain.cell, potential.cutoff, skin=2.0)
     # h λ_max ≤ 0.01 · 4 · 40 < 2; 60 steps relax the slowest mode by e^{-4} (variance e^{-8}).
-    sampler = sd.spin_diffusion_sampler(potential, chain.positions, chain.cell, nbrs,
-                                        temperature=0.05 / dj.BOLTZMANN_EV_PER_K, kinetic_cutoff=1.2, tau=0.1,
-                                        mode="scale-separated", rate_average="basin", basin_steps=60,
-                                        langevin_step=0.01, pinned=chain.pinned)
+    sampler = _spring_chain_sampler(n, kappa, mode="scale-separated", rate_average="basin", basin_steps=60,
+                                    langevin_step=0.01)
     states = _states(sampler, jax.random.PRNGKey(6), jnp.array([1.0, -1, 1]), 0.5 + 0.2 * np.arange(40), 1000)
     tv = _spring_chain_distance(states, kappa, total=1)
     assert tv < 0.015, tv
@@ -235,6 +235,9 @@ def test_bad_input_is_named():
     sampler = _lj_chain(4)
     with pytest.raises(ValueError, match=r"spins must be ±1 .* value 0.5"):
         sd.sample(sampler, jax.random.PRNGKey(0), jnp.array([1.0, 0.5, -1, -1]), [0, 1], n_replicas=2)
+    with pytest.raises(ValueError, match="positions cannot be given in 'frozen' mode"):
+        sd.sample(sampler, jax.random.PRNGKey(0), jnp.array([1.0, 1, -1, -1]), [0, 1], n_replicas=2,
+                  positions=sampler.reference_positions)
     with pytest.raises(ValueError, match="mode must be one of"):
         _lj_chain(4, mode="fast")
     with pytest.raises(ValueError, match="tau must be finite and > 0; got -1"):

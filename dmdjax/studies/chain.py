@@ -29,12 +29,12 @@ standard errors), ``equilibrium.npz``, ``run.json`` (every parameter), ``summary
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -110,8 +110,6 @@ class ChainParameters:
                               for v in (value.split(",") if isinstance(value, str) else value))
             elif name == "mobility":
                 value = None if value in (None, "none", "None") else float(value)
-            elif isinstance(default, bool):
-                value = bool(value)
             elif isinstance(default, int):
                 value = int(value)
             elif isinstance(default, float):
@@ -162,12 +160,21 @@ def load_parameters(path: str | os.PathLike, base: ChainParameters | None = None
     return (base or ChainParameters()).replace(**values)
 
 
-def chain_model(p: ChainParameters, n_sites: int, dtype=jnp.float64):
-    """The chain's potential, free energy, lattice, neighbour list and initial s.
+class ChainModel(NamedTuple):
+    """One chain: its potential, VG free energy, lattice ``(N, 1)`` Å, neighbour list,
+    initial s ``(N,)`` and the pinned atoms / pinned species ``(N,)``."""
 
-    Returns:
-        ``(potential, vg, positions (N, 1), neighbors, s0 (N,), pinned, pinned_species)``.
-    """
+    potential: LennardJones
+    vg: VGFreeEnergy
+    positions: jnp.ndarray
+    neighbors: object
+    s0: jnp.ndarray
+    pinned: np.ndarray
+    pinned_species: np.ndarray
+
+
+def chain_model(p: ChainParameters, n_sites: int, dtype=jnp.float64) -> ChainModel:
+    """The chain of ``n_sites`` sites described in the module docstring."""
     aa, ab, bb = p.epsilon
     saa, sab, sbb = p.sigma
     potential = LennardJones([[aa, ab], [ab, bb]], [[saa, sab], [sab, sbb]], species=("A", "B"), cutoff=p.cutoff)
@@ -181,17 +188,18 @@ def chain_model(p: ChainParameters, n_sites: int, dtype=jnp.float64):
     vg = VGFreeEnergy(potential, system.cell, p.kt / BOLTZMANN_EV_PER_K, n_sites, pinned=pinned,
                       pinned_species=pinned_species)
     s0 = jnp.zeros(n_sites, dtype).at[0].set(1.0).at[-1].set(-1.0)
-    return potential, vg, positions, neighbors, s0, pinned, pinned_species
+    return ChainModel(potential, vg, positions, neighbors, s0, pinned, pinned_species)
 
 
 def _times(t_end: float, n_frames: int) -> np.ndarray:
     return np.linspace(0.0, t_end, n_frames)
 
 
-def run_dmd_models(p: ChainParameters, n_sites: int, t_end: float, output: Path | None = None,
+def run_dmd_models(p: ChainParameters, model: ChainModel, t_end: float, output: Path | None = None,
                    progress: bool = False) -> dict:
-    """K1 (DMD, k_c) and K2 (mean-field spin-diffusion, exact swap rates) for one chain length."""
-    _, vg, positions, neighbors, s0, _, _ = chain_model(p, n_sites)
+    """K1 (DMD, k_c) and K2 (mean-field spin-diffusion, exact swap rates) for one chain."""
+    vg, positions, neighbors, s0 = model.vg, model.positions, model.neighbors, model.s0
+    n_sites = positions.shape[0]
     laws = {"K1": dmd.GradientFlow(p.k1_mobility), "K2": dmd.SpinDiffusion(p.tau, "exact")}
     out = {}
     for name, law in laws.items():
@@ -203,23 +211,23 @@ def run_dmd_models(p: ChainParameters, n_sites: int, t_end: float, output: Path 
     return out
 
 
-def run_sampler(p: ChainParameters, output: Path | None = None, progress: bool = False):
+def run_sampler(p: ChainParameters, model: ChainModel, output: Path | None = None, progress: bool = False):
     """The replica average of the scale-separated spin-diffusion (basin-averaged rates)."""
-    potential, vg, positions, neighbors, s0, pinned, pinned_species = chain_model(p, p.n_sites)
-    start = relax(vg, positions, s0, neighbors, method="newton", tolerance=p.relax_tolerance)
+    potential, vg = model.potential, model.vg
+    start = relax(vg, model.positions, model.s0, model.neighbors, method="newton", tolerance=p.relax_tolerance)
     # The sampler's list is never rebuilt: a wide skin lets atoms wander 1.5 Å (the chain's
     # length fluctuates with the arrangement of A and B).
     wide = neighbor_list(start.positions, vg.cell, potential.cutoff, skin=3.0)
     sampler = spin_diffusion.spin_diffusion_sampler(
         potential, start.positions, vg.cell, wide, temperature=p.kt / BOLTZMANN_EV_PER_K, tau=p.tau,
         kinetic_cutoff=p.kinetic_cutoff, mode="scale-separated", rate_average="basin",
-        basin_steps=p.basin_steps, langevin_step=p.langevin_step, pinned=pinned, pinned_species=pinned_species)
+        basin_steps=p.basin_steps, langevin_step=p.langevin_step, pinned=model.pinned,
+        pinned_species=model.pinned_species)
     rng = np.random.default_rng(p.seed)
     interior = np.tile(np.where(np.arange(p.n_sites - 2) < (p.n_sites - 2) // 2, 1.0, -1.0), (p.replicas, 1))
-    interior = rng.permuted(interior, axis=1)
-    if (p.n_sites - 2) % 2:  # odd interior: the middle value is 0 on average, as s0
+    if (p.n_sites - 2) % 2:  # odd interior: the odd site is ±1 at random, so E[σ] = 0 as s0
         interior[:, -1] = rng.choice([-1.0, 1.0], p.replicas)
-        interior = rng.permuted(interior, axis=1)
+    interior = rng.permuted(interior, axis=1)
     spins = np.concatenate([np.ones((p.replicas, 1)), interior, -np.ones((p.replicas, 1))], axis=1)
     path = None if output is None else output / "spin_diffusion.npz"
     return sampler.skin, spin_diffusion.sample(sampler, jax.random.PRNGKey(p.seed), spins, _times(p.t_end, p.n_frames),
@@ -277,7 +285,8 @@ def run_chain_study(p: ChainParameters, output: str | os.PathLike, *, overwrite:
 
     log(f"chain study: N = {p.n_sites}, k_BT = {p.kt} eV, t = 0..{p.t_end} τ -> {output}/")
     tick = time.perf_counter()
-    main = run_dmd_models(p, p.n_sites, p.t_end, output, progress)
+    model = chain_model(p, p.n_sites)
+    main = run_dmd_models(p, model, p.t_end, output, progress)
     walls["dmd"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -285,16 +294,17 @@ def run_chain_study(p: ChainParameters, output: str | os.PathLike, *, overwrite:
     for n in p.sizes:
         log(f"  sizes: N = {n} to t = {p.t_end_sizes} τ")
         by_size[n] = (main if (n == p.n_sites and p.t_end_sizes == p.t_end) else
-                      run_dmd_models(p, n, p.t_end_sizes, output, progress))
+                      run_dmd_models(p, model if n == p.n_sites else chain_model(p, n), p.t_end_sizes, output,
+                                     progress))
     walls["sizes"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     log(f"  scale-separated spin-diffusion: {p.replicas} replicas")
-    skin, sampled = run_sampler(p, output, progress)
+    skin, sampled = run_sampler(p, model, output, progress)
     walls["sampler"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    _, vg, positions, neighbors, _, _, _ = chain_model(p, p.n_sites)
+    vg, positions, neighbors = model.vg, model.positions, model.neighbors
     # F is not convex in s here (segregation): start the constrained minimisation from one
     # interface in the middle (the mixed state is a saddle; the runs' domain patterns are
     # local minima that mean-field coarsening leaves only on much longer times).
@@ -372,7 +382,3 @@ def format_summary(summary: dict, output: Path) -> str:
     lines.append(f"wall time {summary['wall_time_s']['total']:.1f} s on {summary['device']} "
                  f"({summary['platform']}); files in {output}/: {', '.join(summary['files'])}")
     return "\n".join(lines)
-
-
-def parameters_json(p: ChainParameters) -> str:
-    return json.dumps(dataclasses.asdict(p), indent=1)

@@ -54,8 +54,8 @@ def sizes(path, by_size, p):
             image = _spacetime_panel(axes[row, column], by_size[n][law], f"{law}, N = {n}")
             if row == 0:
                 axes[row, column].set_xlabel("")
-        axes[0, 0].set_ylabel("t (τ)")
-        axes[1, 0].set_ylabel("t (τ)")
+    for row in range(2):
+        axes[row, 0].set_ylabel("t (τ)")
     fig.colorbar(image, ax=axes, label="s_i", shrink=0.8)
     fig.suptitle("(b) The same comparison for several chain lengths (top: mean-field spin-diffusion K2; "
                  "bottom: DMD K1)", fontsize=10)
