@@ -29,7 +29,7 @@ from jaxtyping import Array, Float
 from . import io, kinetics
 from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList
-from .relax import hessian_colouring, relax
+from .relax import _default_tolerance, _dense_hessian, _initial_stiffness, hessian_colouring, relax
 
 
 class GradientFlow(eqx.Module):
@@ -106,41 +106,88 @@ def load_trajectory(path: str | os.PathLike) -> Trajectory:
 def species_rate(vg: VGFreeEnergy, law: KineticLaw, graph: kinetics.BondGraph, positions, stiffness,
                  order_parameter, neighbors) -> Float[Array, " n"]:
     """ds/dt of ``law`` at a relaxed state (X, k, s)."""
-    beta = vg.beta.astype(positions.dtype)
-    excess = vg.excess_chemical_potential(positions, stiffness, order_parameter, neighbors)
+    _check_law(vg, law)
+    return _switched_rate(vg, _law_values(law, positions.dtype), graph, positions, stiffness, order_parameter,
+                          neighbors)
+
+
+def _check_law(vg, law):
+    if isinstance(law, SpinDiffusion) and law.variant == "exact" and vg.potential.is_embedded:
+        raise NotImplementedError("SpinDiffusion(variant='exact') needs a pair potential (V̌ multilinear in s); "
+                                  "use variant='gradient' for EAM")
+
+
+class _LawValues(eqx.Module):
+    """Any kinetic law as one pytree: the branch index and every numeric parameter traced, so
+    that all laws (and all parameter values) share one compiled solver per system shape."""
+
+    branch: Array
+    mobility: Array
+    tau: Array
+    attempt_frequency: Array
+    activation_energy: Array
+    mobility_function: Callable | None = eqx.field(static=True, default=None)
+
+
+_BRANCHES = {"K1": 0, "K2-exact": 1, "K2-gradient": 2, "K3": 3}
+
+
+def _law_values(law: KineticLaw, dtype) -> _LawValues:
+    one = lambda value=1.0: jnp.asarray(value, dtype)
     if isinstance(law, GradientFlow):
-        mu = vg.chemical_potential(positions, stiffness, order_parameter, neighbors)
-        return kinetics.gradient_flow(order_parameter, mu, graph, law.mobility)
+        function = law.mobility if callable(law.mobility) else None
+        return _LawValues(jnp.asarray(_BRANCHES["K1"]), one(1.0 if function else law.mobility), one(), one(), one(),
+                          function)
     if isinstance(law, SpinDiffusion):
-        if law.variant == "exact":
-            coupling = kinetics.pair_coupling(vg, positions, stiffness, neighbors, graph)
-            divided = kinetics.swap_divided_difference(order_parameter, excess, coupling, graph)
-        elif law.variant == "gradient":
-            divided = kinetics.gradient_divided_difference(excess, graph)
-        else:
+        if law.variant not in ("exact", "gradient"):
             raise ValueError(f"SpinDiffusion.variant must be 'exact' or 'gradient'; got {law.variant!r}")
-        return kinetics.spin_diffusion(order_parameter, divided, graph, beta, law.tau)
+        return _LawValues(jnp.asarray(_BRANCHES[f"K2-{law.variant}"]), one(), one(law.tau), one(), one())
     if isinstance(law, MasterEquation):
-        return kinetics.master_equation(order_parameter, excess, graph, beta, law.attempt_frequency,
-                                        law.activation_energy)
+        return _LawValues(jnp.asarray(_BRANCHES["K3"]), one(), one(), one(law.attempt_frequency),
+                          one(law.activation_energy))
     raise TypeError(f"unknown kinetic law {type(law).__name__}")
 
 
-def _as_arrays(law, dtype):
-    """Numeric law parameters as arrays, so that new values do not trigger recompilation."""
-    return jax.tree_util.tree_map(
-        lambda leaf: jnp.asarray(leaf, dtype) if isinstance(leaf, (int, float)) and not isinstance(leaf, bool)
-        else leaf, law)
+def _switched_rate(vg, values: _LawValues, graph, positions, stiffness, order_parameter, neighbors):
+    """:func:`species_rate` with the law chosen by a traced index (``lax.switch``: only the
+    chosen branch runs)."""
+    beta = vg.beta.astype(positions.dtype)
+    excess = vg.excess_chemical_potential(positions, stiffness, order_parameter, neighbors)
+
+    def gradient_flow():
+        mu = vg.chemical_potential(positions, stiffness, order_parameter, neighbors)
+        mobility = values.mobility if values.mobility_function is None else values.mobility_function
+        return kinetics.gradient_flow(order_parameter, mu, graph, mobility)
+
+    def spin_diffusion_exact():
+        if vg.potential.is_embedded:  # refused in run(); a placeholder keeps the switch traceable
+            return jnp.full_like(order_parameter, jnp.nan)
+        coupling = kinetics.pair_coupling(vg, positions, stiffness, neighbors, graph)
+        divided = kinetics.swap_divided_difference(order_parameter, excess, coupling, graph)
+        return kinetics.spin_diffusion(order_parameter, divided, graph, beta, values.tau)
+
+    def spin_diffusion_gradient():
+        divided = kinetics.gradient_divided_difference(excess, graph)
+        return kinetics.spin_diffusion(order_parameter, divided, graph, beta, values.tau)
+
+    def master_equation():
+        return kinetics.master_equation(order_parameter, excess, graph, beta, values.attempt_frequency,
+                                        values.activation_energy)
+
+    return jax.lax.switch(values.branch, [gradient_flow, spin_diffusion_exact, spin_diffusion_gradient,
+                                          master_equation])
 
 
 @eqx.filter_jit
 def _advance(vg, law, graph, neighbors, positions, stiffness, order_parameter, t0, t1, solver, controller, dt0,
              max_steps, tolerance, colouring=None):
+    """Integrate from t0 to t1 and relax there; one compiled function per system shape serves
+    every law, and t0 = t1 relaxes the initial state."""
     relax_options = dict(tolerance=tolerance, throw=False, colouring=colouring)  # a colouring selects Newton
 
     def vector_field(t, s, args):
         relaxed = relax(vg, positions, s, neighbors, stiffness, **relax_options)
-        return species_rate(vg, law, graph, relaxed.positions, relaxed.stiffness, s, neighbors)
+        return _switched_rate(vg, law, graph, relaxed.positions, relaxed.stiffness, s, neighbors)
 
     solution = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field), solver, t0, t1, dt0, order_parameter, stepsize_controller=controller,
@@ -243,13 +290,22 @@ def run(
             raise FileExistsError(f"{str(output)!r} exists: pass resume=True to continue it or overwrite=True")
     elif resume:
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {str(output)!r}")
+    _check_law(vg, law)
     graph = kinetics.bond_graph(positions, vg.cell, neighbors, kinetic_cutoff, pinned_species=vg.pinned_species)
     colouring = _colouring(vg, neighbors, relax_method)
-    law = _as_arrays(law, dtype)
+    values = _law_values(law, dtype)
     dt0 = None if dt0 is None else jnp.asarray(dt0, dtype)  # traced: a new dt0 does not recompile
-    if not record:
-        start = relax(vg, positions, order_parameter, neighbors, stiffness, tolerance=tolerance, colouring=colouring)
-        record = [(order_parameter, start.positions, start.stiffness, start.free_energy)]
+    tolerance = jnp.asarray(_default_tolerance(dtype) if tolerance is None else tolerance, dtype)  # traced too
+    if not record:  # relax the initial state (a zero-length interval: the same compiled function)
+        t0 = jnp.asarray(times[0], dtype)
+        if stiffness is None:
+            stiffness = _initial_stiffness(vg, positions, order_parameter, neighbors)
+        _, x0, k0, f0, ok, _ = _advance(vg, values, graph, neighbors, positions, stiffness, order_parameter, t0, t0,
+                                        solver, controller, dt0, max_steps, tolerance, colouring)
+        if not bool(ok):
+            raise DMDError("DMD could not start: the relaxation of (X, k) at the initial s did not converge "
+                           "(check the structure, or loosen tolerance)")
+        record = [(order_parameter, x0, k0, f0)]
         _write(output, times, record, parameters)
     intervals = range(len(record), times.size)
     if progress:
@@ -259,7 +315,7 @@ def run(
     for index in intervals:
         s0, x0, k0, _ = record[-1]
         t0, t1 = times[index - 1], times[index]
-        s1, x1, k1, f1, ok, steps = _advance(vg, law, graph, neighbors, x0, k0, s0, jnp.asarray(t0, dtype),
+        s1, x1, k1, f1, ok, steps = _advance(vg, values, graph, neighbors, x0, k0, s0, jnp.asarray(t0, dtype),
                                              jnp.asarray(t1, dtype), solver, controller, dt0, max_steps, tolerance,
                                              colouring)
         bad = ~np.isfinite(np.asarray(s1)) | ((np.abs(np.asarray(s1)) >= 1.0) & ~np.asarray(vg.pinned_species))
@@ -301,16 +357,22 @@ class Equilibrium(eqx.Module):
 
 
 @eqx.filter_jit
-def _relaxed_potential(vg, positions, stiffness, order_parameter, neighbors, tolerance, colouring=None):
-    """The relaxed state, μ and ∂μ/∂s (total: through the relaxed X*(s), k*(s)) at s, from one relaxation."""
-
-    def mu(s):
-        relaxed = relax(vg, positions, s, neighbors, stiffness, tolerance=tolerance, throw=False, colouring=colouring)
-        chemical = vg.chemical_potential(relaxed.positions, relaxed.stiffness, s, neighbors)
-        return chemical, (chemical, relaxed)
-
-    hessian, (chemical, relaxed) = jax.jacfwd(mu, has_aux=True)(order_parameter)
-    return relaxed, chemical, hessian
+def _potential_jacobian(vg, positions, stiffness, order_parameter, neighbors, colouring):
+    """μ = ∂F/∂s at a relaxed (X*, k*) and its total derivative through X*(s), k*(s):
+    dμ/ds = F_ss − F_sz H_zz⁻¹ F_zs (implicit function theorem at ∇_z F = 0, z = (X, log k) of
+    the unpinned atoms), with the dense H_zz from compressed Hessian-vector products."""
+    n, d = positions.shape
+    log_stiffness = jnp.log(jnp.where(vg.pinned, 1.0, stiffness))
+    z = jnp.concatenate([positions, log_stiffness[:, None]], axis=1)
+    mu = lambda z, s: vg.chemical_potential(z[:, :d], jnp.exp(z[:, d]), s, neighbors)
+    gradient = jax.grad(lambda z, s: vg(z[:, :d], jnp.exp(z[:, d]), s, neighbors))
+    free = jnp.broadcast_to(~vg.pinned[:, None], (n, d + 1)).reshape(-1)
+    h_zz = _dense_hessian(lambda z: gradient(z, order_parameter), z, colouring)
+    h_zz = jnp.where(free[:, None] & free[None, :], h_zz, 0.0) + jnp.diag(~free)
+    f_zs = jax.jacfwd(lambda s: gradient(z, s).reshape(-1))(order_parameter)
+    f_zs = jnp.where(free[:, None], f_zs, 0.0)
+    f_ss = jax.jacfwd(lambda s: mu(z, s))(order_parameter)
+    return mu(z, order_parameter), f_ss - f_zs.T @ jnp.linalg.solve(h_zz, f_zs)
 
 
 def equilibrium(
@@ -352,15 +414,17 @@ def equilibrium(
         s[free] = s[free].sum() / n_free
     dtype = positions.dtype
     colouring = _colouring(vg, neighbors, relax_method)
-    relaxed = relax(vg, positions, jnp.asarray(s, dtype), neighbors, tolerance=relax_tolerance, colouring=colouring)
-    x, k = relaxed.positions, relaxed.stiffness
+    jacobian_colouring = colouring if colouring is not None else hessian_colouring(vg, neighbors)
+    x, k = positions, None
     for iteration in range(max_steps + 1):
-        relaxed, mu, hessian = _relaxed_potential(vg, x, k, jnp.asarray(s, dtype), neighbors, relax_tolerance,
-                                                  colouring)
+        relaxed = relax(vg, x, jnp.asarray(s, dtype), neighbors, k, tolerance=relax_tolerance, colouring=colouring,
+                        method=relax_method)
+        x, k = relaxed.positions, relaxed.stiffness
+        mu, hessian = _potential_jacobian(vg, x, k, jnp.asarray(s, dtype), neighbors,
+                                          jacobian_colouring)
         mu, hessian = np.asarray(mu)[free], np.asarray(hessian)[np.ix_(free, free)]
         lagrange = mu.mean()
         residual = float(np.max(np.abs(mu - lagrange)))
-        x, k = relaxed.positions, relaxed.stiffness
         if residual <= tolerance:
             return Equilibrium(jnp.asarray(s, dtype), x, k, relaxed.free_energy, jnp.asarray(lagrange, dtype),
                                residual, iteration)
@@ -404,5 +468,6 @@ def _checkpoint_record(checkpoint: Trajectory, parameters, times, output):
 
 
 def _trajectory(times, record, parameters) -> Trajectory:
-    s, x, k, f = (jnp.stack(items) for items in zip(*record))
-    return Trajectory(jnp.asarray(times), s, x, k, f, parameters)
+    # Stacked on the host: a device stack would compile once per trajectory length.
+    s, x, k, f = (jax.device_put(np.stack([np.asarray(item) for item in items])) for items in zip(*record))
+    return Trajectory(jax.device_put(np.asarray(times)), s, x, k, f, parameters)

@@ -68,12 +68,15 @@ def bond_graph(positions, cell: Cell, neighbors: NeighborList, cutoff: float, pi
     if cutoff > neighbors.cutoff + neighbors.skin:
         raise ValueError(f"kinetic cutoff {cutoff} Å exceeds the neighbour list's range "
                          f"{neighbors.cutoff + neighbors.skin} Å")
+    pinned = jnp.zeros(positions.shape[0], bool) if pinned_species is None else jnp.asarray(pinned_species)
+    return _bond_graph(positions, cell, neighbors, float(cutoff), pinned)
+
+
+@eqx.filter_jit
+def _bond_graph(positions, cell, neighbors, cutoff, pinned):
     geometry = pair_geometry(positions, cell, neighbors.idx)
     distance = masked_distance(geometry.displacement, geometry.mask, 2.0 * cutoff)
-    mask = geometry.mask & (distance < cutoff)
-    if pinned_species is not None:
-        pinned = jnp.asarray(pinned_species)
-        mask = mask & ~pinned[:, None] & ~gather(pinned, neighbors.idx, fill=True)
+    mask = geometry.mask & (distance < cutoff) & ~pinned[:, None] & ~gather(pinned, neighbors.idx, fill=True)
     return BondGraph(neighbors.idx, mask)
 
 

@@ -294,7 +294,7 @@ def relax(
     """
     vg.check(positions, jnp.ones_like(order_parameter) if stiffness is None else stiffness, order_parameter,
              neighbors)
-    tolerance = _default_tolerance(positions.dtype) if tolerance is None else float(tolerance)
+    tolerance = _default_tolerance(positions.dtype) if tolerance is None else tolerance
     if method is None:
         method = "lbfgs" if colouring is None else "newton"
     if method not in ("lbfgs", "newton"):
@@ -303,15 +303,19 @@ def relax(
         colouring = hessian_colouring(vg, neighbors)
     if method == "lbfgs":
         colouring = None
-    return _relax(vg, positions, order_parameter, neighbors, stiffness, tolerance, max_steps, memory, throw,
-                  colouring)
+    if stiffness is None:
+        stiffness = _initial_stiffness(vg, positions, order_parameter, neighbors)
+    # The tolerance is traced: runs that differ only in it share one compiled relaxation.
+    return _relax(vg, positions, order_parameter, neighbors, stiffness, jnp.asarray(tolerance, positions.dtype),
+                  max_steps, memory, throw, colouring)
+
+
+_initial_stiffness = eqx.filter_jit(initial_stiffness)
 
 
 @eqx.filter_jit
 def _relax(vg, positions, order_parameter, neighbors, stiffness, tolerance, max_steps, memory, throw, colouring=None):
     dtype = positions.dtype
-    if stiffness is None:
-        stiffness = initial_stiffness(vg, positions, order_parameter, neighbors)
     y0 = (positions, jnp.log(jnp.where(vg.pinned, 1.0, stiffness.astype(dtype))))
     y, iterations, norm = _argmin((vg, order_parameter), _constant(y0), _constant(positions),
                                          _constant(neighbors), tolerance, max_steps, memory, colouring)

@@ -551,5 +551,5 @@ def _summary(states: SamplerState):
 
 def _trajectory(times, record, parameters) -> SamplerTrajectory:
     mean, error, positions, candidates, accepted = (np.stack(items) for items in zip(*record))
-    return SamplerTrajectory(jnp.asarray(times), jnp.asarray(mean), jnp.asarray(error), jnp.asarray(positions),
-                             jnp.asarray(candidates), jnp.asarray(accepted), parameters)
+    arrays = (np.asarray(times), mean, error, positions, candidates, accepted)
+    return SamplerTrajectory(*(jax.device_put(a) for a in arrays), parameters)  # no per-length device compiles

@@ -6,6 +6,9 @@ import jax
 import numpy as np
 import pytest
 
+from dmdjax.cli import cpu_compile_flags
+
+cpu_compile_flags()  # as the command line does (faster XLA:CPU compiles); the backend starts later
 jax.config.update("jax_enable_x64", True)
 warnings.filterwarnings("ignore", message="scatter inputs have incompatible types")
 

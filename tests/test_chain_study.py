@@ -24,17 +24,22 @@ def test_quick_study_writes_every_file(study):
     for name in chain.FIGURES:
         path = study / name
         assert path.stat().st_size > 10_000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for n in p.sizes:
-        for law in ("k1", "k2"):
-            trajectory = dmd.load_trajectory(study / f"{law}_n{n}.npz")
-            s = np.asarray(trajectory.order_parameter)
-            assert s.shape == (p.n_frames, n) and np.asarray(trajectory.positions).shape == (p.n_frames, n, 1)
-            assert np.max(np.abs(s.sum(1) - s[0].sum())) < 1e-10  # Σ s conserved
-            assert s[0, 0] == 1 and s[0, -1] == -1 and np.all(s[:, 0] == 1) and np.all(s[:, -1] == -1)
-            assert np.all(np.diff(np.asarray(trajectory.free_energy)) <= 1e-9) or law == "k2"
+    runs = [(study / f"{law}_n{p.n_sites}.npz", p.n_sites, law) for law in ("k1", "k2")]
+    runs += [(study / "sizes" / f"{law}_n{n}.npz", n, law) for n in p.sizes for law in ("k1", "k2")]
+    for path, n, law in runs:
+        trajectory = dmd.load_trajectory(path)
+        s = np.asarray(trajectory.order_parameter)
+        assert s.shape == (p.n_frames, n) and np.asarray(trajectory.positions).shape == (p.n_frames, n, 1)
+        assert np.max(np.abs(s.sum(1) - s[0].sum())) < 1e-10  # Σ s conserved
+        assert s[0, 0] == 1 and s[0, -1] == -1 and np.all(s[:, 0] == 1) and np.all(s[:, -1] == -1)
+        assert np.all(np.diff(np.asarray(trajectory.free_energy)) <= 1e-9) or law == "k2"
     sampled = np.load(study / "spin_diffusion.npz")
     assert sampled["order_parameter"].shape == (p.n_frames, p.n_sites)
-    assert np.allclose(sampled["order_parameter"].sum(1), 0.0)  # Σσ = 0 in every replica
+    totals = sampled["order_parameter"].sum(1)
+    assert np.allclose(totals, totals[0], rtol=0, atol=1e-12)  # every replica conserves its Σσ
+    s0 = chain.initial_order_parameter(p.n_sites, p.contrast)
+    binomial_error = np.sqrt((1 - s0**2) / p.replicas)  # E[σ_i(0)] = s_i(0): product measure
+    assert np.all(np.abs(sampled["order_parameter"][0] - s0) <= 5 * binomial_error + 1e-12)
     assert np.all(sampled["order_parameter_error"][1:, 1:-1] > 0)  # the end species are fixed
     summary = json.loads((study / "summary.json").read_text())
     assert set(summary["models"]) == {"K1", "K2", "spin_diffusion", "equilibrium"}
@@ -42,6 +47,18 @@ def test_quick_study_writes_every_file(study):
     assert summary["equilibrium_residual_ev"] < 1e-9
     assert max(summary["sigma_conservation"].values()) < 1e-10
     assert {"total", "dmd", "sizes", "sampler"} <= set(summary["wall_time_s"])
+    assert "sizes/k2_n32.npz" in summary["files"]
+
+
+def test_interface_of_a_tanh_profile():
+    """Centre and width of −Δs: for s = −tanh((x − x0)/w), width → π w / (2√3) on a fine grid."""
+    x = np.linspace(0.0, 60.0, 601)
+    x0, w = 27.5, 3.0
+    centre, width = chain.interface(x[:, None], -np.tanh((x - x0) / w))
+    assert centre == pytest.approx(x0, abs=1e-6) and width == pytest.approx(np.pi * w / (2 * np.sqrt(3)), rel=1e-3)
+    assert np.isnan(chain.interface(x[:, None], np.zeros_like(x))[0])  # no drop, no interface
+    s0 = chain.initial_order_parameter(9, 0.5)
+    assert s0.tolist() == [1, 0.5, 0.5, 0.5, 0, -0.5, -0.5, -0.5, -1] and s0[1:-1].sum() == 0
 
 
 def test_bad_parameters_are_named(tmp_path):

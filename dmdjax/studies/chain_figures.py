@@ -27,17 +27,35 @@ def _spacetime_panel(ax, trajectory, title):
     return image
 
 
+def _displacement_panel(ax, trajectory, title, limit):
+    """u_i(t) = X_i(t) − X_i(0): the mechanical deformation as the species move."""
+    t = np.asarray(trajectory.time)
+    x = np.asarray(trajectory.positions)[..., 0]
+    image = ax.pcolormesh(np.broadcast_to(x[0], x.shape), np.broadcast_to(t[:, None], x.shape), x - x[0],
+                          cmap="PuOr_r", vmin=-limit, vmax=limit, shading="nearest", rasterized=True)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("initial site position X_i(0) (Å)")
+    return image
+
+
 def spacetime(path, runs, p):
-    """(a): K2 and K1 side by side."""
+    """(a): K2 and K1 side by side: s_i(t) (top) and the site displacements (bottom)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True, constrained_layout=True)
-    _spacetime_panel(axes[0], runs["K2"], f"mean-field spin-diffusion (K2, τ = {p.tau:g})")
-    image = _spacetime_panel(axes[1], runs["K1"], f"DMD (K1, k_c = β/2τ = {p.k1_mobility:g})")
-    axes[0].set_ylabel("t (τ)")
-    axes[1].legend(loc="lower right", fontsize=8)
-    fig.colorbar(image, ax=axes, label="s_i = E[σ_i]  (+1 A, −1 B)", shrink=0.9)
-    fig.suptitle(f"(a) Chain of N = {p.n_sites}: s_i(t) at the site positions (k_BT = {p.kt:g} eV, "
-                 f"ε_AB = {p.epsilon[1]:g}, σ = {'/'.join(f'{v:g}' for v in p.sigma)} Å)", fontsize=10)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.4), sharey=True, constrained_layout=True)
+    _spacetime_panel(axes[0, 0], runs["K2"], f"mean-field spin-diffusion (K2, τ = {p.tau:g})")
+    image = _spacetime_panel(axes[0, 1], runs["K1"], f"DMD (K1, k_c = β/2τ = {p.k1_mobility:g})")
+    axes[0, 1].legend(loc="lower right", fontsize=8)
+    fig.colorbar(image, ax=axes[0], label="s_i = E[σ_i]  (+1 A, −1 B)", shrink=0.9)
+    limit = max(float(np.max(np.abs(np.asarray(r.positions) - np.asarray(r.positions)[:1]))) for r in runs.values())
+    limit = limit if limit > 0 else 1.0
+    _displacement_panel(axes[1, 0], runs["K2"], "K2: site displacement X_i(t) − X_i(0)", limit)
+    image = _displacement_panel(axes[1, 1], runs["K1"], "K1: site displacement X_i(t) − X_i(0)", limit)
+    fig.colorbar(image, ax=axes[1], label="displacement (Å)", shrink=0.9)
+    for row in range(2):
+        axes[row, 0].set_ylabel("t (τ)")
+    fig.suptitle(f"(a) Chain of N = {p.n_sites}: the A/B couple interdiffuses; B-rich parts are longer "
+                 f"(k_BT = {p.kt:g} eV, ε_AB = {p.epsilon[1]:g} eV, σ = {'/'.join(f'{v:g}' for v in p.sigma)} Å)",
+                 fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -112,6 +130,7 @@ def equilibrium(path, finals, sampled, models):
                            loc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
+    table.auto_set_column_width(range(6))
     table.scale(1.0, 1.4)
     fig.suptitle("(d) Long-time profiles of all models and their differences from the minimiser s* of F",
                  fontsize=10)
