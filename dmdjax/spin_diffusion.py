@@ -265,7 +265,7 @@ class SpinDiffusionSampler(eqx.Module):
              jnp.where(due, state.next_candidate, state.time),
              jnp.where(due, state.next_candidate + wait, state.next_candidate)))
         if self.mode == "scale-separated" and self.rate_average == "gaussian":
-            state = jax.lax.cond(accept, self._relax, lambda s: s, state)
+            state = jax.lax.cond(accept, lambda s: self._relax(s), lambda s: s, state)  # a bound method would be hashed
         return state
 
     @property

@@ -28,11 +28,11 @@ def _states(sampler, key, spins, times, n_replicas):
     return out
 
 
-def _lj_chain(n, mode="frozen", kt=KT, **kwargs):
+def _lj_chain(n, mode="frozen", kt=KT, skin=0.4, **kwargs):
     rng = np.random.default_rng(1)
     positions = 1.05 * np.arange(n)[:, None] + 0.03 * rng.normal(size=(n, 1))
     chain = dj.systems.chain(n, 1.05)
-    nbrs = dj.neighbor_list(jnp.asarray(positions), chain.cell, LJ.cutoff, skin=0.4)
+    nbrs = dj.neighbor_list(jnp.asarray(positions), chain.cell, LJ.cutoff, skin=skin)
     return sd.spin_diffusion_sampler(LJ, jnp.asarray(positions), chain.cell, nbrs, temperature=kt / dj.BOLTZMANN_EV_PER_K,
                                      kinetic_cutoff=1.4, mode=mode, **kwargs)
 
@@ -81,6 +81,40 @@ def test_exchange_frequencies_match_the_rates():
     assert np.all(np.abs(counts - expected) <= 4.5 * np.sqrt(expected * (1 - probability)) + 1), (counts, expected)
     assert np.sum((rates > 0.05) & (rates < 0.95)) >= 3 and np.allclose(frequency[rates == 0], 0)
     np.testing.assert_allclose(frequency[rates > 0], rates[rates > 0], rtol=0.05)
+
+
+def test_gaussian_rate_average_matches_monte_carlo():
+    """Scale-separated, rate_average="gaussian": the sampler relaxes (X*, k*) of the VG free
+    energy at s = σ (as dmdjax.relax does), and a bond's acceptance frequency is τ E[r_ij(x)]
+    over x ~ N(X*, (βk*)⁻¹), here estimated independently by averaging the geometric rates
+    over 20 000 Gaussian samples."""
+    kt, pinned = 0.2, np.arange(8) == 0  # atom 0 pinned: no translation mode
+    spins = jnp.array([1.0, 1, -1, 1, -1, -1, 1, -1])
+    lattice = _lj_chain(8, mode="scale-separated", kt=kt, rate_average="gaussian", skin=1.0, pinned=pinned)
+    reference = dj.relax(lattice.free_energy, lattice.reference_positions, spins, lattice.neighbors)
+    # The sampler's lattice (its list's reference) at the relaxed chain, which is about 1 Å longer.
+    nbrs = dj.neighbor_list(reference.positions, lattice.free_energy.cell, LJ.cutoff, skin=0.4)
+    sampler = sd.spin_diffusion_sampler(LJ, reference.positions, lattice.free_energy.cell, nbrs,
+                                        temperature=kt / dj.BOLTZMANN_EV_PER_K, kinetic_cutoff=1.4,
+                                        mode="scale-separated", rate_average="gaussian", pinned=pinned)
+    state = sampler.init(jax.random.PRNGKey(0), sampler.reference_positions, spins)
+    assert not bool(state.displaced)  # converged, and within the list's skin
+    np.testing.assert_allclose(np.asarray(state.positions), np.asarray(reference.positions), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(state.stiffness), np.asarray(reference.stiffness), rtol=1e-4)
+
+    width = np.where(pinned, 0.0, np.sqrt(kt / np.asarray(state.stiffness)))[None, :, None]
+    x = np.asarray(state.positions)[None] + width * np.random.default_rng(4).normal(size=(20_000, 8, 1))
+    mean_rates = np.asarray(jax.jit(jax.vmap(lambda p: sampler.exchange_rates(p, spins)))(jnp.asarray(x))).mean(0)
+
+    n = 200_000
+    keys = jax.random.split(jax.random.PRNGKey(1), n)
+    candidate = lambda k: sampler._candidate(state, jax.random.uniform(k, (3,)), jax.random.fold_in(k, 7)).spins
+    changed = np.asarray(jax.jit(jax.vmap(candidate))(keys) != spins[None])
+    bonds = np.asarray(sampler.bonds)
+    counts = np.array([np.sum(changed[:, i] & changed[:, j]) for i, j in bonds])
+    expected = n * mean_rates * float(sampler.tau) / bonds.shape[0]
+    assert np.sum((mean_rates > 0.05) & (mean_rates < 0.95)) >= 3  # non-trivial averages
+    assert np.all(np.abs(counts - expected) <= 4.5 * np.sqrt(expected) + 1), (counts, expected)
 
 
 def _histogram(spins, n):
