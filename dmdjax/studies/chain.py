@@ -279,10 +279,12 @@ def run_chain_study(p: ChainParameters, output: str | os.PathLike, *, overwrite:
                     progress: bool = True, log=print) -> dict:
     """Run the whole study, write every file, and return the summary.
 
+    The main K1/K2 runs, the sizes of (b), the sampler and the equilibrium run concurrently
+    in threads (XLA compiles and runs release the GIL), then the figures are drawn.
+
     ``summary.json`` keys: ``device``, ``platform``, ``dtype``; ``wall_time_s`` (total and per
-    part: ``dmd``, ``sizes``, ``sampler``, ``equilibrium``, ``figures`` — the first four overlap, as they
-    run concurrently); ``n_sites``,
-    ``sizes``, ``replicas``; ``models``: per model (``K1``, ``K2``, ``spin_diffusion``,
+    part: ``dmd``, ``sizes``, ``sampler``, ``equilibrium`` — these overlap — and ``figures``);
+    ``n_sites``, ``sizes``, ``replicas``; ``models``: per model (``K1``, ``K2``, ``spin_diffusion``,
     ``equilibrium``) the final ``free_energy`` (eV; the sampler's at s = E[σ]),
     ``interface_position`` and ``interface_width`` (Å, :func:`interface`),
     ``max_abs_diff_equilibrium`` and ``rms_diff_equilibrium`` (vs the constrained
@@ -291,9 +293,8 @@ def run_chain_study(p: ChainParameters, output: str | os.PathLike, *, overwrite:
     ``max_z`` (the same in units of the standard error; entries with a zero standard error
     left out) and ``rms_z`` (≈ 1 if the difference were noise alone); ``sampler_vs_equilibrium``:
     the same three numbers for E[σ] at the last time against the minimiser s* of F (interior
-    sites); ``sizes_central_max_diff``:
-    per N, max |s_K2 − s_K2(largest N)| over the 16 sites around the middle at the last time
-    of (b); ``sigma_conservation``: the largest |Σ s(t) − Σ s(0)| of each DMD run.
+    sites); ``sizes_central_max_diff``: per N, max |s_K2 − s_K2(largest N)| over the 16 sites
+    around the middle at the last time of (b); ``sigma_conservation``: the largest |Σ s(t) − Σ s(0)| of each DMD run.
 
     Raises:
         FileExistsError: ``output`` exists and is not empty, unless ``overwrite``.
@@ -343,7 +344,7 @@ def run_chain_study(p: ChainParameters, output: str | os.PathLike, *, overwrite:
     log(f"chain study: N = {p.n_sites}, k_BT = {p.kt} eV, t = 0..{p.t_end} τ -> {output}/")
     model = chain_model(p, p.n_sites)
     (output / "sizes").mkdir(exist_ok=True)
-    # The parts are independent: they run in threads, so one part's XLA compilation or run overlaps another's (both release the GIL).
+    # The parts are independent: in threads, one part's XLA compilation or run overlaps another's.
     with ThreadPoolExecutor(max_workers=3) as pool:
         main_future = pool.submit(timed, "dmd", run_dmd_models, p, model, p.t_end, output, progress)
         sizes_future = pool.submit(timed, "sizes", sizes_part)
