@@ -338,6 +338,86 @@ def run(
     return _trajectory(times, record, parameters)
 
 
+class Solution(eqx.Module):
+    """The result of :func:`solve`.
+
+    Attributes:
+        time: ``(T,)`` the save times; order_parameter: s at them, ``(T, N)``;
+        ok: ``()`` True if the solver succeeded (otherwise the entries after the failure are
+        not valid); num_steps: ``()`` solver steps taken.
+    """
+
+    time: Float[Array, " t"]
+    order_parameter: Float[Array, "t n"]
+    ok: Array
+    num_steps: Array
+
+
+def solve(
+    vg: VGFreeEnergy,
+    law: KineticLaw,
+    graph: kinetics.BondGraph,
+    neighbors: NeighborList,
+    positions: Float[Array, "n d"],
+    stiffness: Float[Array, " n"],
+    order_parameter: Float[Array, " n"],
+    save_times: Float[Array, " t"],
+    *,
+    solver=None,
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+    stepsize_controller=None,
+    dt0=None,
+    max_steps: int = 4096,
+    tolerance: float | None = None,
+    colouring=None,
+    adjoint=None,
+) -> Solution:
+    """s(t) at ``save_times`` in one pure call: jit-, vmap- and grad-able (DESIGN.md §4, §8).
+
+    The same equations as :func:`run` — ds/dt of ``law`` at (X*, k*) relaxed at every
+    right-hand side evaluation — as a single ``diffrax.diffeqsolve`` without host-side checks,
+    files or restarts: for gradients of a loss on a trajectory with respect to anything in
+    ``vg`` (potential parameters, temperature) and ``law`` (k_c, τ, ν, Q) or s(0), and for
+    batches under ``jax.vmap``. Reverse mode uses diffrax's ``RecursiveCheckpointAdjoint``
+    (default ``adjoint``: memory bounded by its checkpoints, not by the number of steps),
+    and the relaxation's implicit derivatives (never the iterations of its solver).
+
+    Arguments:
+        graph: kinetic bonds (:func:`dmdjax.kinetics.bond_graph`, built outside).
+        positions, stiffness: (X, k) relaxed at (or near) ``order_parameter``: the warm start
+            of every relaxation. They are constants (no derivative flows through them).
+        save_times: increasing; the first is the start time.
+        solver, rtol, atol, stepsize_controller, dt0, max_steps: as in :func:`run` (default
+            Tsit5 with a ``PIDController(rtol, atol)``; a ``ConstantStepSize`` with ``dt0`` makes
+            the steps, and so the derivatives of the discrete map, independent of the parameters).
+        tolerance: relaxation tolerance; colouring: a :func:`~dmdjax.relax.hessian_colouring`
+            selects Newton's method for the relaxation (L-BFGS otherwise).
+
+    Returns:
+        A :class:`Solution`; check ``ok`` (a failed solve is flagged, not raised, inside jit).
+    """
+    dtype = positions.dtype
+    solver = diffrax.Tsit5() if solver is None else solver
+    controller = diffrax.PIDController(rtol=rtol, atol=atol) if stepsize_controller is None else stepsize_controller
+    values = _law_values(law, dtype)
+    tolerance = jnp.asarray(_default_tolerance(dtype) if tolerance is None else tolerance, dtype)
+    positions, stiffness = jax.lax.stop_gradient((positions, stiffness))
+
+    def vector_field(t, s, args):
+        relaxed = relax(vg, positions, s, neighbors, stiffness, tolerance=tolerance, throw=False, colouring=colouring)
+        return _switched_rate(vg, values, graph, relaxed.positions, relaxed.stiffness, s, neighbors)
+
+    save_times = jnp.asarray(save_times, dtype)
+    solution = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field), solver, save_times[0], save_times[-1], dt0, order_parameter,
+        stepsize_controller=controller, max_steps=max_steps, throw=False, saveat=diffrax.SaveAt(ts=save_times),
+        adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
+    )
+    return Solution(save_times, solution.ys, solution.result == diffrax.RESULTS.successful,
+                    solution.stats["num_steps"])
+
+
 class Equilibrium(eqx.Module):
     """The composition-constrained minimum of F (see :func:`equilibrium`).
 

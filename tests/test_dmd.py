@@ -231,3 +231,101 @@ def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
     with np.load(output) as data:
         assert set(data.files) == {"time", "order_parameter", "positions", "stiffness", "free_energy", "parameters"}
         assert data["positions"].shape == (7, 6, 1) and data["positions"].dtype == np.float64
+
+
+def test_gradients_through_a_whole_run_match_finite_differences(setup):
+    """dL/dθ of a loss on a DMD trajectory (dmd.solve, K2 exact, fixed steps) by reverse mode
+    (diffrax's checkpointed adjoint and the relaxation's implicit derivatives) against central
+    differences, for a potential parameter (ε_AB), a kinetic one (τ) and the temperature."""
+    import equinox as eqx
+    import jax
+
+    vg, chain, nbrs, s0 = setup["vg"], setup["chain"], setup["nbrs"], setup["s0"]
+    from dmdjax.relax import hessian_colouring
+
+    colouring = hessian_colouring(vg, nbrs)  # Newton relaxations
+    start = dj.relax(vg, chain.positions, s0, nbrs, tolerance=1e-12)
+    graph = kinetics.bond_graph(chain.positions, vg.cell, nbrs, KINETIC_CUTOFF, pinned_species=vg.pinned_species)
+    times = jnp.linspace(0.0, 1.0, 5)
+    weights = jnp.asarray(np.random.default_rng(0).normal(size=(5, 6)))
+    swap = jnp.array([[0.0, 1.0], [1.0, 0.0]])
+
+    def loss(theta):
+        epsilon_ab, tau, temperature = theta
+        model = eqx.tree_at(lambda v: (v.potential.epsilon, v.temperature), vg,
+                            (vg.potential.epsilon + (epsilon_ab - vg.potential.epsilon[0, 1]) * swap, temperature))
+        solution = dmd.solve(model, dmd.SpinDiffusion(tau, "exact"), graph, nbrs, start.positions, start.stiffness,
+                             s0, times, stepsize_controller=diffrax.ConstantStepSize(), dt0=0.05, tolerance=1e-12,
+                             colouring=colouring)
+        return jnp.sum(weights * solution.order_parameter), solution.ok
+
+    theta = jnp.array([0.9, TAU, float(vg.temperature)])
+    (value, ok), gradient = eqx.filter_jit(jax.value_and_grad(loss, has_aux=True))(theta)
+    assert bool(ok)
+    value_only = eqx.filter_jit(lambda t: loss(t)[0])
+    for k in range(3):
+        h = 1e-5 * float(theta[k])
+        step = jnp.zeros(3).at[k].set(h)
+        difference = (float(value_only(theta + step)) - float(value_only(theta - step))) / (2 * h)
+        print(f"parameter {k}: gradient {float(gradient[k]):.10g}, central difference {difference:.10g}")
+        assert float(gradient[k]) == pytest.approx(difference, rel=1e-4), (k, float(gradient[k]), difference)
+    assert np.all(np.abs(np.asarray(gradient) * np.asarray(theta)) > 1e-3)  # every parameter matters
+
+
+def test_a_vmapped_batch_equals_separate_runs(setup):
+    """B = 3 temperatures in one vmapped dmd.solve call give the three separate solves."""
+    import equinox as eqx
+    import jax
+
+    vg, chain, nbrs, s0 = setup["vg"], setup["chain"], setup["nbrs"], setup["s0"]
+    start = dj.relax(vg, chain.positions, s0, nbrs, tolerance=1e-12)
+    graph = kinetics.bond_graph(chain.positions, vg.cell, nbrs, KINETIC_CUTOFF, pinned_species=vg.pinned_species)
+    times = jnp.linspace(0.0, 2.0, 5)
+
+    def run(temperature):
+        model = eqx.tree_at(lambda v: v.temperature, vg, temperature)
+        return dmd.solve(model, dmd.SpinDiffusion(TAU, "exact"), graph, nbrs, start.positions, start.stiffness, s0,
+                         times, rtol=1e-9, atol=1e-11, tolerance=1e-12).order_parameter
+
+    temperatures = float(vg.temperature) * jnp.array([0.8, 1.0, 1.5])
+    batch = eqx.filter_jit(jax.vmap(run))(temperatures)
+    single = eqx.filter_jit(run)
+    for b, temperature in enumerate(temperatures):
+        np.testing.assert_allclose(np.asarray(batch[b]), np.asarray(single(temperature)), rtol=0, atol=1e-10)
+    assert float(jnp.max(jnp.abs(batch[0] - batch[2]))) > 1e-3  # the temperatures matter
+
+
+def test_a_sharded_batch_equals_the_unsharded_one(tmp_path):
+    """8 CPU devices faked by XLA: the batch of 8 temperatures sharded over them (jax.sharding)
+    gives the unsharded batch's trajectories (to rounding: 9e-12 seen)."""
+    script = SETUP + textwrap.dedent(
+        """
+        import equinox as eqx, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+        from dmdjax import dmd, kinetics
+        assert len(jax.devices()) == 8
+        start = dj.relax(vg, chain.positions, s0, nbrs, tolerance=1e-12)
+        graph = kinetics.bond_graph(chain.positions, vg.cell, nbrs, 1.4, pinned_species=vg.pinned_species)
+        times = jnp.linspace(0.0, 1.0, 3)
+
+        def run(temperature):
+            model = eqx.tree_at(lambda v: v.temperature, vg, temperature)
+            return dmd.solve(model, dmd.SpinDiffusion(0.1, "exact"), graph, nbrs, start.positions, start.stiffness,
+                             s0, times, rtol=1e-9, atol=1e-11, tolerance=1e-12).order_parameter
+
+        temperatures = float(vg.temperature) * jnp.linspace(0.7, 1.4, 8)
+        batch = eqx.filter_jit(jax.vmap(run))
+        plain = np.asarray(batch(temperatures))
+        sharding = NamedSharding(Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch"))
+        sharded = batch(jax.device_put(temperatures, sharding))
+        assert len(sharded.sharding.device_set) == 8
+        print("max difference", np.max(np.abs(np.asarray(sharded) - plain)))
+        assert np.max(np.abs(np.asarray(sharded) - plain)) < 1e-10  # rounding: reductions partitioned differently
+        """
+    )
+    path = tmp_path / "sharded.py"
+    path.write_text(script)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_cpu_use_fusion_emitters=false")
+    result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max difference" in result.stdout
