@@ -1,0 +1,114 @@
+r"""Gradient-based fitting of model parameters: a thin loop over an optax optimiser (DESIGN.md §8).
+
+``fit(loss, parameters)`` minimises a scalar ``loss(parameters)`` — e.g. the misfit of a
+:func:`dmdjax.dmd.solve` trajectory to data, differentiable through diffrax and the
+implicit (X, k) relaxation — and records the loss history. It is not a framework: the loss,
+the parameter pytree and the optimiser are the user's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def _max_abs(tree) -> float:
+    return max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+class FitResult(eqx.Module):
+    """Outcome of :func:`fit`.
+
+    Attributes:
+        parameters: the best parameters seen (lowest loss).
+        loss: the loss there. history: ``(steps + 1,)`` loss before every step and after the last.
+        steps: optimiser steps taken. converged: True if a stopping rule (not ``max_steps``) ended it.
+    """
+
+    parameters: Any
+    loss: float
+    history: np.ndarray
+    steps: int
+    converged: bool
+
+
+def fit(
+    loss: Callable[[Any], jax.Array],
+    parameters: Any,
+    optimizer: optax.GradientTransformation | None = None,
+    *,
+    max_steps: int = 200,
+    gradient_tolerance: float = 0.0,
+    loss_tolerance: float = 0.0,
+    progress: bool = False,
+) -> FitResult:
+    """Minimise ``loss(parameters)`` with ``optimizer`` (default ``optax.lbfgs()``).
+
+    Arguments:
+        loss: scalar function of a pytree of parameters (jitted here with
+            ``equinox.filter_jit``; non-array leaves are static).
+        parameters: the starting point (a pytree; only its inexact-array leaves are fitted).
+        optimizer: any optax transformation; L-BFGS-type ones receive the value, the
+            gradient and ``value_fn`` (optax's line-search protocol).
+        max_steps: the step limit.
+        gradient_tolerance: stop when max |∂loss/∂θ| ≤ this.
+        loss_tolerance: stop when the loss itself is ≤ this.
+        progress: a progress bar showing the loss.
+
+    Raises:
+        ValueError: ``max_steps`` < 1, or a non-finite loss at the start.
+        FloatingPointError: the loss became non-finite (the best parameters so far are in
+            ``error.result``).
+    """
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1; got {max_steps!r}")
+    optimizer = optax.lbfgs() if optimizer is None else optimizer
+    fitted, static = eqx.partition(parameters, eqx.is_inexact_array)
+    objective = lambda p: loss(eqx.combine(p, static))
+    value_and_grad = eqx.filter_jit(jax.value_and_grad(objective))
+
+    @eqx.filter_jit
+    def update(p, state, value, gradient):
+        updates, state = optimizer.update(gradient, state, p, value=value, grad=gradient, value_fn=objective)
+        return optax.apply_updates(p, updates), state
+
+    state = optimizer.init(fitted)
+    value, gradient = value_and_grad(fitted)
+    if not np.isfinite(float(value)):
+        raise ValueError(f"the loss is not finite at the starting parameters: {float(value)!r}")
+    history, best, best_loss, converged = [float(value)], fitted, float(value), False
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_steps, desc="fit", unit="step")
+    taken = 0
+    while taken < max_steps:
+        if _max_abs(gradient) <= gradient_tolerance or history[-1] <= loss_tolerance:
+            converged = True
+            break
+        fitted, state = update(fitted, state, value, gradient)
+        value, gradient = value_and_grad(fitted)
+        taken += 1
+        history.append(float(value))
+        if not np.isfinite(history[-1]):
+            if bar is not None:
+                bar.close()
+            error = FloatingPointError(f"the loss became non-finite at step {taken}; the best loss was {best_loss:g}")
+            error.result = FitResult(eqx.combine(best, static), best_loss, np.asarray(history), taken, False)
+            raise error
+        if history[-1] < best_loss:
+            best, best_loss = fitted, history[-1]
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{history[-1]:.4g}")
+    else:
+        converged = _max_abs(gradient) <= gradient_tolerance or history[-1] <= loss_tolerance
+    if bar is not None:
+        bar.close()
+    return FitResult(eqx.combine(best, static), best_loss, np.asarray(history), taken, converged)
