@@ -178,23 +178,29 @@ def _switched_rate(vg, values: _LawValues, graph, positions, stiffness, order_pa
                                           master_equation])
 
 
+def _species_term(vg, law: _LawValues, graph, neighbors, positions, stiffness, tolerance, colouring):
+    """ds/dt as a diffrax term: (X, k) relaxed at every evaluation, warm-started from
+    (``positions``, ``stiffness``); a ``colouring`` selects Newton's method."""
+
+    def vector_field(t, s, args):
+        relaxed = relax(vg, positions, s, neighbors, stiffness, tolerance=tolerance, throw=False, colouring=colouring)
+        return _switched_rate(vg, law, graph, relaxed.positions, relaxed.stiffness, s, neighbors)
+
+    return diffrax.ODETerm(vector_field)
+
+
 @eqx.filter_jit
 def _advance(vg, law, graph, neighbors, positions, stiffness, order_parameter, t0, t1, solver, controller, dt0,
              max_steps, tolerance, colouring=None):
     """Integrate from t0 to t1 and relax there; one compiled function per system shape serves
     every law, and t0 = t1 relaxes the initial state."""
-    relax_options = dict(tolerance=tolerance, throw=False, colouring=colouring)  # a colouring selects Newton
-
-    def vector_field(t, s, args):
-        relaxed = relax(vg, positions, s, neighbors, stiffness, **relax_options)
-        return _switched_rate(vg, law, graph, relaxed.positions, relaxed.stiffness, s, neighbors)
-
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field), solver, t0, t1, dt0, order_parameter, stepsize_controller=controller,
-        max_steps=max_steps, throw=False, saveat=diffrax.SaveAt(t1=True),
+        _species_term(vg, law, graph, neighbors, positions, stiffness, tolerance, colouring), solver, t0, t1, dt0,
+        order_parameter, stepsize_controller=controller, max_steps=max_steps, throw=False,
+        saveat=diffrax.SaveAt(t1=True),
     )
     s1 = solution.ys[-1]
-    relaxed = relax(vg, positions, s1, neighbors, stiffness, **relax_options)
+    relaxed = relax(vg, positions, s1, neighbors, stiffness, tolerance=tolerance, throw=False, colouring=colouring)
     ok = (solution.result == diffrax.RESULTS.successful) & relaxed.converged
     return s1, relaxed.positions, relaxed.stiffness, relaxed.free_energy, ok, solution.stats["num_steps"]
 
@@ -400,17 +406,11 @@ def solve(
     dtype = positions.dtype
     solver = diffrax.Tsit5() if solver is None else solver
     controller = diffrax.PIDController(rtol=rtol, atol=atol) if stepsize_controller is None else stepsize_controller
-    values = _law_values(law, dtype)
-    tolerance = jnp.asarray(_default_tolerance(dtype) if tolerance is None else tolerance, dtype)
     positions, stiffness = jax.lax.stop_gradient((positions, stiffness))
-
-    def vector_field(t, s, args):
-        relaxed = relax(vg, positions, s, neighbors, stiffness, tolerance=tolerance, throw=False, colouring=colouring)
-        return _switched_rate(vg, values, graph, relaxed.positions, relaxed.stiffness, s, neighbors)
-
+    term = _species_term(vg, _law_values(law, dtype), graph, neighbors, positions, stiffness, tolerance, colouring)
     save_times = jnp.asarray(save_times, dtype)
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field), solver, save_times[0], save_times[-1], dt0, order_parameter,
+        term, solver, save_times[0], save_times[-1], dt0, order_parameter,
         stepsize_controller=controller, max_steps=max_steps, throw=False, saveat=diffrax.SaveAt(ts=save_times),
         adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
     )
@@ -497,8 +497,7 @@ def equilibrium(
     jacobian_colouring = colouring if colouring is not None else hessian_colouring(vg, neighbors)
     x, k = positions, None
     for iteration in range(max_steps + 1):
-        relaxed = relax(vg, x, jnp.asarray(s, dtype), neighbors, k, tolerance=relax_tolerance, colouring=colouring,
-                        method=relax_method)
+        relaxed = relax(vg, x, jnp.asarray(s, dtype), neighbors, k, tolerance=relax_tolerance, colouring=colouring)
         x, k = relaxed.positions, relaxed.stiffness
         mu, hessian = _potential_jacobian(vg, x, k, jnp.asarray(s, dtype), neighbors,
                                           jacobian_colouring)

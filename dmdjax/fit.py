@@ -12,13 +12,10 @@ from typing import Any, Callable
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-
-def _max_abs(tree) -> float:
-    return max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree_util.tree_leaves(tree))
+from .relax import _max_abs
 
 
 class FitResult(eqx.Module):
@@ -88,9 +85,11 @@ def fit(
 
         bar = tqdm(total=max_steps, desc="fit", unit="step")
     taken = 0
-    while taken < max_steps:
-        if _max_abs(gradient) <= gradient_tolerance or history[-1] <= loss_tolerance:
+    while True:
+        if float(_max_abs(gradient)) <= gradient_tolerance or history[-1] <= loss_tolerance:
             converged = True
+            break
+        if taken == max_steps:
             break
         fitted, state = update(fitted, state, value, gradient)
         value, gradient = value_and_grad(fitted)
@@ -107,8 +106,6 @@ def fit(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{history[-1]:.4g}")
-    else:
-        converged = _max_abs(gradient) <= gradient_tolerance or history[-1] <= loss_tolerance
     if bar is not None:
         bar.close()
     return FitResult(eqx.combine(best, static), best_loss, np.asarray(history), taken, converged)
