@@ -74,7 +74,10 @@ def fit(
         updates, state = optimizer.update(gradient, state, p, value=value, grad=gradient, value_fn=objective)
         return optax.apply_updates(p, updates), state
 
-    state = optimizer.init(fitted)
+    # Weak-typed leaves (Python scalars, jnp.asarray(0.9)) come back strong from the first
+    # update: make them strong now, or the update compiles again on steps 2 and 3.
+    fitted = _strong(fitted)
+    state = _strong(optimizer.init(fitted))
     value, gradient = value_and_grad(fitted)
     if not np.isfinite(float(value)):
         raise ValueError(f"the loss is not finite at the starting parameters: {float(value)!r}")
@@ -92,7 +95,7 @@ def fit(
         if taken == max_steps:
             break
         fitted, state = update(fitted, state, value, gradient)
-        value, gradient = value_and_grad(fitted)
+        value, gradient = _stored_value_and_grad(state, fitted, value_and_grad)
         taken += 1
         history.append(float(value))
         if not np.isfinite(history[-1]):
@@ -109,3 +112,18 @@ def fit(
     if bar is not None:
         bar.close()
     return FitResult(eqx.combine(best, static), best_loss, np.asarray(history), taken, converged)
+
+
+def _strong(tree):
+    """The pytree with every weak-typed array leaf made strongly typed (same dtype)."""
+    return jax.tree.map(lambda x: x.astype(x.dtype) if getattr(x, "weak_type", False) else x, tree)
+
+
+def _stored_value_and_grad(state, parameters, value_and_grad):
+    """The loss and gradient at ``parameters``: the ones a line search stored in the optimiser
+    state at the point it accepted (optax's zoom line search of L-BFGS does), else computed."""
+    value = optax.tree_utils.tree_get(state, "value")
+    gradient = optax.tree_utils.tree_get(state, "grad")
+    if value is None or gradient is None or not np.isfinite(float(value)):
+        return value_and_grad(parameters)
+    return value, gradient
