@@ -3,7 +3,7 @@
 Metal units (eV, Å, K). See README.md for the public API and docs/design.md for the equations.
 """
 
-from . import cell, dmd, energy, free_energy, io, kinetics, neighbors, potentials, spin_diffusion, systems, units
+from . import cell, dmd, energy, ensemble, free_energy, io, kinetics, neighbors, potentials, spin_diffusion, systems, units
 from .cell import Cell, make_cell
 from .energy import evaluate, forces, potential_energy, site_energies, stress
 from .free_energy import VGFreeEnergy
@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BOLTZMANN_EV_PER_K", "Cell", "dmd", "EAM", "HarmonicBond", "LennardJones", "Morse", "NeighborList", "RelaxResult",
-    "System", "TabulatedPair", "VGFreeEnergy", "beta_from_temperature", "cell", "energy", "evaluate", "forces",
+    "System", "TabulatedPair", "VGFreeEnergy", "beta_from_temperature", "cell", "energy", "ensemble", "evaluate", "forces",
     "free_energy", "from_ase", "initial_stiffness", "io", "kinetics", "load_eam", "make_cell", "make_system",
     "neighbor_list", "neighbors", "potential_energy", "potentials", "relax", "site_energies", "spin_diffusion", "stress", "systems",
     "to_ase", "units",

@@ -44,6 +44,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _validate, io, kinetics
+from .ensemble import batch_sharding
 from .cell import Cell
 from .energy import (_site_energies_from_geometry, assemble_site_energies, masked_distance, pair_geometry,
                      radial_from_geometry)
@@ -444,14 +445,6 @@ class SamplerTrajectory(eqx.Module):
         return io.save_npz(path, {name: np.asarray(getattr(self, name)) for name in names}, self.parameters)
 
 
-def _replica_sharding(n_replicas: int):
-    devices = jax.devices()
-    if len(devices) < 2 or n_replicas % len(devices):
-        return None
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("replica",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("replica"))
-
-
 @eqx.filter_jit
 def _init_replicas(sampler, keys, positions, spins):
     return jax.vmap(sampler.init)(keys, positions, spins)
@@ -510,7 +503,7 @@ def sample(
     x0 = sampler.reference_positions if positions is None else jnp.asarray(positions, dtype)
     x0 = jnp.broadcast_to(x0, (n_replicas,) + sampler.reference_positions.shape)
     keys = jax.random.split(key, n_replicas)
-    sharding = _replica_sharding(n_replicas)
+    sharding = batch_sharding(n_replicas, "replica")
     if sharding is not None:
         keys, spins, x0 = (jax.device_put(a, sharding) for a in (keys, spins, x0))
     states = _init_replicas(sampler, keys, x0, spins)
