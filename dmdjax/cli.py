@@ -197,6 +197,10 @@ def _add_chain(sub) -> None:
     p.add_argument("--config", help="TOML file of parameters (keys of ChainParameters, optionally under [chain])")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override one parameter, e.g. --set kt=0.12 --set sizes=32,64 (repeatable)")
+    p.add_argument("--sweep", metavar="NAME=VALUES",
+                   help="instead of the study: K1 and K2 for every value of one parameter as one batched (vmapped, "
+                   "device-sharded) call, e.g. --sweep beta=16,20,25 or --sweep kt=0.04:0.06:3; NAME one of "
+                   "kt, beta, tau, mobility, contrast, epsilon_ab (writes sweep.npz, summary.json, fig_sweep.png)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--float32", action="store_true", help="single precision (default float64)")
@@ -216,6 +220,12 @@ def _run_chain(args) -> int:
             raise ValueError(f"--set needs NAME=VALUE; got {item!r}")
         changes[name.strip()] = value.strip()
     parameters = parameters.replace(**changes)  # validates
+    if args.sweep:
+        from .studies import chain_sweep
+
+        name, values = chain_sweep.parse_sweep(args.sweep)
+        chain_sweep.run_chain_sweep(parameters, name, values, args.output, overwrite=args.overwrite)
+        return 0
     chain.run_chain_study(parameters, args.output, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
 
