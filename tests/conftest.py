@@ -41,3 +41,23 @@ def random_alloy(repeats=(4, 4, 4), a=4.05, noise=0.1, solute="Mg", fraction=0.3
     atoms.set_chemical_symbols(symbols.tolist())
     atoms.pbc = pbc
     return atoms
+
+
+@pytest.fixture
+def execute_notebook(tmp_path, monkeypatch):
+    """Run ``notebooks/<name>`` top to bottom with nbclient, at reduced size (the notebooks read
+    ``DMDJAX_NOTEBOOK_REDUCED``), in ``tmp_path``; returns the text of all outputs. Fails on any
+    error output (a failing ``assert`` cell included)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("DMDJAX_NOTEBOOK_REDUCED", "1")  # the kernel inherits the environment
+
+    def execute(name):
+        notebook = nbformat.read(DATA.parents[1] / "notebooks" / name, as_version=4)
+        nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
+                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+        outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+        assert not [output for output in outputs if output.output_type == "error"]
+        return "".join(output.get("text", "") for output in outputs)
+
+    return execute
