@@ -386,8 +386,11 @@ def solve(
     files or restarts: for gradients of a loss on a trajectory with respect to anything in
     ``vg`` (potential parameters, temperature) and ``law`` (k_c, τ, ν, Q) or s(0), and for
     batches under ``jax.vmap``. Reverse mode uses diffrax's ``RecursiveCheckpointAdjoint``
-    (default ``adjoint``: memory bounded by its checkpoints, not by the number of steps),
-    and the relaxation's implicit derivatives (never the iterations of its solver).
+    and the relaxation's implicit derivatives (never the iterations of its solver). Memory:
+    one step's residuals plus one loop state per checkpoint; the default keeps
+    ≈ √(2 max_steps) checkpoints (memory ∝ √max_steps), ``adjoint=
+    diffrax.RecursiveCheckpointAdjoint(checkpoints=C)`` bounds it whatever the number of steps
+    (more recomputation); measured in docs/benchmarks.md (``scripts/adjoint_memory.py``).
 
     Arguments:
         graph: kinetic bonds (:func:`dmdjax.kinetics.bond_graph`, built outside).

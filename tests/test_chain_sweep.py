@@ -71,3 +71,26 @@ def test_sweep_specifications_and_bad_input(tmp_path, capsys):
     assert cli.main(["chain", *SMALL, "--sweep", "contrast=0.5,1.5", "--output", str(out)]) == 2
     assert "contrast must lie in (0, 1); got 1.5" in capsys.readouterr().err
     assert not out.exists()  # every value is checked before anything is written
+
+
+def test_ensemble_stack_and_sharding():
+    """stack: leaves gain a leading axis, static parts must agree; one device: no sharding."""
+    import jax.numpy as jnp
+
+    from dmdjax import ensemble
+    from dmdjax.potentials import LennardJones
+
+    def lj(epsilon, cutoff=2.5):
+        return LennardJones([[1.0, epsilon], [epsilon, 1.0]], [[1.0, 1.0], [1.0, 1.0]], species=("A", "B"), cutoff=cutoff)
+
+    stacked = ensemble.stack([lj(0.9), lj(0.95), lj(1.0)])
+    assert stacked.epsilon.shape == (3, 2, 2) and float(stacked.epsilon[1, 0, 1]) == 0.95
+    laws = ensemble.stack([dmd.SpinDiffusion(1.0), dmd.SpinDiffusion(2.0)])
+    assert jnp.asarray(laws.tau).shape == (2,) and laws.variant == "exact"
+    with pytest.raises(ValueError, match="tree 1 differs"):
+        ensemble.stack([lj(0.9), lj(0.9, cutoff=3.0)])
+    with pytest.raises(ValueError, match="tree 1 differs"):
+        ensemble.stack([dmd.SpinDiffusion(1.0), dmd.SpinDiffusion(1.0, "gradient")])
+    with pytest.raises(ValueError, match="at least one"):
+        ensemble.stack([])
+    assert ensemble.batch_sharding(4) is None  # a single CPU device in the test process
