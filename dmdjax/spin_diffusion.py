@@ -44,10 +44,10 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _validate, io, kinetics
-from .ensemble import batch_sharding
 from .cell import Cell
 from .energy import (_site_energies_from_geometry, assemble_site_energies, masked_distance, pair_geometry,
                      radial_from_geometry)
+from .ensemble import batch_sharding
 from ._precision import HIGHEST
 from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList, gather
