@@ -39,16 +39,13 @@ def main():
     import jax.numpy as jnp
 
     jax.config.update("jax_enable_x64", True)
-    from dmdjax import dmd, kinetics
-    from dmdjax.relax import hessian_colouring, relax
+    from dmdjax import dmd
     from dmdjax.studies import chain
 
     p = chain.ChainParameters()
     model = chain.chain_model(p, args.n_sites)
     vg, nbrs = model.vg, model.neighbors
-    colouring = hessian_colouring(vg, nbrs)
-    start = relax(vg, model.positions, model.s0, nbrs, colouring=colouring, tolerance=1e-10)
-    graph = kinetics.bond_graph(model.positions, vg.cell, nbrs, p.kinetic_cutoff, pinned_species=vg.pinned_species)
+    setup = chain.solve_setup(p, model)
     dt = 0.25
     device = jax.devices()[0]
     print(f"device: {device.platform} ({device.device_kind}), N = {args.n_sites}, K2, fixed steps dt = {dt} τ, "
@@ -59,9 +56,9 @@ def main():
         times = jnp.linspace(0.0, n * dt, 5)
         for checkpoints in (n, None, args.checkpoints):
             def loss(tau, checkpoints=checkpoints, n=n, times=times):
-                solution = dmd.solve(vg, dmd.SpinDiffusion(tau), graph, nbrs, start.positions, start.stiffness,
-                                     model.s0, times, stepsize_controller=diffrax.ConstantStepSize(), dt0=dt,
-                                     max_steps=n, tolerance=1e-10, colouring=colouring,
+                solution = dmd.solve(vg, dmd.SpinDiffusion(tau), setup.graph, nbrs, setup.positions,
+                                     setup.stiffness, model.s0, times, stepsize_controller=diffrax.ConstantStepSize(), dt0=dt,
+                                     max_steps=n, tolerance=1e-10, colouring=setup.colouring,
                                      adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints))
                 return jnp.sum(solution.order_parameter[-1] ** 2)
 

@@ -31,23 +31,20 @@ def main():
     import jax.numpy as jnp
 
     jax.config.update("jax_enable_x64", True)
-    from dmdjax import dmd, kinetics
-    from dmdjax.relax import hessian_colouring, relax
+    from dmdjax import dmd
     from dmdjax.studies import chain
 
     p = chain.ChainParameters()
     model = chain.chain_model(p, args.n_sites)
     vg, nbrs = model.vg, model.neighbors
-    colouring = hessian_colouring(vg, nbrs)
-    start = relax(vg, model.positions, model.s0, nbrs, colouring=colouring, tolerance=1e-8)
-    graph = kinetics.bond_graph(model.positions, vg.cell, nbrs, p.kinetic_cutoff, pinned_species=vg.pinned_species)
+    setup = chain.solve_setup(p, model)
     times = jnp.linspace(0.0, 20.0, 5)
 
     def final(temperature):
         solution = dmd.solve(eqx.tree_at(lambda v: v.temperature, vg, temperature), dmd.SpinDiffusion(p.tau),
-                             graph, nbrs, start.positions, start.stiffness, model.s0, times,
+                             setup.graph, nbrs, setup.positions, setup.stiffness, model.s0, times,
                              stepsize_controller=diffrax.ConstantStepSize(), dt0=0.25, tolerance=1e-8,
-                             colouring=colouring)
+                             colouring=setup.colouring)
         return solution.order_parameter[-1], solution.ok
 
     batched = eqx.filter_jit(jax.vmap(final))

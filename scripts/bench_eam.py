@@ -20,9 +20,9 @@ the relative difference of the energies (the spline interpolants differ slightly
 import argparse
 import json
 import platform
-import time
 
 import jax
+from bench_free_energy import median_seconds  # scripts/ is on sys.path when a script runs
 
 
 def main():
@@ -39,7 +39,6 @@ def main():
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
-    import numpy as np
     from ase.build import bulk
     from ase.calculators.eam import EAM as AseEAM
     from jax_md import energy, interpolate, partition, space
@@ -70,13 +69,7 @@ def main():
           f"host {platform.processor() or platform.machine()}; fcc Al, Mendelev 2009 Al-Al, cut-off {cutoff:.2f} Å")
 
     def timed(fn, *fn_args):
-        jax.block_until_ready(fn(*fn_args))  # compile
-        times = []
-        for _ in range(args.trials):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*fn_args))
-            times.append(time.perf_counter() - start)
-        return float(np.median(times))
+        return median_seconds(fn, *fn_args, trials=args.trials)
 
     columns = [c for c in ("plain", "vg", "dense", "sparse") if c not in args.skip]
     names = {"plain": "dmdjax E+F", "vg": "dmdjax VG F+∇F", "dense": "jax-md Dense E+F", "sparse": "jax-md Sparse E+F"}

@@ -14,6 +14,19 @@ import time
 import jax
 
 
+def median_seconds(fn, *fn_args, trials=5):
+    """Median wall time of ``fn(*fn_args)`` over ``trials`` calls after a first (compiling) one, s."""
+    import numpy as np
+
+    jax.block_until_ready(fn(*fn_args))  # compile
+    times = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*fn_args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, nargs="+", default=[6, 14], help="cubic cells per side")
@@ -36,14 +49,7 @@ def main():
     results = []
 
     def timed(fn, *fn_args):
-        out = fn(*fn_args)
-        jax.block_until_ready(out)  # compile
-        times = []
-        for _ in range(args.trials):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*fn_args))
-            times.append(time.perf_counter() - start)
-        return float(np.median(times))
+        return median_seconds(fn, *fn_args, trials=args.trials)
 
     header = f"{'atoms':>8} {'plain E+F ns/atom':>18}"
     for rule in args.rules:

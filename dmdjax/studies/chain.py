@@ -52,11 +52,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import dmd, io, spin_diffusion
+from .. import dmd, io, kinetics, spin_diffusion
 from ..free_energy import VGFreeEnergy
 from ..neighbors import neighbor_list
 from ..potentials import LennardJones
-from ..relax import relax
+from ..relax import hessian_colouring, relax
 from ..systems import chain
 from ..units import BOLTZMANN_EV_PER_K
 
@@ -204,6 +204,28 @@ def chain_model(p: ChainParameters, n_sites: int, dtype=jnp.float64) -> ChainMod
                       pinned_species=pinned_species)
     s0 = jnp.asarray(initial_order_parameter(n_sites, p.contrast), dtype)
     return ChainModel(potential, vg, positions, neighbors, s0, pinned, pinned_species)
+
+
+class SolveSetup(NamedTuple):
+    """What :func:`dmdjax.dmd.solve` needs for a chain besides the model: the Hessian colouring
+    (Newton relaxations), (X, k) relaxed at s(0) ``(N, 1)``, ``(N,)`` (the warm start) and the
+    kinetic bond graph."""
+
+    colouring: object
+    positions: jnp.ndarray
+    stiffness: jnp.ndarray
+    graph: kinetics.BondGraph
+
+
+def solve_setup(p: ChainParameters, model: ChainModel, colouring=None) -> SolveSetup:
+    """:class:`SolveSetup` for ``model`` (relaxed to ``p.relax_tolerance``); pass ``colouring`` to
+    reuse one computed for a chain of the same lattice."""
+    vg, neighbors = model.vg, model.neighbors
+    colouring = hessian_colouring(vg, neighbors) if colouring is None else colouring
+    start = relax(vg, model.positions, model.s0, neighbors, colouring=colouring, tolerance=p.relax_tolerance)
+    graph = kinetics.bond_graph(model.positions, vg.cell, neighbors, p.kinetic_cutoff,
+                                pinned_species=vg.pinned_species)
+    return SolveSetup(colouring, start.positions, start.stiffness, graph)
 
 
 def initial_order_parameter(n_sites: int, contrast: float) -> np.ndarray:

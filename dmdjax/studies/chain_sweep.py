@@ -28,9 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import dmd, ensemble, io, kinetics
-from ..relax import hessian_colouring, relax
-from .chain import ChainParameters, chain_model, interface
+from .. import dmd, ensemble, io
+from .chain import ChainParameters, chain_model, interface, solve_setup
 
 SWEEPABLE = ("kt", "beta", "tau", "mobility", "contrast", "epsilon_ab")
 
@@ -110,11 +109,8 @@ def run_chain_sweep(p: ChainParameters, name: str, values, output, *, overwrite:
 
     models = [chain_model(q, q.n_sites) for q in chains]
     first = models[0]
-    colouring = hessian_colouring(first.vg, first.neighbors)
-    starts = [relax(m.vg, m.positions, m.s0, m.neighbors, method="newton", colouring=colouring,
-                    tolerance=p.relax_tolerance) for m in models]
-    graph = kinetics.bond_graph(first.positions, first.vg.cell, first.neighbors, p.kinetic_cutoff,
-                                pinned_species=first.vg.pinned_species)
+    setup = solve_setup(chains[0], first)  # colouring and bond graph: the lattice is the same for every value
+    starts = [setup] + [solve_setup(q, m, setup.colouring) for q, m in zip(chains[1:], models[1:])]
     batch = ensemble.stack([(m.vg, s.positions, s.stiffness, m.s0) for m, s in zip(models, starts)])
     laws = {"K1": ensemble.stack([dmd.GradientFlow(q.k1_mobility) for q in chains]),
             "K2": ensemble.stack([dmd.SpinDiffusion(q.tau, "exact") for q in chains])}
@@ -127,8 +123,8 @@ def run_chain_sweep(p: ChainParameters, name: str, values, output, *, overwrite:
     @jax.vmap
     def solve(law, member):
         vg, positions, stiffness, s0 = member
-        return dmd.solve(vg, law, graph, first.neighbors, positions, stiffness, s0, times, rtol=p.rtol, atol=p.atol,
-                         max_steps=100_000, tolerance=p.relax_tolerance, colouring=colouring)
+        return dmd.solve(vg, law, setup.graph, first.neighbors, positions, stiffness, s0, times, rtol=p.rtol,
+                         atol=p.atol, max_steps=100_000, tolerance=p.relax_tolerance, colouring=setup.colouring)
 
     solutions = {}
     for law, stacked in laws.items():
