@@ -116,6 +116,42 @@ def test_long_time_state_is_the_constrained_minimiser(trajectories, minimiser, s
     assert float(trajectory.free_energy[-1]) == pytest.approx(float(minimiser.free_energy), abs=1e-9)
 
 
+def test_self_consistent_equilibrium_is_the_newton_one(minimiser, setup):
+    """equilibrium(method="self-consistent") (fixed point of s = tanh(β(λ − μ^ex)), no Jacobian)
+    reaches Newton's constrained minimiser."""
+    state = dmd.equilibrium(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], relax_tolerance=1e-11,
+                            method="self-consistent")
+    assert state.residual < 1e-10 and state.iterations > 1
+    np.testing.assert_allclose(np.asarray(state.order_parameter), np.asarray(minimiser.order_parameter), atol=1e-8)
+    assert float(state.free_energy) == pytest.approx(float(minimiser.free_energy), abs=1e-10)
+    assert float(jnp.sum(state.order_parameter)) == pytest.approx(float(jnp.sum(setup["s0"])), abs=1e-12)
+    with pytest.raises(ValueError, match="method must be"):
+        dmd.equilibrium(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], method="fixed")
+
+
+def test_relaxing_at_output_times_only_converges_to_the_quasistatic_run(trajectories, setup):
+    """relax_at="interval" holds (X, k) inside each output interval: Σs is still exact, F still
+    decreases from output to output, and the state at t = 5 approaches the quasistatic run's as
+    the intervals shrink, at first order (error ≈ halved when the interval is halved)."""
+    law, _ = LAWS["K3"]
+    reference = np.asarray(trajectories["K3"].order_parameter[2])  # t = 5, relaxed at every evaluation
+    errors = []
+    for n_intervals in (4, 8, 16):
+        times = np.linspace(0.0, 5.0, n_intervals + 1)
+        run = dmd.run(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], law, times,
+                      kinetic_cutoff=KINETIC_CUTOFF, relax_at="interval", **OPTIONS)
+        s = np.asarray(run.order_parameter)
+        assert np.max(np.abs(s.sum(axis=1) - s[0].sum())) < 1e-12
+        assert np.all(np.diff(np.asarray(run.free_energy)) <= 1e-12)
+        assert run.parameters["relax_at"] == "interval"
+        errors.append(np.max(np.abs(s[-1] - reference)))
+    assert errors[0] > 1e-5  # the lag is real
+    assert 1.6 < errors[0] / errors[1] < 2.5 and 1.6 < errors[1] / errors[2] < 2.5
+    with pytest.raises(ValueError, match="relax_at"):
+        dmd.run(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], law, times,
+                kinetic_cutoff=KINETIC_CUTOFF, relax_at="never")
+
+
 def test_exact_spin_diffusion_fixed_point(trajectories, minimiser, setup):
     """K2 with the exact swap divided difference stops where artanh s_j − artanh s_i = β D_ij,
     i.e. μ_j − μ_i = −J_ij (s_j − s_i): not the minimiser of F (a mean-field closure effect)."""
