@@ -4,7 +4,8 @@ Sub-commands:
 
 * ``dmdjax build`` — write an fcc/bcc crystal (optionally a random alloy) as extended XYZ;
 * ``dmdjax energy`` — energy, forces and stress of any structure ASE reads;
-* ``dmdjax chain`` — the chain study (K2 vs K1 vs the spin-diffusion replica average).
+* ``dmdjax chain`` — the chain study (K2 vs K1 vs the spin-diffusion replica average);
+* ``dmdjax alloy surface`` — Mg segregation to a free (100) surface of Al–Mg (K3, EAM).
 
 Bad input ends with ``dmdjax: error: ...`` on stderr and exit status 2; no output file
 is written half-way. The command runs in float64 unless ``--float32`` is given.
@@ -230,6 +231,68 @@ def _run_chain(args) -> int:
     return 0
 
 
+def _cells(text: str) -> tuple:
+    try:
+        cells = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cells must be three integers NX,NY,NZ; got {text!r}") from None
+    if len(cells) != 3:
+        raise argparse.ArgumentTypeError(f"cells must be three integers NX,NY,NZ; got {text!r}")
+    return cells
+
+
+def _fractions(text: str) -> tuple:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers C1,C2,...; got {text!r}") from None
+
+
+def _add_alloy(sub) -> None:
+    p = sub.add_parser("alloy", help="the Al-Mg DMD studies (EAM, master equation K3)",
+                       description="Al-Mg segregation studies with the Mendelev (2009) EAM potential.")
+    studies = p.add_subparsers(dest="study", metavar="STUDY")
+    studies.required = True
+    s = studies.add_parser(
+        "surface", help="Mg segregation to a free (100) surface: layer profiles, Langmuir-McLean check, frames",
+        description="DMD of Mg segregation to the (100) surfaces of an Al-Mg slab (dmdjax.studies.surface): "
+        "molecular-statics segregation energy, the Langmuir-McLean check at dilute compositions, the K3 run "
+        "(checkpointed: --resume continues it), extended-XYZ frames, profiles, figure, summary.json. "
+        "Defaults: Al-6%%Mg, 600 K, nu = 10, Q = 0.77 eV, a = 4.108 A, 10x4x4 cells (CPU size); the published "
+        "example is --cells 20,8,8.")
+    s.add_argument("--output", default="alloy-surface", help="output folder (default ./alloy-surface)")
+    s.add_argument("--cells", type=_cells, default=None, metavar="NX,NY,NZ",
+                   help="slab size in cubic cells, x free (default 10,4,4; NY, NZ >= 4)")
+    s.add_argument("--quick", action="store_true", help="a small, short run (6x4x4 cells, Gamma0 t <= 1)")
+    s.add_argument("--concentration", type=float, default=None, help="nominal Mg fraction (default 0.06)")
+    s.add_argument("--temperature", type=float, default=None, help="K (default 600)")
+    s.add_argument("--t-end", type=float, default=None, help="end time in units of 1/Gamma0 (default 30)")
+    s.add_argument("--outputs", type=int, default=None, help="number of output times (default 13)")
+    s.add_argument("--isotherm", type=_fractions, default=None, metavar="C1,C2,...",
+                   help="nominal Mg fractions of the Langmuir-McLean check (default 0.001,0.002,0.005,0.01,0.02)")
+    s.add_argument("--resume", action="store_true", help="continue the run checkpointed in --output")
+    s.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty output folder")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--float32", action="store_true", help="single precision (default float64)")
+    s.set_defaults(run=_run_surface)
+
+
+def _run_surface(args) -> int:
+    import dataclasses
+
+    from .studies import surface
+
+    parameters = surface.SurfaceParameters.quick() if args.quick else surface.SurfaceParameters()
+    changes = {name: value for name, value in (("cells", args.cells), ("concentration", args.concentration),
+                                               ("temperature", args.temperature), ("t_end", args.t_end),
+                                               ("n_outputs", args.outputs), ("isotherm", args.isotherm))
+               if value is not None}
+    parameters = dataclasses.replace(parameters, **changes)  # validates
+    surface.run_surface_study(parameters, args.output, resume=args.resume, overwrite=args.overwrite,
+                              progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmdjax",
@@ -240,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_energy(sub)
     _add_chain(sub)
+    _add_alloy(sub)
     return parser
 
 

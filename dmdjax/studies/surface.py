@@ -1,0 +1,352 @@
+r"""Mg segregation to a free (100) surface of Al–Mg (seed "DMD" examples; DESIGN.md §3-4).
+
+``dmdjax alloy surface`` runs DMD on a slab of fcc Al–Mg with the Mendelev (2009) Al–Mg EAM
+potential, free along x and periodic in the surface plane: the species follow the master
+equation (K3) with Arrhenius rates ν e^{−βQ} e^{∓βΔμ^ex}, (X, k) relaxed at every output
+time (``relax_at="interval"`` of :func:`dmdjax.dmd.run`). The published example used
+Al–6 at.% Mg at 600 K, ν = 10, Q = 0.77 eV, a = 4.108 Å and 20 × 8 × 8 cubic cells
+(``--cells 20,8,8``); the CPU default is 10 × 4 × 4 cells (640 atoms, 20 (100) layers: the
+smallest periodic cross-section for the potential's 7.5 Å cut-off). Time is reported in
+units of 1/Γ₀, Γ₀ = ν e^{−βQ} (3.4·10⁻⁶ per unit time of the run at 600 K).
+
+Dilute-limit check (Langmuir–McLean): for nominal compositions in the dilute range the
+composition-constrained minimum of F (:func:`dmdjax.dmd.equilibrium`, self-consistent mean
+field) gives the surface-layer concentration c_s against the centre-layer one c_b, compared
+with the isotherm c_s/(1 − c_s) = c_b/(1 − c_b) · exp(−E_seg/k_BT), where E_seg = E(Mg in
+the surface layer) − E(Mg in the centre layer) is computed from the same potential by
+molecular statics (one Mg in the slab, all atoms relaxed). The study also reports why DMD's
+own dilute segregation free energy ΔG = 2(μ^ex_b − μ^ex_s) differs from E_seg, term by term:
+the solute's own relaxation (absent in mean field: E_seg relaxed vs unrelaxed), the
+linearisation of the embedding in the mean field (unrelaxed E_seg vs ΔG at T → 0) and the
+vibrational (Gaussian) part (ΔG at T vs at T → 0).
+
+Outputs (``--output``, default ``alloy-surface/``): ``trajectory.npz`` (the DMD run, also its
+checkpoint: ``--resume`` continues it), ``frames.extxyz`` (one frame per output time, per-atom
+``c`` = Mg concentration, ``k`` eV/Å², ``site_free_energy`` eV; per frame ``time``, ``time_rate_units``, ``total_free_energy``; ASE and OVITO read
+it), ``profiles.npz`` (``time``, ``time_rate_units``, ``layer_x`` Å, ``layer_c`` (T, L)),
+``isotherm.npz``, ``run.json``, ``summary.json`` (keys in :func:`run_surface_study`) and
+``fig_surface.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import dmd, io
+from ..energy import forces, potential_energy
+from ..free_energy import VGFreeEnergy
+from ..neighbors import neighbor_list
+from ..potentials import load_eam
+from ..systems import System, fcc
+from ..units import BOLTZMANN_EV_PER_K
+
+
+@dataclasses.dataclass(frozen=True)
+class SurfaceParameters:
+    """Parameters of the surface study (defaults: the published example on a CPU-sized slab).
+
+    Attributes:
+        cells: cubic cells (x, y, z); x is free (two (100) surfaces), y and z periodic and at
+            least 4 (the 7.5 Å cut-off with the 0.5 Å skin needs a 16 Å period).
+        concentration: nominal Mg fraction of the kinetic run.
+        temperature: K. attempt_frequency: ν per unit time; activation_energy: Q, eV.
+        lattice_constant: Å. kinetic_cutoff: exchange bond length, Å (between the first,
+            a/√2, and second, a, neighbour shells: first-neighbour exchanges).
+        t_end: end of the kinetic run in units of 1/Γ₀ (Γ₀ = ν e^{−βQ});
+        n_outputs: output times, log-spaced from ``t_first`` (also in 1/Γ₀) to ``t_end``.
+        isotherm: nominal Mg fractions of the Langmuir–McLean check (dilute).
+        low_temperature: K, the T → 0 reference of the decomposition of ΔG.
+        potential: a bundled potential name or an EAM file with species Al and Mg.
+        rtol, atol: the ODE tolerances; max_steps: solver steps per output interval.
+    """
+
+    cells: tuple = (10, 4, 4)
+    concentration: float = 0.06
+    temperature: float = 600.0
+    attempt_frequency: float = 10.0
+    activation_energy: float = 0.77
+    lattice_constant: float = 4.108
+    kinetic_cutoff: float = 3.5
+    t_end: float = 30.0
+    t_first: float = 0.01
+    n_outputs: int = 13
+    isotherm: tuple = (0.001, 0.002, 0.005, 0.01, 0.02)
+    low_temperature: float = 20.0
+    potential: str = "AlMg_Mendelev2009"
+    rtol: float = 1e-6
+    atol: float = 1e-8
+    max_steps: int = 100_000
+
+    def __post_init__(self):
+        cells = tuple(int(c) for c in self.cells)
+        if len(cells) != 3 or cells[0] < 3 or min(cells[1:]) < 4:
+            raise ValueError(f"cells must be (nx >= 3, ny >= 4, nz >= 4) cubic cells; got {self.cells!r}")
+        object.__setattr__(self, "cells", cells)
+        object.__setattr__(self, "isotherm", tuple(float(c) for c in self.isotherm))
+        if not self.isotherm:
+            raise ValueError("isotherm needs at least one nominal composition")
+        for name in ("concentration", *(f"isotherm[{i}]" for i in range(len(self.isotherm)))):
+            value = self.concentration if name == "concentration" else self.isotherm[int(name[9:-1])]
+            if not 0 < value < 1:
+                raise ValueError(f"{name} must lie in (0, 1); got {value!r}")
+        for name in ("temperature", "attempt_frequency", "lattice_constant", "kinetic_cutoff", "t_end", "t_first",
+                     "low_temperature", "rtol", "atol"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0; got {value!r}")
+        if not self.t_first < self.t_end:
+            raise ValueError(f"t_first ({self.t_first}) must be below t_end ({self.t_end})")
+        if int(self.n_outputs) < 2:
+            raise ValueError(f"n_outputs must be >= 2; got {self.n_outputs!r}")
+
+    @classmethod
+    def quick(cls) -> "SurfaceParameters":
+        """A small, short study for tests and a first look (6 × 4 × 4 cells, t ≤ 1/Γ₀)."""
+        return cls(cells=(6, 4, 4), t_end=1.0, t_first=0.03, n_outputs=4, isotherm=(0.002, 0.01))
+
+    @property
+    def rate(self) -> float:
+        """Γ₀ = ν e^{−Q/k_BT}, per unit time."""
+        return self.attempt_frequency * float(np.exp(-self.activation_energy / (BOLTZMANN_EV_PER_K * self.temperature)))
+
+    def save_times(self) -> np.ndarray:
+        """0 and ``n_outputs − 1`` log-spaced times, in the run's time unit."""
+        scaled = np.concatenate([[0.0], np.geomspace(self.t_first, self.t_end, self.n_outputs - 1)])
+        return scaled / self.rate
+
+
+def build_slab(p: SurfaceParameters) -> tuple[System, np.ndarray]:
+    """The slab (all Al; s carries the composition) and each atom's (100) layer index (0 = surface)."""
+    system = fcc(p.lattice_constant, p.cells, "Al", pbc=(False, True, True))
+    x = np.asarray(system.positions)[:, 0]
+    layers = np.rint((x - x.min()) / (0.5 * p.lattice_constant)).astype(int)
+    return system, layers
+
+
+def layer_means(values, layers: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` (..., N) over each layer → (..., L)."""
+    values = np.asarray(values)
+    counts = np.bincount(layers)
+    return np.stack([values[..., layers == layer].mean(axis=-1) for layer in range(counts.size)], axis=-1)
+
+
+def langmuir_mclean(bulk, segregation_energy: float, temperature: float):
+    """Surface concentration of the isotherm c_s/(1 − c_s) = c_b/(1 − c_b) e^{−E_seg/k_BT}."""
+    bulk = np.asarray(bulk, dtype=float)
+    ratio = bulk / (1.0 - bulk) * np.exp(-segregation_energy / (BOLTZMANN_EV_PER_K * temperature))
+    return ratio / (1.0 + ratio)
+
+
+def _minimise_energy(potential, positions, species, cell, neighbors, gtol=1e-6):
+    """Molecular statics: min V over positions (scipy L-BFGS-B, jitted energy and forces)."""
+    from scipy.optimize import minimize
+
+    shape = positions.shape
+    energy_forces = jax.jit(lambda x: (potential_energy(potential, x, species, cell, neighbors),
+                                       forces(potential, x, species, cell, neighbors)))
+
+    def fun(flat):
+        energy, force = energy_forces(jnp.asarray(flat.reshape(shape), positions.dtype))
+        return float(energy), -np.asarray(force, dtype=float).ravel()
+
+    result = minimize(fun, np.asarray(positions, dtype=float).ravel(), jac=True, method="L-BFGS-B",
+                      options={"gtol": gtol, "ftol": 1e-15, "maxiter": 10_000})
+    if not result.success and np.max(np.abs(result.jac)) > 10 * gtol:
+        raise RuntimeError(f"molecular statics did not converge: {result.message} (max force "
+                           f"{np.max(np.abs(result.jac)):.2e} eV/Å)")
+    return float(result.fun), jnp.asarray(result.x.reshape(shape), positions.dtype)
+
+
+def segregation_energies(potential, slab: System, layers: np.ndarray, neighbors) -> dict:
+    """E_seg (eV) of one Mg by molecular statics: surface layer minus centre layer.
+
+    Returns ``relaxed`` (all atoms relaxed around the Mg) and ``unrelaxed`` (Mg put into
+    the relaxed pure-Al slab), with the site indices used.
+    """
+    mg = potential.species_index("Mg")
+    centre_layer = int(layers.max()) // 2
+    surface_site, centre_site = int(np.flatnonzero(layers == 0)[0]), int(np.flatnonzero(layers == centre_layer)[0])
+    pure = slab.species
+    _, host = _minimise_energy(potential, slab.positions, pure, slab.cell, neighbors)
+    out = {"surface_site": surface_site, "centre_site": centre_site, "centre_layer": centre_layer}
+    energies = {}
+    for name, site in (("surface", surface_site), ("centre", centre_site)):
+        species = pure.at[site].set(mg)
+        energies[name, "unrelaxed"] = float(potential_energy(potential, host, species, slab.cell, neighbors))
+        energies[name, "relaxed"], _ = _minimise_energy(potential, host, species, slab.cell, neighbors)
+    for kind in ("relaxed", "unrelaxed"):
+        out[kind] = energies["surface", kind] - energies["centre", kind]
+    return out
+
+
+def mean_field_segregation(vg: VGFreeEnergy, positions, layers: np.ndarray, neighbors, concentration=1e-4) -> float:
+    """DMD's dilute segregation free energy ΔG = 2(μ^ex_centre − μ^ex_surface) (eV) at a uniform
+    Mg fraction ``concentration``, (X, k) relaxed: the E_seg that the mean field sees."""
+    from ..relax import relax
+
+    s = jnp.full(positions.shape[0], 1.0 - 2.0 * concentration, positions.dtype)
+    relaxed = relax(vg, positions, s, neighbors)
+    excess = layer_means(vg.excess_chemical_potential(relaxed.positions, relaxed.stiffness, s, neighbors), layers)
+    return float(2.0 * (excess[int(layers.max()) // 2] - excess[0]))
+
+
+def _centre(layer_values: np.ndarray) -> np.ndarray:
+    """Mean over the two middle layers (the 'bulk' of the slab)."""
+    n = layer_values.shape[-1]
+    return layer_values[..., (n - 1) // 2: n // 2 + 1].mean(axis=-1)
+
+
+def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, overwrite: bool = False,
+                      progress: bool = True, log=print) -> dict:
+    """Run the study (statics, isotherm, kinetics), write every file, and return the summary.
+
+    ``summary.json`` keys: ``device``, ``platform``, ``dtype``, ``n_atoms``, ``cells``,
+    ``n_layers``; ``wall_time_s`` (``statics``, ``isotherm``, ``kinetics``, ``total``);
+    ``rate`` Γ₀ (per unit time); ``time_reached`` (run units) and ``time_reached_rate_units``
+    (Γ₀ t); ``segregation_energy_ev``: ``relaxed``, ``unrelaxed`` (statics), ``mean_field``
+    (DMD's dilute ΔG at T) and ``mean_field_low_temperature`` (at ``low_temperature``);
+    ``isotherm``: per nominal composition ``nominal``, ``bulk`` c_b, ``surface`` c_s,
+    ``langmuir_mclean`` (c_s predicted from c_b and the relaxed E_seg), ``langmuir_mclean_mean_field``
+    (from DMD's ΔG), ``residual_ev``; ``kinetics``: ``surface_final``, ``bulk_final``,
+    ``subsurface_final``, ``langmuir_mclean_final`` (the isotherm at the run's final c_b),
+    ``sum_c_max_change`` (max |Σc(t) − Σc(0)|), ``free_energy_max_increase`` (largest rise of
+    F between outputs, eV; ≤ 0 means F decreased throughout), ``free_energy_change`` (eV),
+    ``resumed_from`` (outputs already in the checkpoint).
+
+    Raises:
+        FileExistsError: ``output`` holds files and neither ``resume`` nor ``overwrite`` is set.
+    """
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not (overwrite or resume):
+        raise FileExistsError(f"output folder {str(output)!r} is not empty: pass --resume to continue its run "
+                              "or --overwrite")
+    potential = load_eam(p.potential)
+    if {"Al", "Mg"} - set(potential.species):
+        raise ValueError(f"potential {p.potential!r} has species {list(potential.species)}, needs Al and Mg")
+    output.mkdir(parents=True, exist_ok=True)
+    device = jax.devices()[0]
+    dtype = "float64" if jax.config.jax_enable_x64 else "float32"
+    io.write_json(output / "run.json", {"study": "alloy surface", "parameters": dataclasses.asdict(p),
+                                        "rate": p.rate, "device": device.device_kind, "platform": device.platform,
+                                        "jax": jax.__version__, "python": platform.python_version(), "dtype": dtype})
+    start, walls = time.perf_counter(), {}
+    slab, layers = build_slab(p)
+    n_layers = int(layers.max()) + 1
+    neighbors = neighbor_list(slab.positions, slab.cell, potential.cutoff, skin=0.5)
+    species = ("Al", "Mg")  # s = +1 Al, s = −1 Mg: c_Mg = (1 − s)/2
+    vg = VGFreeEnergy(potential, slab.cell, p.temperature, slab.n_atoms, species=species)
+    log(f"slab {p.cells[0]}×{p.cells[1]}×{p.cells[2]} cells, {slab.n_atoms} atoms, {n_layers} layers; "
+        f"Γ₀ = {p.rate:.4g} per unit time; {device.device_kind}, {dtype}")
+
+    tick = time.perf_counter()
+    statics = segregation_energies(potential, slab, layers, neighbors)
+    cold = VGFreeEnergy(potential, slab.cell, p.low_temperature, slab.n_atoms, species=species)
+    energies = {"relaxed": statics["relaxed"], "unrelaxed": statics["unrelaxed"],
+                "mean_field": mean_field_segregation(vg, slab.positions, layers, neighbors),
+                "mean_field_low_temperature": mean_field_segregation(cold, slab.positions, layers, neighbors)}
+    walls["statics"] = time.perf_counter() - tick
+    log("E_seg (eV): relaxed {relaxed:+.4f}, unrelaxed {unrelaxed:+.4f}; DMD ΔG {mean_field:+.4f} at T, "
+        "{mean_field_low_temperature:+.4f} at T → 0".format(**energies))
+
+    tick = time.perf_counter()
+    nominal = list(p.isotherm)
+    steps = range(len(nominal))
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="isotherm", unit="composition")
+    isotherm_rows, isotherm_layers = [], []
+    for index in steps:
+        s = jnp.full(slab.n_atoms, 1.0 - 2.0 * nominal[index], slab.positions.dtype)
+        state = dmd.equilibrium(vg, slab.positions, s, neighbors, method="self-consistent", tolerance=1e-7)
+        layer_c = layer_means(0.5 * (1.0 - np.asarray(state.order_parameter)), layers)
+        isotherm_layers.append(layer_c)
+        bulk = float(_centre(layer_c))
+        isotherm_rows.append({"nominal": nominal[index], "bulk": bulk, "surface": float(layer_c[0]),
+                              "langmuir_mclean": float(langmuir_mclean(bulk, energies["relaxed"], p.temperature)),
+                              "langmuir_mclean_mean_field": float(langmuir_mclean(bulk, energies["mean_field"],
+                                                                                  p.temperature)),
+                              "residual_ev": state.residual})
+    io.save_npz(output / "isotherm.npz", {"nominal": np.array(nominal), "layer_c": np.array(isotherm_layers)})
+    walls["isotherm"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    times = p.save_times()
+    checkpoint = output / "trajectory.npz"
+    resumed_from = len(dmd.load_trajectory(checkpoint).time) if resume and checkpoint.exists() else 0
+    s0 = jnp.full(slab.n_atoms, 1.0 - 2.0 * p.concentration, slab.positions.dtype)
+    law = dmd.MasterEquation(p.attempt_frequency, p.activation_energy)
+    trajectory = dmd.run(vg, slab.positions, s0, neighbors, law, times, kinetic_cutoff=p.kinetic_cutoff,
+                         relax_at="interval", rtol=p.rtol, atol=p.atol, max_steps=p.max_steps, output=checkpoint,
+                         resume=resume and checkpoint.exists(), overwrite=overwrite, progress=progress)
+    walls["kinetics"] = time.perf_counter() - tick
+
+    c = 0.5 * (1.0 - np.asarray(trajectory.order_parameter))
+    layer_c = layer_means(c, layers)
+    layer_x = layer_means(np.asarray(trajectory.positions)[-1, :, 0], layers)
+    io.save_npz(output / "profiles.npz", {"time": np.asarray(trajectory.time), "time_rate_units": times * p.rate,
+                                          "layer_x": layer_x, "layer_c": layer_c})
+    _write_frames(output / "frames.extxyz", vg, slab, trajectory, neighbors, p.rate)
+    free_energy = np.asarray(trajectory.free_energy)
+    bulk_final = float(_centre(layer_c[-1]))
+    kinetics = {"surface_final": float(layer_c[-1, 0]), "subsurface_final": float(layer_c[-1, 1]),
+                "bulk_final": bulk_final,
+                "langmuir_mclean_final": float(langmuir_mclean(bulk_final, energies["relaxed"], p.temperature)),
+                "sum_c_max_change": float(np.max(np.abs(c.sum(axis=1) - c[0].sum()))),
+                "free_energy_max_increase": float(np.max(np.diff(free_energy))),
+                "free_energy_change": float(free_energy[-1] - free_energy[0]), "resumed_from": resumed_from}
+
+    from . import surface_figures
+
+    surface_figures.draw(output / "fig_surface.png", p, times * p.rate, layer_c, isotherm_rows, energies)
+    walls["total"] = time.perf_counter() - start
+    summary = {"study": "alloy surface", "device": device.device_kind, "platform": device.platform, "dtype": dtype,
+               "n_atoms": slab.n_atoms, "cells": list(p.cells), "n_layers": n_layers, "wall_time_s": walls,
+               "rate": p.rate, "time_reached": float(times[-1]), "time_reached_rate_units": float(times[-1] * p.rate),
+               "segregation_energy_ev": energies, "isotherm": isotherm_rows, "kinetics": kinetics,
+               "files": sorted(str(f.relative_to(output)) for f in output.rglob("*") if f.is_file())}
+    if "summary.json" not in summary["files"]:
+        summary["files"] = sorted(summary["files"] + ["summary.json"])
+    io.write_json(output / "summary.json", summary)
+    log(format_summary(summary, output))
+    return summary
+
+
+def _write_frames(path, vg, slab, trajectory, neighbors, rate):
+    """One extended-XYZ frame per output time: per-atom c (Mg), k (eV/Å²), site_free_energy (site term of F, eV)."""
+    frames, arrays, info = [], [], []
+    for index in range(trajectory.time.shape[0]):
+        x, k, s = trajectory.positions[index], trajectory.stiffness[index], trajectory.order_parameter[index]
+        energy = vg.site_free_energies(x, k, s, neighbors)
+        frames.append(eqx.tree_at(lambda system: system.positions, slab, x))
+        arrays.append({"c": 0.5 * (1.0 - np.asarray(s)), "k": np.asarray(k), "site_free_energy": np.asarray(energy)})
+        info.append({"time": float(trajectory.time[index]), "time_rate_units": float(trajectory.time[index]) * rate,
+                     "total_free_energy": float(trajectory.free_energy[index])})
+    io.write_extxyz(path, frames, arrays, info)
+
+
+def format_summary(summary: dict, output: Path) -> str:
+    e = summary["segregation_energy_ev"]
+    lines = [f"\nE_seg (eV): statics relaxed {e['relaxed']:+.4f}, unrelaxed {e['unrelaxed']:+.4f}; "
+             f"DMD ΔG {e['mean_field']:+.4f} (T), {e['mean_field_low_temperature']:+.4f} (T → 0)",
+             f"{'nominal':>8s} {'c_b':>9s} {'c_s':>8s} {'LM(E_seg)':>10s} {'LM(ΔG)':>8s}"]
+    for row in summary["isotherm"]:
+        lines.append(f"{row['nominal']:8.4f} {row['bulk']:9.5f} {row['surface']:8.4f} {row['langmuir_mclean']:10.4f} "
+                     f"{row['langmuir_mclean_mean_field']:8.4f}")
+    k = summary["kinetics"]
+    lines.append(f"kinetics to Γ₀t = {summary['time_reached_rate_units']:g}: c_surface {k['surface_final']:.4f}, "
+                 f"c_subsurface {k['subsurface_final']:.4f}, c_bulk {k['bulk_final']:.4f} (LM at that c_b: "
+                 f"{k['langmuir_mclean_final']:.4f}); max |ΔΣc| {k['sum_c_max_change']:.2e}; "
+                 f"F change {k['free_energy_change']:.4f} eV (largest rise {k['free_energy_max_increase']:.2e})")
+    lines.append(f"physical time reached {summary['time_reached']:.4g} (run units); wall time "
+                 f"{summary['wall_time_s']['total']:.1f} s on {summary['device']} ({summary['platform']}); "
+                 f"files in {output}/")
+    return "\n".join(lines)

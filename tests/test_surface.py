@@ -1,0 +1,88 @@
+"""The Al–Mg surface-segregation study (`dmdjax alloy surface`) at its smallest size: files,
+conservation, F decrease, the Langmuir–McLean check, the extended-XYZ frames and resume."""
+
+import json
+
+import ase.io
+import numpy as np
+import pytest
+
+from dmdjax import cli, dmd
+from dmdjax.studies import surface
+
+TINY = ["--cells", "3,4,4", "--t-end", "0.3", "--outputs", "3", "--isotherm", "0.01", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    output = tmp_path_factory.mktemp("surface") / "run"
+    assert cli.main(["alloy", "surface", "--output", str(output), *TINY]) == 0
+    return output, json.loads((output / "summary.json").read_text())
+
+
+def test_langmuir_mclean_closed_form():
+    # E_seg = 0: no segregation; E_seg < 0: c_s/(1 − c_s) = c_b/(1 − c_b) · e^{−E/kT}
+    assert surface.langmuir_mclean(0.01, 0.0, 600.0) == pytest.approx(0.01)
+    kt = 8.617333262e-5 * 600.0
+    c_s = surface.langmuir_mclean(0.01, -0.2, 600.0)
+    assert c_s / (1 - c_s) == pytest.approx(0.01 / 0.99 * np.exp(0.2 / kt), rel=1e-12)
+
+
+def test_study_writes_its_files_and_conserves_mg(study):
+    output, summary = study
+    for name in ("trajectory.npz", "frames.extxyz", "profiles.npz", "isotherm.npz", "run.json", "summary.json",
+                 "fig_surface.png"):
+        assert (output / name).is_file() and name in summary["files"]
+    assert summary["n_atoms"] == 3 * 4 * 4 * 4 and summary["n_layers"] == 6
+    kinetics = summary["kinetics"]
+    assert kinetics["sum_c_max_change"] < 1e-10
+    assert kinetics["free_energy_max_increase"] <= 1e-9 and kinetics["free_energy_change"] < -0.1
+    assert kinetics["surface_final"] > 0.06 > kinetics["subsurface_final"]  # Mg goes to the surface layer
+    assert summary["time_reached_rate_units"] == pytest.approx(0.3)
+    trajectory = dmd.load_trajectory(output / "trajectory.npz")
+    assert trajectory.parameters["relax_at"] == "interval" and trajectory.parameters["law"] == "MasterEquation"
+
+
+def test_dilute_isotherm_follows_langmuir_mclean_with_the_mean_field_segregation_energy(study):
+    """In the dilute limit DMD's equilibrium obeys LM with its own ΔG = 2(μ^ex_b − μ^ex_s); the
+    statics E_seg (one Mg, relaxed) is lower by the solute's own relaxation, which the mean field lacks."""
+    _, summary = study
+    energies = summary["segregation_energy_ev"]
+    assert energies["relaxed"] < energies["unrelaxed"] < 0  # Mg segregates; relaxation helps it
+    assert abs(energies["mean_field"] - energies["unrelaxed"]) < 0.03  # mean field ≈ unrelaxed swap
+    for row in summary["isotherm"]:
+        assert row["residual_ev"] < 1e-7
+        assert row["surface"] > 5 * row["bulk"]
+        assert row["surface"] == pytest.approx(row["langmuir_mclean_mean_field"], rel=0.15)
+        assert row["surface"] < row["langmuir_mclean"]
+
+
+def test_frames_open_in_ase(study):
+    output, summary = study
+    frames = ase.io.read(output / "frames.extxyz", index=":")
+    assert len(frames) == 3
+    trajectory = dmd.load_trajectory(output / "trajectory.npz")
+    for frame, s, time in zip(frames, np.asarray(trajectory.order_parameter), np.asarray(trajectory.time)):
+        np.testing.assert_allclose(frame.arrays["c"], 0.5 * (1 - s), rtol=1e-6)  # extxyz keeps 8 digits
+        assert np.all(frame.arrays["k"] > 0) and np.all(np.isfinite(frame.arrays["site_free_energy"]))
+        assert frame.info["time"] == pytest.approx(time)
+    assert frames[-1].info["total_free_energy"] == pytest.approx(float(trajectory.free_energy[-1]))
+    assert np.sum(frames[-1].arrays["site_free_energy"]) == pytest.approx(float(trajectory.free_energy[-1]), rel=1e-6)
+
+
+def test_a_killed_run_resumes_to_the_same_state(study, tmp_path):
+    output, summary = study
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    full = dmd.load_trajectory(output / "trajectory.npz")
+    dmd.Trajectory(*(getattr(full, name)[:2] for name in ("time", "order_parameter", "positions", "stiffness",
+                                                          "free_energy")), full.parameters).save(
+        copy / "trajectory.npz")  # as if killed after the second output
+    assert cli.main(["alloy", "surface", "--output", str(copy), *TINY]) == 2  # refuses to overwrite
+    assert cli.main(["alloy", "surface", "--output", str(copy), "--resume", *TINY]) == 0
+    resumed = json.loads((copy / "summary.json").read_text())
+    assert resumed["kinetics"]["resumed_from"] == 2
+    again = dmd.load_trajectory(copy / "trajectory.npz")
+    np.testing.assert_array_equal(np.asarray(again.order_parameter), np.asarray(full.order_parameter))
