@@ -72,3 +72,15 @@ def test_save_npz_round_trip(tmp_path):
     data = np.load(path)
     np.testing.assert_array_equal(data["t"], np.arange(3.0))
     assert json.loads(str(data["parameters"])) == {"beta": 2.0}
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the result must be readable like any new file."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = dj.io.save_npz(tmp_path / "shared.npz", {"t": np.arange(3.0)})
+    finally:
+        os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o644
