@@ -187,6 +187,13 @@ def _run_build(args) -> int:
     return 0
 
 
+def _add_study_options(p) -> None:
+    """--overwrite, --no-progress and --float32, shared by the study commands."""
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--float32", action="store_true", help="single precision (default float64)")
+
+
 def _add_chain(sub) -> None:
     p = sub.add_parser(
         "chain", help="the chain study: mean-field spin-diffusion vs DMD vs the sampler (figures, files)",
@@ -202,9 +209,7 @@ def _add_chain(sub) -> None:
                    help="instead of the study: K1 and K2 for every value of one parameter as one batched (vmapped, "
                    "device-sharded) call, e.g. --sweep beta=16,20,25 or --sweep kt=0.04:0.06:3; NAME one of "
                    "kt, beta, tau, mobility, contrast, epsilon_ab (writes sweep.npz, summary.json, fig_sweep.png)")
-    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty output folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--float32", action="store_true", help="single precision (default float64)")
+    _add_study_options(p)
     p.set_defaults(run=_run_chain)
 
 
@@ -271,9 +276,7 @@ def _add_alloy(sub) -> None:
     s.add_argument("--isotherm", type=_fractions, default=None, metavar="C1,C2,...",
                    help="nominal Mg fractions of the Langmuir-McLean check (default 0.001,0.002,0.005,0.01,0.02)")
     s.add_argument("--resume", action="store_true", help="continue the run checkpointed in --output")
-    s.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty output folder")
-    s.add_argument("--no-progress", action="store_true", help="no progress bars")
-    s.add_argument("--float32", action="store_true", help="single precision (default float64)")
+    _add_study_options(s)
     s.set_defaults(run=_run_surface)
 
 
