@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import dmd, io
-from ..energy import forces, potential_energy
+from ..energy import _evaluate, potential_energy
 from ..free_energy import VGFreeEnergy
 from ..neighbors import neighbor_list
 from ..potentials import load_eam
@@ -93,8 +93,9 @@ class SurfaceParameters:
         object.__setattr__(self, "isotherm", tuple(float(c) for c in self.isotherm))
         if not self.isotherm:
             raise ValueError("isotherm needs at least one nominal composition")
-        for name in ("concentration", *(f"isotherm[{i}]" for i in range(len(self.isotherm)))):
-            value = self.concentration if name == "concentration" else self.isotherm[int(name[9:-1])]
+        fractions = [("concentration", self.concentration)]
+        fractions += [(f"isotherm[{i}]", value) for i, value in enumerate(self.isotherm)]
+        for name, value in fractions:
             if not 0 < value < 1:
                 raise ValueError(f"{name} must lie in (0, 1); got {value!r}")
         for name in ("temperature", "attempt_frequency", "lattice_constant", "kinetic_cutoff", "t_end", "t_first",
@@ -134,8 +135,7 @@ def build_slab(p: SurfaceParameters) -> tuple[System, np.ndarray]:
 def layer_means(values, layers: np.ndarray) -> np.ndarray:
     """Mean of ``values`` (..., N) over each layer → (..., L)."""
     values = np.asarray(values)
-    counts = np.bincount(layers)
-    return np.stack([values[..., layers == layer].mean(axis=-1) for layer in range(counts.size)], axis=-1)
+    return np.stack([values[..., layers == layer].mean(axis=-1) for layer in range(layers.max() + 1)], axis=-1)
 
 
 def langmuir_mclean(bulk, segregation_energy: float, temperature: float):
@@ -150,12 +150,11 @@ def _minimise_energy(potential, positions, species, cell, neighbors, gtol=1e-6):
     from scipy.optimize import minimize
 
     shape = positions.shape
-    energy_forces = jax.jit(lambda x: (potential_energy(potential, x, species, cell, neighbors),
-                                       forces(potential, x, species, cell, neighbors)))
 
-    def fun(flat):
-        energy, force = energy_forces(jnp.asarray(flat.reshape(shape), positions.dtype))
-        return float(energy), -np.asarray(force, dtype=float).ravel()
+    def fun(flat):  # energy.evaluate's compiled kernel: one compilation for every species array
+        result = _evaluate(potential, jnp.asarray(flat.reshape(shape), positions.dtype), species, cell, neighbors,
+                           False)
+        return float(result.energy), -np.asarray(result.forces, dtype=float).ravel()
 
     result = minimize(fun, np.asarray(positions, dtype=float).ravel(), jac=True, method="L-BFGS-B",
                       options={"gtol": gtol, "ftol": 1e-15, "maxiter": 10_000})
@@ -198,7 +197,7 @@ def mean_field_segregation(vg: VGFreeEnergy, positions, layers: np.ndarray, neig
     return float(2.0 * (excess[int(layers.max()) // 2] - excess[0]))
 
 
-def _centre(layer_values: np.ndarray) -> np.ndarray:
+def centre_mean(layer_values: np.ndarray) -> np.ndarray:
     """Mean over the two middle layers (the 'bulk' of the slab)."""
     n = layer_values.shape[-1]
     return layer_values[..., (n - 1) // 2: n // 2 + 1].mean(axis=-1)
@@ -269,7 +268,7 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
         state = dmd.equilibrium(vg, slab.positions, s, neighbors, method="self-consistent", tolerance=1e-7)
         layer_c = layer_means(0.5 * (1.0 - np.asarray(state.order_parameter)), layers)
         isotherm_layers.append(layer_c)
-        bulk = float(_centre(layer_c))
+        bulk = float(centre_mean(layer_c))
         isotherm_rows.append({"nominal": nominal[index], "bulk": bulk, "surface": float(layer_c[0]),
                               "langmuir_mclean": float(langmuir_mclean(bulk, energies["relaxed"], p.temperature)),
                               "langmuir_mclean_mean_field": float(langmuir_mclean(bulk, energies["mean_field"],
@@ -296,7 +295,7 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
                                           "layer_x": layer_x, "layer_c": layer_c})
     _write_frames(output / "frames.extxyz", vg, slab, trajectory, neighbors, p.rate)
     free_energy = np.asarray(trajectory.free_energy)
-    bulk_final = float(_centre(layer_c[-1]))
+    bulk_final = float(centre_mean(layer_c[-1]))
     kinetics = {"surface_final": float(layer_c[-1, 0]), "subsurface_final": float(layer_c[-1, 1]),
                 "bulk_final": bulk_final,
                 "langmuir_mclean_final": float(langmuir_mclean(bulk_final, energies["relaxed"], p.temperature)),

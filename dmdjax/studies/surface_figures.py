@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .chain_figures import _pyplot
-from .surface import langmuir_mclean
+from .surface import centre_mean, langmuir_mclean
 
 
 def draw(path, p, time_rate_units, layer_c, isotherm_rows, energies) -> None:
@@ -26,7 +26,7 @@ def draw(path, p, time_rate_units, layer_c, isotherm_rows, energies) -> None:
     axes[0].legend(fontsize=7, ncol=2)
 
     times = np.asarray(time_rate_units)
-    centre = layer_c[:, (n_layers - 1) // 2: n_layers // 2 + 1].mean(axis=1)
+    centre = centre_mean(layer_c)
     axes[1].plot(times[1:], layer_c[1:, 0], "o-", label="surface layer")
     axes[1].plot(times[1:], layer_c[1:, 1], "s-", label="subsurface layer")
     axes[1].plot(times[1:], centre[1:], "^-", label="centre layers")
