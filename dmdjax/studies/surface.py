@@ -31,12 +31,9 @@ it), ``profiles.npz`` (``time``, ``time_rate_units``, ``layer_x`` Å, ``layer_c`
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 from pathlib import Path
 
-import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -44,9 +41,9 @@ from .. import dmd, io
 from ..energy import _evaluate, potential_energy
 from ..free_energy import VGFreeEnergy
 from ..neighbors import neighbor_list
-from ..potentials import load_eam
 from ..systems import System, fcc
 from ..units import BOLTZMANN_EV_PER_K
+from .alloy import SPECIES, conservation, load_alloy_potential, mg_fraction, open_output, write_frames, write_summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,30 +221,19 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
         FileExistsError: ``output`` holds files and neither ``resume`` nor ``overwrite`` is set.
     """
     output = Path(output)
-    if output.exists() and any(output.iterdir()) and not (overwrite or resume):
-        raise FileExistsError(f"output folder {str(output)!r} is not empty: pass --resume to continue its run "
-                              "or --overwrite")
-    potential = load_eam(p.potential)
-    if {"Al", "Mg"} - set(potential.species):
-        raise ValueError(f"potential {p.potential!r} has species {list(potential.species)}, needs Al and Mg")
-    output.mkdir(parents=True, exist_ok=True)
-    device = jax.devices()[0]
-    dtype = "float64" if jax.config.jax_enable_x64 else "float32"
-    io.write_json(output / "run.json", {"study": "alloy surface", "parameters": dataclasses.asdict(p),
-                                        "rate": p.rate, "device": device.device_kind, "platform": device.platform,
-                                        "jax": jax.__version__, "python": platform.python_version(), "dtype": dtype})
+    potential = load_alloy_potential(p.potential)
+    run = open_output(output, "alloy surface", p, {"rate": p.rate}, resume=resume, overwrite=overwrite)
     start, walls = time.perf_counter(), {}
     slab, layers = build_slab(p)
     n_layers = int(layers.max()) + 1
     neighbors = neighbor_list(slab.positions, slab.cell, potential.cutoff, skin=0.5)
-    species = ("Al", "Mg")  # s = +1 Al, s = −1 Mg: c_Mg = (1 − s)/2
-    vg = VGFreeEnergy(potential, slab.cell, p.temperature, slab.n_atoms, species=species)
+    vg = VGFreeEnergy(potential, slab.cell, p.temperature, slab.n_atoms, species=SPECIES)
     log(f"slab {p.cells[0]}×{p.cells[1]}×{p.cells[2]} cells, {slab.n_atoms} atoms, {n_layers} layers; "
-        f"Γ₀ = {p.rate:.4g} per unit time; {device.device_kind}, {dtype}")
+        f"Γ₀ = {p.rate:.4g} per unit time; {run['device']}, {run['dtype']}")
 
     tick = time.perf_counter()
     statics = segregation_energies(potential, slab, layers, neighbors)
-    cold = VGFreeEnergy(potential, slab.cell, p.low_temperature, slab.n_atoms, species=species)
+    cold = VGFreeEnergy(potential, slab.cell, p.low_temperature, slab.n_atoms, species=SPECIES)
     energies = {"relaxed": statics["relaxed"], "unrelaxed": statics["unrelaxed"],
                 "mean_field": mean_field_segregation(vg, slab.positions, layers, neighbors),
                 "mean_field_low_temperature": mean_field_segregation(cold, slab.positions, layers, neighbors)}
@@ -266,7 +252,7 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
     for index in steps:
         s = jnp.full(slab.n_atoms, 1.0 - 2.0 * nominal[index], slab.positions.dtype)
         state = dmd.equilibrium(vg, slab.positions, s, neighbors, method="self-consistent", tolerance=1e-7)
-        layer_c = layer_means(0.5 * (1.0 - np.asarray(state.order_parameter)), layers)
+        layer_c = layer_means(mg_fraction(state.order_parameter), layers)
         isotherm_layers.append(layer_c)
         bulk = float(centre_mean(layer_c))
         isotherm_rows.append({"nominal": nominal[index], "bulk": bulk, "surface": float(layer_c[0]),
@@ -288,48 +274,29 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
                          resume=resume and checkpoint.exists(), overwrite=overwrite, progress=progress)
     walls["kinetics"] = time.perf_counter() - tick
 
-    c = 0.5 * (1.0 - np.asarray(trajectory.order_parameter))
+    c = mg_fraction(trajectory.order_parameter)
     layer_c = layer_means(c, layers)
     layer_x = layer_means(np.asarray(trajectory.positions)[-1, :, 0], layers)
     io.save_npz(output / "profiles.npz", {"time": np.asarray(trajectory.time), "time_rate_units": times * p.rate,
                                           "layer_x": layer_x, "layer_c": layer_c})
-    _write_frames(output / "frames.extxyz", vg, slab, trajectory, neighbors, p.rate)
-    free_energy = np.asarray(trajectory.free_energy)
+    write_frames(output / "frames.extxyz", vg, slab, trajectory, neighbors, p.rate)
     bulk_final = float(centre_mean(layer_c[-1]))
     kinetics = {"surface_final": float(layer_c[-1, 0]), "subsurface_final": float(layer_c[-1, 1]),
                 "bulk_final": bulk_final,
                 "langmuir_mclean_final": float(langmuir_mclean(bulk_final, energies["relaxed"], p.temperature)),
-                "sum_c_max_change": float(np.max(np.abs(c.sum(axis=1) - c[0].sum()))),
-                "free_energy_max_increase": float(np.max(np.diff(free_energy))),
-                "free_energy_change": float(free_energy[-1] - free_energy[0]), "resumed_from": resumed_from}
+                **conservation(c, trajectory.free_energy), "resumed_from": resumed_from}
 
     from . import surface_figures
 
     surface_figures.draw(output / "fig_surface.png", p, times * p.rate, layer_c, isotherm_rows, energies)
     walls["total"] = time.perf_counter() - start
-    summary = {"study": "alloy surface", "device": device.device_kind, "platform": device.platform, "dtype": dtype,
+    summary = {"study": "alloy surface", "device": run["device"], "platform": run["platform"], "dtype": run["dtype"],
                "n_atoms": slab.n_atoms, "cells": list(p.cells), "n_layers": n_layers, "wall_time_s": walls,
                "rate": p.rate, "time_reached": float(times[-1]), "time_reached_rate_units": float(times[-1] * p.rate),
-               "segregation_energy_ev": energies, "isotherm": isotherm_rows, "kinetics": kinetics,
-               "files": sorted(str(f.relative_to(output)) for f in output.rglob("*") if f.is_file())}
-    if "summary.json" not in summary["files"]:
-        summary["files"] = sorted(summary["files"] + ["summary.json"])
-    io.write_json(output / "summary.json", summary)
+               "segregation_energy_ev": energies, "isotherm": isotherm_rows, "kinetics": kinetics}
+    summary = write_summary(output, summary)
     log(format_summary(summary, output))
     return summary
-
-
-def _write_frames(path, vg, slab, trajectory, neighbors, rate):
-    """One extended-XYZ frame per output time: per-atom c (Mg), k (eV/Å²), site_free_energy (site term of F, eV)."""
-    frames, arrays, info = [], [], []
-    for index in range(trajectory.time.shape[0]):
-        x, k, s = trajectory.positions[index], trajectory.stiffness[index], trajectory.order_parameter[index]
-        energy = vg.site_free_energies(x, k, s, neighbors)
-        frames.append(eqx.tree_at(lambda system: system.positions, slab, x))
-        arrays.append({"c": 0.5 * (1.0 - np.asarray(s)), "k": np.asarray(k), "site_free_energy": np.asarray(energy)})
-        info.append({"time": float(trajectory.time[index]), "time_rate_units": float(trajectory.time[index]) * rate,
-                     "total_free_energy": float(trajectory.free_energy[index])})
-    io.write_extxyz(path, frames, arrays, info)
 
 
 def format_summary(summary: dict, output: Path) -> str:

@@ -1,0 +1,93 @@
+"""What the Al–Mg studies (``dmdjax alloy surface``, ``dmdjax alloy dislocation``) share.
+
+Each study opens its output folder (:func:`open_output`: refuses a non-empty one unless it
+resumes or overwrites, writes ``run.json``), loads a potential with both species
+(:func:`load_alloy_potential`), runs DMD with the master equation K3, writes its frames
+(:func:`write_frames`) and finishes with ``summary.json`` (:func:`write_summary`).
+Concentrations are Mg fractions: s = +1 is Al, s = −1 is Mg, c = (1 − s)/2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from .. import io
+from ..potentials import load_eam
+
+SPECIES = ("Al", "Mg")  # s = +1 Al, s = −1 Mg
+
+
+def mg_fraction(order_parameter):
+    """c = (1 − s)/2, the Mg fraction of each site."""
+    return 0.5 * (1.0 - np.asarray(order_parameter))
+
+
+def load_alloy_potential(name: str):
+    """The EAM potential ``name`` (bundled name or file), checked to hold Al and Mg."""
+    potential = load_eam(name)
+    if set(SPECIES) - set(potential.species):
+        raise ValueError(f"potential {name!r} has species {list(potential.species)}, needs Al and Mg")
+    return potential
+
+
+def open_output(output, study: str, parameters, extra: dict, *, resume: bool, overwrite: bool) -> dict:
+    """Create ``output`` and write ``run.json``; return the run's description (device, dtype...).
+
+    Raises:
+        FileExistsError: ``output`` holds files and neither ``resume`` nor ``overwrite`` is set.
+    """
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not (overwrite or resume):
+        raise FileExistsError(f"output folder {str(output)!r} is not empty: pass --resume to continue its run "
+                              "or --overwrite")
+    output.mkdir(parents=True, exist_ok=True)
+    device = jax.devices()[0]
+    run = {"study": study, "parameters": dataclasses.asdict(parameters), **extra, "device": device.device_kind,
+           "platform": device.platform, "jax": jax.__version__, "python": platform.python_version(),
+           "dtype": "float64" if jax.config.jax_enable_x64 else "float32"}
+    io.write_json(output / "run.json", run)
+    return run
+
+
+def write_frames(path, vg, template, trajectory, neighbors, rate, arrays=None) -> None:
+    """One extended-XYZ frame per output time of ``trajectory`` on the atoms of ``template``.
+
+    Per atom: ``c`` (Mg fraction), ``k`` (eV/Å²), ``site_free_energy`` (the site's term of F,
+    eV) and the entries of ``arrays`` (fixed per-atom arrays); per frame: ``time`` (run
+    units), ``time_rate_units`` (Γ₀t) and ``total_free_energy`` (eV). (Not ``energy`` or
+    ``free_energy``: ASE's reader moves those names into a calculator.)
+    """
+    frames, per_atom, info = [], [], []
+    for index in range(trajectory.time.shape[0]):
+        x, k, s = trajectory.positions[index], trajectory.stiffness[index], trajectory.order_parameter[index]
+        energy = vg.site_free_energies(x, k, s, neighbors)
+        frames.append(eqx.tree_at(lambda system: system.positions, template, x))
+        per_atom.append({"c": mg_fraction(s), "k": np.asarray(k), "site_free_energy": np.asarray(energy),
+                         **(arrays or {})})
+        info.append({"time": float(trajectory.time[index]), "time_rate_units": float(trajectory.time[index]) * rate,
+                     "total_free_energy": float(trajectory.free_energy[index])})
+    io.write_extxyz(path, frames, per_atom, info)
+
+
+def conservation(c, free_energy) -> dict:
+    """``sum_c_max_change`` (max |Σc(t) − Σc(0)|), ``free_energy_max_increase`` (largest rise of
+    F between outputs, eV: ≤ 0 when F decreased throughout) and ``free_energy_change`` (eV)."""
+    c, free_energy = np.asarray(c), np.asarray(free_energy)
+    return {"sum_c_max_change": float(np.max(np.abs(c.sum(axis=1) - c[0].sum()))),
+            "free_energy_max_increase": float(np.max(np.diff(free_energy))),
+            "free_energy_change": float(free_energy[-1] - free_energy[0])}
+
+
+def write_summary(output, summary: dict) -> dict:
+    """Add the list of files in ``output`` (summary.json included) and write ``summary.json``."""
+    output = Path(output)
+    files = {str(f.relative_to(output)) for f in output.rglob("*") if f.is_file()} | {"summary.json"}
+    summary = {**summary, "files": sorted(files)}
+    io.write_json(output / "summary.json", summary)
+    return summary
