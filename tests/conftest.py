@@ -61,3 +61,24 @@ def execute_notebook(tmp_path, monkeypatch):
         return "".join(output.get("text", "") for output in outputs)
 
     return execute
+
+
+def check_study_resumes(command, output, copy):
+    """Cut the study in ``output`` after its second output (as if killed), check that the CLI
+    ``command`` (argument list without ``--output``) refuses to overwrite it, resumes it with
+    ``--resume``, and ends bit for bit where the uninterrupted run ended."""
+    import json
+    import shutil
+
+    from dmdjax import cli, dmd
+
+    shutil.copytree(output, copy)
+    full = dmd.load_trajectory(output / "trajectory.npz")
+    dmd.Trajectory(*(getattr(full, name)[:2] for name in ("time", "order_parameter", "positions", "stiffness",
+                                                          "free_energy")), full.parameters).save(
+        copy / "trajectory.npz")
+    assert cli.main([*command, "--output", str(copy)]) == 2  # refuses to overwrite
+    assert cli.main([*command, "--output", str(copy), "--resume"]) == 0
+    assert json.loads((copy / "summary.json").read_text())["kinetics"]["resumed_from"] == 2
+    again = dmd.load_trajectory(copy / "trajectory.npz")
+    np.testing.assert_array_equal(np.asarray(again.order_parameter), np.asarray(full.order_parameter))

@@ -8,6 +8,7 @@ import ase.io
 import numpy as np
 import pytest
 
+from conftest import check_study_resumes
 from dmdjax import cli, dmd
 from dmdjax.studies import dislocation
 from dmdjax.units import BOLTZMANN_EV_PER_K
@@ -85,18 +86,5 @@ def test_frames_open_in_ase(study):
 
 
 def test_a_killed_run_resumes_to_the_same_state(study, tmp_path):
-    import shutil
-
     output, _ = study
-    copy = tmp_path / "copy"
-    shutil.copytree(output, copy)
-    full = dmd.load_trajectory(output / "trajectory.npz")
-    dmd.Trajectory(*(getattr(full, name)[:2] for name in ("time", "order_parameter", "positions", "stiffness",
-                                                          "free_energy")), full.parameters).save(
-        copy / "trajectory.npz")  # as if killed after the second output
-    assert cli.main(["alloy", "dislocation", "--output", str(copy), *TINY]) == 2  # refuses to overwrite
-    assert cli.main(["alloy", "dislocation", "--output", str(copy), "--resume", *TINY]) == 0
-    resumed = json.loads((copy / "summary.json").read_text())
-    assert resumed["kinetics"]["resumed_from"] == 2
-    again = dmd.load_trajectory(copy / "trajectory.npz")
-    np.testing.assert_array_equal(np.asarray(again.order_parameter), np.asarray(full.order_parameter))
+    check_study_resumes(["alloy", "dislocation", *TINY], output, tmp_path / "copy")

@@ -7,6 +7,7 @@ import ase.io
 import numpy as np
 import pytest
 
+from conftest import check_study_resumes
 from dmdjax import cli, dmd
 from dmdjax.studies import surface
 
@@ -71,18 +72,5 @@ def test_frames_open_in_ase(study):
 
 
 def test_a_killed_run_resumes_to_the_same_state(study, tmp_path):
-    output, summary = study
-    import shutil
-
-    copy = tmp_path / "copy"
-    shutil.copytree(output, copy)
-    full = dmd.load_trajectory(output / "trajectory.npz")
-    dmd.Trajectory(*(getattr(full, name)[:2] for name in ("time", "order_parameter", "positions", "stiffness",
-                                                          "free_energy")), full.parameters).save(
-        copy / "trajectory.npz")  # as if killed after the second output
-    assert cli.main(["alloy", "surface", "--output", str(copy), *TINY]) == 2  # refuses to overwrite
-    assert cli.main(["alloy", "surface", "--output", str(copy), "--resume", *TINY]) == 0
-    resumed = json.loads((copy / "summary.json").read_text())
-    assert resumed["kinetics"]["resumed_from"] == 2
-    again = dmd.load_trajectory(copy / "trajectory.npz")
-    np.testing.assert_array_equal(np.asarray(again.order_parameter), np.asarray(full.order_parameter))
+    output, _ = study
+    check_study_resumes(["alloy", "surface", *TINY], output, tmp_path / "copy")

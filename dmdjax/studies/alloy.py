@@ -15,10 +15,12 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from .. import io
+from .. import dmd, io
 from ..potentials import load_eam
+from ..units import BOLTZMANN_EV_PER_K
 
 SPECIES = ("Al", "Mg")  # s = +1 Al, s = −1 Mg
 
@@ -53,6 +55,33 @@ def open_output(output, study: str, parameters, extra: dict, *, resume: bool, ov
            "dtype": "float64" if jax.config.jax_enable_x64 else "float32"}
     io.write_json(output / "run.json", run)
     return run
+
+
+def arrhenius_rate(p) -> float:
+    """Γ₀ = ν e^{−Q/k_BT} (per unit time) of study parameters ``p`` (``attempt_frequency``,
+    ``activation_energy``, ``temperature``)."""
+    return p.attempt_frequency * float(np.exp(-p.activation_energy / (BOLTZMANN_EV_PER_K * p.temperature)))
+
+
+def save_times(p) -> np.ndarray:
+    """0 and ``p.n_outputs − 1`` times log-spaced from ``p.t_first`` to ``p.t_end`` (given in
+    1/Γ₀), in the run's time unit."""
+    scaled = np.concatenate([[0.0], np.geomspace(p.t_first, p.t_end, p.n_outputs - 1)])
+    return scaled / arrhenius_rate(p)
+
+
+def run_kinetics(p, vg, positions, neighbors, output, *, resume: bool, overwrite: bool, progress: bool):
+    """The K3 run of a study from the uniform nominal composition, checkpointed in
+    ``output/trajectory.npz`` (``resume`` continues it); returns ``(trajectory, resumed_from)``,
+    the number of outputs the checkpoint already held."""
+    checkpoint = Path(output) / "trajectory.npz"
+    resumed_from = len(dmd.load_trajectory(checkpoint).time) if resume and checkpoint.exists() else 0
+    s0 = jnp.full(positions.shape[0], 1.0 - 2.0 * p.concentration, positions.dtype)
+    law = dmd.MasterEquation(p.attempt_frequency, p.activation_energy)
+    trajectory = dmd.run(vg, positions, s0, neighbors, law, save_times(p), kinetic_cutoff=p.kinetic_cutoff,
+                         relax_at="interval", rtol=p.rtol, atol=p.atol, max_steps=p.max_steps, output=checkpoint,
+                         resume=resume and checkpoint.exists(), overwrite=overwrite, progress=progress)
+    return trajectory, resumed_from
 
 
 def write_frames(path, vg, template, trajectory, neighbors, rate, arrays=None) -> None:

@@ -44,13 +44,14 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from .. import dmd, io
+from .. import io
 from ..free_energy import VGFreeEnergy
 from ..neighbors import neighbor_list
 from ..potentials import resolve_potential_path
 from ..systems import System, from_ase
 from ..units import BOLTZMANN_EV_PER_K
-from .alloy import SPECIES, conservation, load_alloy_potential, mg_fraction, open_output, write_frames, write_summary
+from .alloy import (SPECIES, arrhenius_rate, conservation, load_alloy_potential, mg_fraction, open_output,
+                     run_kinetics, save_times, write_frames, write_summary)
 
 EV_PER_A3_PER_GPA = 1.0 / 160.21766208  # 1 GPa in eV/Å³
 NEIGHBOR_SKIN = 0.5  # Å
@@ -121,12 +122,11 @@ class DislocationParameters:
     @property
     def rate(self) -> float:
         """Γ₀ = ν e^{−Q/k_BT}, per unit time."""
-        return self.attempt_frequency * float(np.exp(-self.activation_energy / (BOLTZMANN_EV_PER_K * self.temperature)))
+        return arrhenius_rate(self)
 
     def save_times(self) -> np.ndarray:
         """0 and ``n_outputs − 1`` log-spaced times, in the run's time unit."""
-        scaled = np.concatenate([[0.0], np.geomspace(self.t_first, self.t_end, self.n_outputs - 1)])
-        return scaled / self.rate
+        return save_times(self)
 
 
 def elastic_constants(potential: str, lattice_constant: float) -> dict:
@@ -218,10 +218,14 @@ def mean_field_misfit_volume(potential, p: DislocationParameters, bulk_modulus: 
     """The misfit volume ΔV (Å³) of Mg in DMD's own mean field — the oracle of :func:`cottrell_fit`.
 
     A periodic 4 × 4 × 4-cell crystal at the nominal composition is strained hydrostatically
-    by ±``strain``, (X, k) relaxed; with c/(1 − c) ∝ e^{2βμ^ex} (s = −1 is Mg, μ^ex = ∂F/∂s)
-    and p = −3Bε, ΔV = −k_BT ∂ln[c/(1 − c)]/∂p = 2 ∂μ^ex/∂(3Bε).
+    by ±``strain`` and relaxed: by symmetry the relaxed X are the lattice sites and k is one
+    value, so the relaxation is a minimisation of F over that value (scipy's bounded Brent).
+    With c/(1 − c) ∝ e^{2βμ^ex} (s = −1 is Mg, μ^ex = ∂F/∂s) and p = −3Bε,
+    ΔV = −k_BT ∂ln[c/(1 − c)]/∂p = 2 ∂μ^ex/∂(3Bε).
     """
-    from ..relax import relax
+    import jax
+    from scipy.optimize import minimize_scalar
+
     from ..systems import fcc
 
     excess = []
@@ -230,8 +234,15 @@ def mean_field_misfit_volume(potential, p: DislocationParameters, bulk_modulus: 
         neighbors = neighbor_list(crystal.positions, crystal.cell, potential.cutoff, skin=NEIGHBOR_SKIN)
         vg = VGFreeEnergy(potential, crystal.cell, p.temperature, crystal.n_atoms, species=SPECIES)
         s = jnp.full(crystal.n_atoms, 1.0 - 2.0 * p.concentration, crystal.positions.dtype)
-        relaxed = relax(vg, crystal.positions, s, neighbors)
-        excess.append(float(jnp.mean(vg.excess_chemical_potential(relaxed.positions, relaxed.stiffness, s, neighbors))))
+
+        def uniform(k):
+            return jnp.full(crystal.n_atoms, k, crystal.positions.dtype)
+
+        free_energy = jax.jit(lambda k: vg(crystal.positions, uniform(k), s, neighbors))
+        best = minimize_scalar(lambda k: float(free_energy(k)), bounds=(0.05, 50.0), method="bounded",
+                               options={"xatol": 1e-10})
+        excess.append(float(jnp.mean(vg.excess_chemical_potential(crystal.positions, uniform(best.x), s,
+                                                                   neighbors))))
     per_gpa = 2.0 * (excess[1] - excess[0]) / (3.0 * bulk_modulus * 2.0 * strain)  # eV/GPa
     return per_gpa / EV_PER_A3_PER_GPA
 
@@ -335,13 +346,8 @@ def run_dislocation_study(p: DislocationParameters, output, *, resume: bool = Fa
 
     tick = time.perf_counter()
     times = p.save_times()
-    checkpoint = output / "trajectory.npz"
-    resumed_from = len(dmd.load_trajectory(checkpoint).time) if resume and checkpoint.exists() else 0
-    s0 = jnp.full(system.n_atoms, 1.0 - 2.0 * p.concentration, system.positions.dtype)
-    law = dmd.MasterEquation(p.attempt_frequency, p.activation_energy)
-    trajectory = dmd.run(vg, system.positions, s0, neighbors, law, times, kinetic_cutoff=p.kinetic_cutoff,
-                         relax_at="interval", rtol=p.rtol, atol=p.atol, max_steps=p.max_steps, output=checkpoint,
-                         resume=resume and checkpoint.exists(), overwrite=overwrite, progress=progress)
+    trajectory, resumed_from = run_kinetics(p, vg, system.positions, neighbors, output, resume=resume,
+                                            overwrite=overwrite, progress=progress)
     walls["kinetics"] = time.perf_counter() - tick
 
     c = mg_fraction(trajectory.order_parameter)

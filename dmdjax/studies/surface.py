@@ -43,7 +43,8 @@ from ..free_energy import VGFreeEnergy
 from ..neighbors import neighbor_list
 from ..systems import System, fcc
 from ..units import BOLTZMANN_EV_PER_K
-from .alloy import SPECIES, conservation, load_alloy_potential, mg_fraction, open_output, write_frames, write_summary
+from .alloy import (SPECIES, arrhenius_rate, conservation, load_alloy_potential, mg_fraction, open_output,
+                     run_kinetics, save_times, write_frames, write_summary)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,12 +114,11 @@ class SurfaceParameters:
     @property
     def rate(self) -> float:
         """Γ₀ = ν e^{−Q/k_BT}, per unit time."""
-        return self.attempt_frequency * float(np.exp(-self.activation_energy / (BOLTZMANN_EV_PER_K * self.temperature)))
+        return arrhenius_rate(self)
 
     def save_times(self) -> np.ndarray:
         """0 and ``n_outputs − 1`` log-spaced times, in the run's time unit."""
-        scaled = np.concatenate([[0.0], np.geomspace(self.t_first, self.t_end, self.n_outputs - 1)])
-        return scaled / self.rate
+        return save_times(self)
 
 
 def build_slab(p: SurfaceParameters) -> tuple[System, np.ndarray]:
@@ -265,13 +265,8 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
 
     tick = time.perf_counter()
     times = p.save_times()
-    checkpoint = output / "trajectory.npz"
-    resumed_from = len(dmd.load_trajectory(checkpoint).time) if resume and checkpoint.exists() else 0
-    s0 = jnp.full(slab.n_atoms, 1.0 - 2.0 * p.concentration, slab.positions.dtype)
-    law = dmd.MasterEquation(p.attempt_frequency, p.activation_energy)
-    trajectory = dmd.run(vg, slab.positions, s0, neighbors, law, times, kinetic_cutoff=p.kinetic_cutoff,
-                         relax_at="interval", rtol=p.rtol, atol=p.atol, max_steps=p.max_steps, output=checkpoint,
-                         resume=resume and checkpoint.exists(), overwrite=overwrite, progress=progress)
+    trajectory, resumed_from = run_kinetics(p, vg, slab.positions, neighbors, output, resume=resume,
+                                            overwrite=overwrite, progress=progress)
     walls["kinetics"] = time.perf_counter() - tick
 
     c = mg_fraction(trajectory.order_parameter)
