@@ -57,6 +57,25 @@ def open_output(output, study: str, parameters, extra: dict, *, resume: bool, ov
     return run
 
 
+KINETIC_POSITIVE = ("temperature", "attempt_frequency", "lattice_constant", "kinetic_cutoff", "t_end", "t_first",
+                    "rtol", "atol")
+
+
+def validate_parameters(p, positive=()) -> None:
+    """Check the parameters every study has: ``concentration`` in (0, 1), the kinetic ones and
+    ``positive`` finite and > 0, t_first < t_end, n_outputs ≥ 2 (``ValueError`` naming the value)."""
+    if not 0 < p.concentration < 1:
+        raise ValueError(f"concentration must lie in (0, 1); got {p.concentration!r}")
+    for name in KINETIC_POSITIVE + tuple(positive):
+        value = getattr(p, name)
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be finite and > 0; got {value!r}")
+    if not p.t_first < p.t_end:
+        raise ValueError(f"t_first ({p.t_first}) must be below t_end ({p.t_end})")
+    if int(p.n_outputs) < 2:
+        raise ValueError(f"n_outputs must be >= 2; got {p.n_outputs!r}")
+
+
 def arrhenius_rate(p) -> float:
     """Γ₀ = ν e^{−Q/k_BT} (per unit time) of study parameters ``p`` (``attempt_frequency``,
     ``activation_energy``, ``temperature``)."""

@@ -51,7 +51,7 @@ from ..potentials import resolve_potential_path
 from ..systems import System, from_ase
 from ..units import BOLTZMANN_EV_PER_K
 from .alloy import (SPECIES, arrhenius_rate, conservation, load_alloy_potential, mg_fraction, open_output,
-                     run_kinetics, save_times, write_frames, write_summary)
+                     run_kinetics, save_times, validate_parameters, write_frames, write_summary)
 
 EV_PER_A3_PER_GPA = 1.0 / 160.21766208  # 1 GPa in eV/Å³
 NEIGHBOR_SKIN = 0.5  # Å
@@ -97,22 +97,12 @@ class DislocationParameters:
     max_steps: int = 100_000
 
     def __post_init__(self):
-        if not 0 < self.concentration < 1:
-            raise ValueError(f"concentration must lie in (0, 1); got {self.concentration!r}")
-        for name in ("radius", "boundary_width", "temperature", "attempt_frequency", "lattice_constant",
-                     "kinetic_cutoff", "t_end", "t_first", "pressure_threshold", "core_radius", "rtol", "atol"):
-            value = getattr(self, name)
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be finite and > 0; got {value!r}")
+        validate_parameters(self, ("radius", "boundary_width", "pressure_threshold", "core_radius"))
         if self.radius - self.boundary_width < 4.0:
             raise ValueError(f"radius ({self.radius} Å) must exceed boundary_width ({self.boundary_width} Å) by at "
                              "least 4 Å: the mobile region would hold no more than the core")
         if int(self.length) != self.length or self.length < 1:
             raise ValueError(f"length must be a positive integer (periods of the line); got {self.length!r}")
-        if not self.t_first < self.t_end:
-            raise ValueError(f"t_first ({self.t_first}) must be below t_end ({self.t_end})")
-        if int(self.n_outputs) < 2:
-            raise ValueError(f"n_outputs must be >= 2; got {self.n_outputs!r}")
 
     @classmethod
     def quick(cls) -> "DislocationParameters":

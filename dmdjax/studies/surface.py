@@ -44,7 +44,7 @@ from ..neighbors import neighbor_list
 from ..systems import System, fcc
 from ..units import BOLTZMANN_EV_PER_K
 from .alloy import (SPECIES, arrhenius_rate, conservation, load_alloy_potential, mg_fraction, open_output,
-                     run_kinetics, save_times, write_frames, write_summary)
+                     run_kinetics, save_times, validate_parameters, write_frames, write_summary)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,20 +91,10 @@ class SurfaceParameters:
         object.__setattr__(self, "isotherm", tuple(float(c) for c in self.isotherm))
         if not self.isotherm:
             raise ValueError("isotherm needs at least one nominal composition")
-        fractions = [("concentration", self.concentration)]
-        fractions += [(f"isotherm[{i}]", value) for i, value in enumerate(self.isotherm)]
-        for name, value in fractions:
+        for index, value in enumerate(self.isotherm):
             if not 0 < value < 1:
-                raise ValueError(f"{name} must lie in (0, 1); got {value!r}")
-        for name in ("temperature", "attempt_frequency", "lattice_constant", "kinetic_cutoff", "t_end", "t_first",
-                     "low_temperature", "rtol", "atol"):
-            value = getattr(self, name)
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be finite and > 0; got {value!r}")
-        if not self.t_first < self.t_end:
-            raise ValueError(f"t_first ({self.t_first}) must be below t_end ({self.t_end})")
-        if int(self.n_outputs) < 2:
-            raise ValueError(f"n_outputs must be >= 2; got {self.n_outputs!r}")
+                raise ValueError(f"isotherm[{index}] must lie in (0, 1); got {value!r}")
+        validate_parameters(self, ("low_temperature",))
 
     @classmethod
     def quick(cls) -> "SurfaceParameters":
