@@ -72,7 +72,7 @@ def whitened(lattice):
     """Samples in thermal units x = u / √(k_BT/κ₀) (κ₀ = 1 eV/Å²) and the oracle's precision there."""
     temperature = 300.0
     kt = BOLTZMANN_EV_PER_K * temperature
-    inner, _, target = lattice.sample(jax.random.PRNGKey(1), STRETCH, temperature, 20_000)
+    inner, _, target = lattice.sample(jax.random.PRNGKey(1), STRETCH, temperature, 12_000)
     length = jnp.sqrt(kt)
     x = inner.reshape(inner.shape[0], -1) / length
     return x, target.reshape(x.shape) * length, lattice.inner_stiffness(STRETCH)  # precision of x: S/κ₀
