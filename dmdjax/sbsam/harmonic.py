@@ -22,6 +22,7 @@ so the exact score is ∇ log ρ_e = −β S u_X, and the force-matching target 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -63,17 +64,19 @@ class HarmonicLattice:
                              "the inner region must hold at least one atom and leave outer ones")
 
     # --- geometry (NumPy, fixed per lattice) ---------------------------------------------------
-    @property
+    @functools.cached_property
     def reference(self) -> tuple[np.ndarray, np.ndarray]:
-        """Reference sites ξ ``(N, 2)`` and box ``(2, 2)`` (rows are box vectors), Å."""
-        system = triangular(self.spacing, self.repeats)
-        return np.asarray(system.positions, dtype=float), np.asarray(system.cell.vectors, dtype=float)
+        """Reference sites ξ ``(N, 2)`` and box ``(2, 2)`` (rows are box vectors), Å (NumPy, so
+        the model's functions can be traced)."""
+        with jax.ensure_compile_time_eval():
+            system = triangular(self.spacing, self.repeats)
+            return np.asarray(system.positions, dtype=float), np.asarray(system.cell.vectors, dtype=float)
 
     @property
     def n_atoms(self) -> int:
         return 2 * self.repeats[0] * self.repeats[1]
 
-    @property
+    @functools.cached_property
     def bonds(self) -> tuple[np.ndarray, np.ndarray]:
         """Nearest-neighbour pairs ``(B, 2)`` (i < j) and their reference vectors ξ_j − ξ_i ``(B, 2)``
         (minimum image)."""
