@@ -6,8 +6,8 @@ Unadjusted overdamped Langevin dynamics driven by a score S(u) = ∇_u log ρ_e,
 
 many independent chains at once (vmapped), with a burn-in and thinning. Its stationary law has
 an O(h) bias: for a Gaussian with precision A the covariance is A⁻¹(I − hA/2)⁻¹, a relative
-error of about hλ_max(A)/2 — choose h well below 1/λ_max (:func:`langevin` reports it when the
-score is linear, as for the harmonic oracle). No sample is discarded: a chain that leaves the
+error of about hλ_max(A)/2 on the stiffest mode — choose h well below 1/λ_max (for the harmonic
+oracle, λ_max of βS(F) is known). No sample is discarded: a chain that leaves the
 finite numbers or the box ``max_displacement`` is a reported failure (:class:`SamplerDivergence`).
 """
 
