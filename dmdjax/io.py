@@ -1,4 +1,5 @@
-"""Files: structures in (anything ASE reads), extended XYZ out, arrays to .npz.
+"""Files: structures in (anything ASE reads), extended XYZ out, arrays to .npz, study folders
+(``run.json`` and ``summary.json``).
 
 Every writer is atomic: it writes a temporary file beside the target and renames it
 into place, so an error never leaves a half-written file and never destroys an
@@ -106,6 +107,43 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
     return Path(path)
+
+
+def open_study_folder(output: str | os.PathLike, run: Mapping, *, overwrite: bool = False,
+                      resume: bool | None = None) -> dict:
+    """Create a study's output folder and write its ``run.json``: ``run`` plus the device,
+    platform, JAX and Python versions and the dtype (float64 when x64 is on). Returns that dict.
+
+    ``resume`` is None for studies that cannot resume; otherwise a non-empty folder is also
+    accepted when it is True.
+
+    Raises:
+        FileExistsError: ``output`` holds files and neither ``overwrite`` nor ``resume`` is set.
+    """
+    import platform
+
+    import jax
+
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not (overwrite or resume):
+        hint = "pass overwrite=True (--overwrite)" if resume is None else \
+            "pass --resume to continue its run or --overwrite"
+        raise FileExistsError(f"output folder {str(output)!r} is not empty: {hint}")
+    output.mkdir(parents=True, exist_ok=True)
+    device = jax.devices()[0]
+    description = {**run, "device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
+                   "python": platform.python_version(), "dtype": "float64" if jax.config.jax_enable_x64 else "float32"}
+    write_json(output / "run.json", description)
+    return description
+
+
+def write_study_summary(output: str | os.PathLike, summary: Mapping) -> dict:
+    """Write ``summary.json`` in ``output`` with ``files``: every file there, itself included."""
+    output = Path(output)
+    files = {str(f.relative_to(output)) for f in output.rglob("*") if f.is_file()} | {"summary.json"}
+    summary = {**summary, "files": sorted(files)}
+    write_json(output / "summary.json", summary)
+    return summary
 
 
 def _json_default(obj):

@@ -1,20 +1,17 @@
 """What the Al–Mg studies (``dmdjax alloy surface``, ``dmdjax alloy dislocation``) share.
 
-Each study opens its output folder (:func:`open_output`: refuses a non-empty one unless it
-resumes or overwrites, writes ``run.json``), loads a potential with both species
-(:func:`load_alloy_potential`), runs DMD with the master equation K3, writes its frames
-(:func:`write_frames`) and finishes with ``summary.json`` (:func:`write_summary`).
+Each study opens its output folder (:func:`dmdjax.io.open_study_folder`), loads a potential with
+both species (:func:`load_alloy_potential`), runs DMD with the master equation K3
+(:func:`run_kinetics`), writes its frames (:func:`write_frames`) and finishes with
+``summary.json`` (:func:`dmdjax.io.write_study_summary`).
 Concentrations are Mg fractions: s = +1 is Al, s = −1 is Mg, c = (1 − s)/2.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import platform
 from pathlib import Path
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -30,31 +27,24 @@ def mg_fraction(order_parameter):
     return 0.5 * (1.0 - np.asarray(order_parameter))
 
 
+def group_means(values, labels: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` (..., N) over the atoms of each label 0 … L − 1 (a layer, a column)
+    → (..., L); one pass over the atoms per leading index (``np.bincount``)."""
+    values = np.asarray(values, dtype=float)
+    labels = np.asarray(labels)
+    n_groups = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=n_groups)
+    rows = values.reshape(-1, values.shape[-1])
+    sums = np.stack([np.bincount(labels, row, n_groups) for row in rows])
+    return (sums / counts).reshape(values.shape[:-1] + (n_groups,))
+
+
 def load_alloy_potential(name: str):
     """The EAM potential ``name`` (bundled name or file), checked to hold Al and Mg."""
     potential = load_eam(name)
     if set(SPECIES) - set(potential.species):
         raise ValueError(f"potential {name!r} has species {list(potential.species)}, needs Al and Mg")
     return potential
-
-
-def open_output(output, study: str, parameters, extra: dict, *, resume: bool, overwrite: bool) -> dict:
-    """Create ``output`` and write ``run.json``; return the run's description (device, dtype...).
-
-    Raises:
-        FileExistsError: ``output`` holds files and neither ``resume`` nor ``overwrite`` is set.
-    """
-    output = Path(output)
-    if output.exists() and any(output.iterdir()) and not (overwrite or resume):
-        raise FileExistsError(f"output folder {str(output)!r} is not empty: pass --resume to continue its run "
-                              "or --overwrite")
-    output.mkdir(parents=True, exist_ok=True)
-    device = jax.devices()[0]
-    run = {"study": study, "parameters": dataclasses.asdict(parameters), **extra, "device": device.device_kind,
-           "platform": device.platform, "jax": jax.__version__, "python": platform.python_version(),
-           "dtype": "float64" if jax.config.jax_enable_x64 else "float32"}
-    io.write_json(output / "run.json", run)
-    return run
 
 
 KINETIC_POSITIVE = ("temperature", "attempt_frequency", "lattice_constant", "kinetic_cutoff", "t_end", "t_first",
@@ -130,12 +120,3 @@ def conservation(c, free_energy) -> dict:
     return {"sum_c_max_change": float(np.max(np.abs(c.sum(axis=1) - c[0].sum()))),
             "free_energy_max_increase": float(np.max(np.diff(free_energy))),
             "free_energy_change": float(free_energy[-1] - free_energy[0])}
-
-
-def write_summary(output, summary: dict) -> dict:
-    """Add the list of files in ``output`` (summary.json included) and write ``summary.json``."""
-    output = Path(output)
-    files = {str(f.relative_to(output)) for f in output.rglob("*") if f.is_file()} | {"summary.json"}
-    summary = {**summary, "files": sorted(files)}
-    io.write_json(output / "summary.json", summary)
-    return summary

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -217,14 +216,18 @@ class SolveSetup(NamedTuple):
     graph: kinetics.BondGraph
 
 
-def solve_setup(p: ChainParameters, model: ChainModel, colouring=None) -> SolveSetup:
-    """:class:`SolveSetup` for ``model`` (relaxed to ``p.relax_tolerance``); pass ``colouring`` to
-    reuse one computed for a chain of the same lattice."""
+def solve_setup(p: ChainParameters, model: ChainModel, like: SolveSetup | None = None) -> SolveSetup:
+    """:class:`SolveSetup` for ``model`` (relaxed to ``p.relax_tolerance``); ``like``, the setup of
+    a chain on the same lattice (sites, pinned species, kinetic cut-off), lends its colouring and
+    bond graph, so only the relaxation is done again."""
     vg, neighbors = model.vg, model.neighbors
-    colouring = hessian_colouring(vg, neighbors) if colouring is None else colouring
+    if like is None:
+        colouring = hessian_colouring(vg, neighbors)
+        graph = kinetics.bond_graph(model.positions, vg.cell, neighbors, p.kinetic_cutoff,
+                                    pinned_species=vg.pinned_species)
+    else:
+        colouring, graph = like.colouring, like.graph
     start = relax(vg, model.positions, model.s0, neighbors, colouring=colouring, tolerance=p.relax_tolerance)
-    graph = kinetics.bond_graph(model.positions, vg.cell, neighbors, p.kinetic_cutoff,
-                                pinned_species=vg.pinned_species)
     return SolveSetup(colouring, start.positions, start.stiffness, graph)
 
 
@@ -324,15 +327,9 @@ def run_chain_study(p: ChainParameters, output: str | os.PathLike, *, overwrite:
         FileExistsError: ``output`` exists and is not empty, unless ``overwrite``.
     """
     output = Path(output)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {str(output)!r} is not empty: pass overwrite=True (--overwrite)")
-    output.mkdir(parents=True, exist_ok=True)
-    device = jax.devices()[0]
-    run_info = {"study": "chain", "parameters": dataclasses.asdict(p), "k1_mobility": p.k1_mobility,
-                "spacing": p.spacing, "device": device.device_kind, "platform": device.platform,
-                "jax": jax.__version__, "python": platform.python_version(),
-                "dtype": "float64" if jax.config.jax_enable_x64 else "float32"}
-    io.write_json(output / "run.json", run_info)
+    run_info = io.open_study_folder(output, {"study": "chain", "parameters": dataclasses.asdict(p),
+                                             "k1_mobility": p.k1_mobility, "spacing": p.spacing},
+                                    overwrite=overwrite)
     walls, start = {}, time.perf_counter()
     lock, user_log = threading.Lock(), log
 
@@ -420,7 +417,7 @@ def run_chain_study(p: ChainParameters, output: str | os.PathLike, *, overwrite:
     walls["figures"] = time.perf_counter() - tick
     walls["total"] = time.perf_counter() - start
 
-    summary = {"study": "chain", "device": device.device_kind, "platform": device.platform,
+    summary = {"study": "chain", "device": run_info["device"], "platform": run_info["platform"],
                "dtype": run_info["dtype"], "wall_time_s": walls, "n_sites": p.n_sites, "sizes": list(p.sizes),
                "replicas": p.replicas, "t_end": p.t_end, "models": models,
                "sampler_vs_k2": {**_compare(mean - np.asarray(main["K2"].order_parameter), error),
@@ -429,9 +426,8 @@ def run_chain_study(p: ChainParameters, output: str | os.PathLike, *, overwrite:
                "sizes_central_max_diff": {str(n): float(np.max(np.abs(_central_profile(runs["K2"], n) - reference)))
                                           for n, runs in by_size.items()},
                "sampler_skin": float(skin), "sigma_conservation": conservation,
-               "equilibrium_residual_ev": equilibrium.residual,
-               "files": sorted(str(f.relative_to(output)) for f in output.rglob("*") if f.is_file())}
-    io.write_json(output / "summary.json", summary)
+               "equilibrium_residual_ev": equilibrium.residual}
+    summary = io.write_study_summary(output, summary)
     log(format_summary(summary, output))
     return summary
 

@@ -19,7 +19,6 @@ Outputs: ``sweep.npz`` (``values``, ``time``, ``k1`` and ``k2``: s_i(t) ``(B, T,
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 from pathlib import Path
 
@@ -91,18 +90,11 @@ def run_chain_sweep(p: ChainParameters, name: str, values, output, *, overwrite:
         ValueError: a bad value (named). dmd.DMDError: a run failed (the value is named).
     """
     output = Path(output)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {str(output)!r} is not empty: pass overwrite=True (--overwrite)")
     values = np.asarray(values, float).reshape(-1)
     chains = [swept_parameters(p, name, float(v)) for v in values]  # validates every value before any work
-    output.mkdir(parents=True, exist_ok=True)
-    device = jax.devices()[0]
+    run = io.open_study_folder(output, {"study": "chain-sweep", "parameter": name, "values": values,
+                                        "parameters": dataclasses.asdict(p)}, overwrite=overwrite)
     sharding = ensemble.batch_sharding(len(values))
-    dtype = "float64" if jax.config.jax_enable_x64 else "float32"
-    io.write_json(output / "run.json", {
-        "study": "chain-sweep", "parameter": name, "values": values, "parameters": dataclasses.asdict(p),
-        "device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
-        "python": platform.python_version(), "dtype": dtype})
     walls, start = {}, time.perf_counter()
     log(f"chain sweep: {name} = {values.tolist()} (B = {len(values)}, "
         f"{len(jax.devices()) if sharding is not None else 1} device(s)), N = {p.n_sites}, t = 0..{p.t_end} τ")
@@ -110,7 +102,7 @@ def run_chain_sweep(p: ChainParameters, name: str, values, output, *, overwrite:
     models = [chain_model(q, q.n_sites) for q in chains]
     first = models[0]
     setup = solve_setup(chains[0], first)  # colouring and bond graph: the lattice is the same for every value
-    starts = [setup] + [solve_setup(q, m, setup.colouring) for q, m in zip(chains[1:], models[1:])]
+    starts = [setup] + [solve_setup(q, m, like=setup) for q, m in zip(chains[1:], models[1:])]
     batch = ensemble.stack([(m.vg, s.positions, s.stiffness, m.s0) for m, s in zip(models, starts)])
     laws = {"K1": ensemble.stack([dmd.GradientFlow(q.k1_mobility) for q in chains]),
             "K2": ensemble.stack([dmd.SpinDiffusion(q.tau, "exact") for q in chains])}
@@ -153,11 +145,10 @@ def run_chain_sweep(p: ChainParameters, name: str, values, output, *, overwrite:
     _figure(output / "fig_sweep.png", name, values, np.asarray(times), sites, s)
     walls["total"] = time.perf_counter() - start
     summary = {"study": "chain-sweep", "parameter": name, "values": values.tolist(), "batch": len(values),
-               "device": device.device_kind, "platform": device.platform,
-               "devices": len(jax.devices()) if sharding is not None else 1, "dtype": dtype, "wall_time_s": walls,
-               "n_sites": p.n_sites, "t_end": p.t_end, "runs": runs,
-               "files": sorted(str(f.relative_to(output)) for f in output.rglob("*") if f.is_file()) + ["summary.json"]}
-    io.write_json(output / "summary.json", summary)
+               "device": run["device"], "platform": run["platform"],
+               "devices": len(jax.devices()) if sharding is not None else 1, "dtype": run["dtype"],
+               "wall_time_s": walls, "n_sites": p.n_sites, "t_end": p.t_end, "runs": runs}
+    summary = io.write_study_summary(output, summary)
     log(format_sweep(summary))
     return summary
 

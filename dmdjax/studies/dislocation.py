@@ -50,8 +50,8 @@ from ..neighbors import neighbor_list
 from ..potentials import resolve_potential_path
 from ..systems import System, from_ase
 from ..units import BOLTZMANN_EV_PER_K
-from .alloy import (SPECIES, arrhenius_rate, conservation, load_alloy_potential, mg_fraction, open_output,
-                     run_kinetics, save_times, validate_parameters, write_frames, write_summary)
+from .alloy import (SPECIES, arrhenius_rate, conservation, group_means, load_alloy_potential, mg_fraction,
+                     run_kinetics, save_times, validate_parameters, write_frames)
 
 EV_PER_A3_PER_GPA = 1.0 / 160.21766208  # 1 GPa in eV/Å³
 NEIGHBOR_SKIN = 0.5  # Å
@@ -237,13 +237,6 @@ def mean_field_misfit_volume(potential, p: DislocationParameters, bulk_modulus: 
     return per_gpa / EV_PER_A3_PER_GPA
 
 
-def column_means(values, column: np.ndarray) -> np.ndarray:
-    """Mean of ``values`` (..., N) over each atomic column along the line → (..., n_columns)."""
-    values = np.asarray(values)
-    n_columns = int(column.max()) + 1
-    return np.stack([values[..., column == index].mean(axis=-1) for index in range(n_columns)], axis=-1)
-
-
 def cottrell_fit(c, pressure, mean: float, temperature: float) -> dict:
     """Fit ln[c/(1 − c)] − ln[c̄/(1 − c̄)] = −pΔV/k_BT + b over columns (least squares).
 
@@ -316,7 +309,8 @@ def run_dislocation_study(p: DislocationParameters, output, *, resume: bool = Fa
         shortest = int(np.ceil(2.0 * (potential.cutoff + NEIGHBOR_SKIN) / period))
         raise ValueError(f"length ({p.length} periods = {p.length * period:.2f} Å) is too short for the "
                          f"cut-off {potential.cutoff} Å + skin {NEIGHBOR_SKIN} Å: use length >= {shortest}")
-    run = open_output(output, "alloy dislocation", p, {"rate": p.rate}, resume=resume, overwrite=overwrite)
+    run = io.open_study_folder(output, {"study": "alloy dislocation", "parameters": dataclasses.asdict(p),
+                                        "rate": p.rate}, overwrite=overwrite, resume=resume)
     start, walls = time.perf_counter(), {}
 
     constants = elastic_constants(p.potential, p.lattice_constant)
@@ -341,14 +335,14 @@ def run_dislocation_study(p: DislocationParameters, output, *, resume: bool = Fa
     walls["kinetics"] = time.perf_counter() - tick
 
     c = mg_fraction(trajectory.order_parameter)
-    column_c = column_means(c, cylinder.column)
-    column_pressure = column_means(cylinder.pressure, cylinder.column)
+    column_c = group_means(c, cylinder.column)
+    column_pressure = group_means(cylinder.pressure, cylinder.column)
     atomistic = relaxed_pressure(trajectory.positions[0], system.cell, p.lattice_constant, constants["bulk_modulus"])
-    column_relaxed = column_means(atomistic, cylinder.column)
-    column_built = column_means(relaxed_pressure(system.positions, system.cell, p.lattice_constant,
+    column_relaxed = group_means(atomistic, cylinder.column)
+    column_built = group_means(relaxed_pressure(system.positions, system.cell, p.lattice_constant,
                                                  constants["bulk_modulus"]), cylinder.column)
-    relative = column_means(np.asarray(trajectory.positions)[-1, :, :2].T, cylinder.column).T - cylinder.core
-    mobile = ~column_means(clamped, cylinder.column).astype(bool)
+    relative = group_means(np.asarray(trajectory.positions)[-1, :, :2].T, cylinder.column).T - cylinder.core
+    mobile = ~group_means(clamped, cylinder.column).astype(bool)
     distance = np.hypot(relative[:, 0], relative[:, 1])
     sectors = sector_means(column_c, column_pressure, mobile, p.pressure_threshold)
     annulus = mobile & (distance >= 0.5 * p.core_radius)
@@ -402,7 +396,7 @@ def run_dislocation_study(p: DislocationParameters, output, *, resume: bool = Fa
                "initial_relaxation": {"max_displacement": float(np.max(np.linalg.norm(
                    np.asarray(trajectory.positions[0]) - np.asarray(system.positions), axis=-1)))},
                "pressure_check": pressure_check, "mean_field_misfit_volume": misfit_volume, "kinetics": kinetics}
-    summary = write_summary(output, summary)
+    summary = io.write_study_summary(output, summary)
     log(format_summary(summary, output))
     return summary
 
@@ -420,7 +414,8 @@ def format_summary(summary: dict, output: Path) -> str:
             for name, check in summary["pressure_check"].items() if name != "columns")
         + f" ({summary['pressure_check']['columns']} columns)",
         f"Cottrell fit beyond the core: misfit volume {k['cottrell']['misfit_volume']:.2f} Å³ (r = "
-        f"{k['cottrell']['correlation']:+.3f}; the mean field's own ΔV is {summary['mean_field_misfit_volume']:.2f} Å³); max |ΔΣc| {k['sum_c_max_change']:.2e}; F change "
+        f"{k['cottrell']['correlation']:+.3f}; the mean field's own ΔV is "
+        f"{summary['mean_field_misfit_volume']:.2f} Å³); max |ΔΣc| {k['sum_c_max_change']:.2e}; F change "
         f"{k['free_energy_change']:.4f} eV (largest rise {k['free_energy_max_increase']:.2e})",
         f"physical time reached {summary['time_reached']:.4g} (run units); wall time "
         f"{summary['wall_time_s']['total']:.1f} s on {summary['device']} ({summary['platform']}); files in {output}/",

@@ -22,7 +22,8 @@ vibrational (Gaussian) part (ΔG at T vs at T → 0).
 
 Outputs (``--output``, default ``alloy-surface/``): ``trajectory.npz`` (the DMD run, also its
 checkpoint: ``--resume`` continues it), ``frames.extxyz`` (one frame per output time, per-atom
-``c`` = Mg concentration, ``k`` eV/Å², ``site_free_energy`` eV; per frame ``time``, ``time_rate_units``, ``total_free_energy``; ASE and OVITO read
+``c`` = Mg concentration, ``k`` eV/Å², ``site_free_energy`` eV; per frame ``time``,
+``time_rate_units``, ``total_free_energy``; ASE and OVITO read
 it), ``profiles.npz`` (``time``, ``time_rate_units``, ``layer_x`` Å, ``layer_c`` (T, L)),
 ``isotherm.npz``, ``run.json``, ``summary.json`` (keys in :func:`run_surface_study`) and
 ``fig_surface.png``.
@@ -43,8 +44,8 @@ from ..free_energy import VGFreeEnergy
 from ..neighbors import neighbor_list
 from ..systems import System, fcc
 from ..units import BOLTZMANN_EV_PER_K
-from .alloy import (SPECIES, arrhenius_rate, conservation, load_alloy_potential, mg_fraction, open_output,
-                     run_kinetics, save_times, validate_parameters, write_frames, write_summary)
+from .alloy import (SPECIES, arrhenius_rate, conservation, group_means, load_alloy_potential, mg_fraction,
+                     run_kinetics, save_times, validate_parameters, write_frames)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,12 +120,6 @@ def build_slab(p: SurfaceParameters) -> tuple[System, np.ndarray]:
     return system, layers
 
 
-def layer_means(values, layers: np.ndarray) -> np.ndarray:
-    """Mean of ``values`` (..., N) over each layer → (..., L)."""
-    values = np.asarray(values)
-    return np.stack([values[..., layers == layer].mean(axis=-1) for layer in range(layers.max() + 1)], axis=-1)
-
-
 def langmuir_mclean(bulk, segregation_energy: float, temperature: float):
     """Surface concentration of the isotherm c_s/(1 − c_s) = c_b/(1 − c_b) e^{−E_seg/k_BT}."""
     bulk = np.asarray(bulk, dtype=float)
@@ -180,7 +175,7 @@ def mean_field_segregation(vg: VGFreeEnergy, positions, layers: np.ndarray, neig
 
     s = jnp.full(positions.shape[0], 1.0 - 2.0 * concentration, positions.dtype)
     relaxed = relax(vg, positions, s, neighbors)
-    excess = layer_means(vg.excess_chemical_potential(relaxed.positions, relaxed.stiffness, s, neighbors), layers)
+    excess = group_means(vg.excess_chemical_potential(relaxed.positions, relaxed.stiffness, s, neighbors), layers)
     return float(2.0 * (excess[int(layers.max()) // 2] - excess[0]))
 
 
@@ -212,7 +207,8 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
     """
     output = Path(output)
     potential = load_alloy_potential(p.potential)
-    run = open_output(output, "alloy surface", p, {"rate": p.rate}, resume=resume, overwrite=overwrite)
+    run = io.open_study_folder(output, {"study": "alloy surface", "parameters": dataclasses.asdict(p),
+                                        "rate": p.rate}, overwrite=overwrite, resume=resume)
     start, walls = time.perf_counter(), {}
     slab, layers = build_slab(p)
     n_layers = int(layers.max()) + 1
@@ -242,7 +238,7 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
     for index in steps:
         s = jnp.full(slab.n_atoms, 1.0 - 2.0 * nominal[index], slab.positions.dtype)
         state = dmd.equilibrium(vg, slab.positions, s, neighbors, method="self-consistent", tolerance=1e-7)
-        layer_c = layer_means(mg_fraction(state.order_parameter), layers)
+        layer_c = group_means(mg_fraction(state.order_parameter), layers)
         isotherm_layers.append(layer_c)
         bulk = float(centre_mean(layer_c))
         isotherm_rows.append({"nominal": nominal[index], "bulk": bulk, "surface": float(layer_c[0]),
@@ -260,8 +256,8 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
     walls["kinetics"] = time.perf_counter() - tick
 
     c = mg_fraction(trajectory.order_parameter)
-    layer_c = layer_means(c, layers)
-    layer_x = layer_means(np.asarray(trajectory.positions)[-1, :, 0], layers)
+    layer_c = group_means(c, layers)
+    layer_x = group_means(np.asarray(trajectory.positions)[-1, :, 0], layers)
     io.save_npz(output / "profiles.npz", {"time": np.asarray(trajectory.time), "time_rate_units": times * p.rate,
                                           "layer_x": layer_x, "layer_c": layer_c})
     write_frames(output / "frames.extxyz", vg, slab, trajectory, neighbors, p.rate)
@@ -279,7 +275,7 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
                "n_atoms": slab.n_atoms, "cells": list(p.cells), "n_layers": n_layers, "wall_time_s": walls,
                "rate": p.rate, "time_reached": float(times[-1]), "time_reached_rate_units": float(times[-1] * p.rate),
                "segregation_energy_ev": energies, "isotherm": isotherm_rows, "kinetics": kinetics}
-    summary = write_summary(output, summary)
+    summary = io.write_study_summary(output, summary)
     log(format_summary(summary, output))
     return summary
 
