@@ -562,7 +562,8 @@ def _self_consistent(vg, positions, s, neighbors, free, tolerance, max_steps, re
         state = jnp.asarray(s, dtype)
         relaxed = relax(vg, x, state, neighbors, k, tolerance=relax_tolerance, colouring=colouring)
         x, k = relaxed.positions, relaxed.stiffness
-        mu = np.asarray(vg.chemical_potential(x, k, state, neighbors), dtype=float)[free]
+        excess = np.asarray(vg.excess_chemical_potential(x, k, state, neighbors), dtype=float)[free]
+        mu = excess + np.arctanh(s[free]) / beta  # μ = μ^ex + β⁻¹ artanh s (VGFreeEnergy.chemical_potential)
         lagrange = mu.mean()
         residual = float(np.max(np.abs(mu - lagrange)))
         if residual <= tolerance:
@@ -570,7 +571,6 @@ def _self_consistent(vg, positions, s, neighbors, free, tolerance, max_steps, re
         if residual > previous:
             mixing *= 0.5
         previous = residual
-        excess = np.asarray(vg.excess_chemical_potential(x, k, state, neighbors), dtype=float)[free]
         target = lambda lam: np.tanh(beta * (lam - excess))
         width = 40.0 / beta  # tanh saturates: the sum spans (−n, n) over this bracket
         lam = brentq(lambda lam: target(lam).sum() - total, excess.min() - width, excess.max() + width, xtol=1e-15)
