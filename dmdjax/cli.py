@@ -253,7 +253,24 @@ def _fractions(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected numbers C1,C2,...; got {text!r}") from None
 
 
+def _add_alloy_options(p, name: str, defaults) -> None:
+    """Options both Al-Mg studies take (defaults from their parameter class), and how they run."""
+    p.add_argument("--output", default=f"alloy-{name}", help=f"output folder (default ./alloy-{name})")
+    p.add_argument("--quick", action="store_true", help="a small, short run (see the Parameters' quick())")
+    p.add_argument("--concentration", type=float, default=None,
+                   help=f"nominal Mg fraction (default {defaults.concentration:g})")
+    p.add_argument("--temperature", type=float, default=None, help=f"K (default {defaults.temperature:g})")
+    p.add_argument("--t-end", type=float, default=None,
+                   help=f"end time in units of 1/Gamma0 (default {defaults.t_end:g})")
+    p.add_argument("--outputs", type=int, default=None, help=f"number of output times (default {defaults.n_outputs})")
+    p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --output")
+    _add_study_options(p)
+    p.set_defaults(run=_run_alloy, study_name=name)
+
+
 def _add_alloy(sub) -> None:
+    from .studies import dislocation, surface
+
     p = sub.add_parser("alloy", help="the Al-Mg DMD studies (EAM, master equation K3)",
                        description="Al-Mg segregation studies with the Mendelev (2009) EAM potential.")
     studies = p.add_subparsers(dest="study", metavar="STUDY")
@@ -263,71 +280,41 @@ def _add_alloy(sub) -> None:
         description="DMD of Mg segregation to the (100) surfaces of an Al-Mg slab (dmdjax.studies.surface): "
         "molecular-statics segregation energy, the Langmuir-McLean check at dilute compositions, the K3 run "
         "(checkpointed: --resume continues it), extended-XYZ frames, profiles, figure, summary.json. "
-        "Defaults: Al-6%%Mg, 600 K, nu = 10, Q = 0.77 eV, a = 4.108 A, 10x4x4 cells (CPU size); the published "
+        "Defaults: Al-6% Mg, 600 K, nu = 10, Q = 0.77 eV, a = 4.108 A, 10x4x4 cells (CPU size); the published "
         "example is --cells 20,8,8.")
-    s.add_argument("--output", default="alloy-surface", help="output folder (default ./alloy-surface)")
     s.add_argument("--cells", type=_cells, default=None, metavar="NX,NY,NZ",
                    help="slab size in cubic cells, x free (default 10,4,4; NY, NZ >= 4)")
-    s.add_argument("--quick", action="store_true", help="a small, short run (6x4x4 cells, Gamma0 t <= 1)")
-    s.add_argument("--concentration", type=float, default=None, help="nominal Mg fraction (default 0.06)")
-    s.add_argument("--temperature", type=float, default=None, help="K (default 600)")
-    s.add_argument("--t-end", type=float, default=None, help="end time in units of 1/Gamma0 (default 30)")
-    s.add_argument("--outputs", type=int, default=None, help="number of output times (default 13)")
     s.add_argument("--isotherm", type=_fractions, default=None, metavar="C1,C2,...",
                    help="nominal Mg fractions of the Langmuir-McLean check (default 0.001,0.002,0.005,0.01,0.02)")
-    s.add_argument("--resume", action="store_true", help="continue the run checkpointed in --output")
-    _add_study_options(s)
-    s.set_defaults(run=_run_surface)
+    _add_alloy_options(s, "surface", surface.SurfaceParameters())
     d = studies.add_parser(
         "dislocation", help="Mg around an edge dislocation (Cottrell atmosphere): maps, pressure, frames",
         description="DMD of Mg redistribution around a straight a/2[-110](111) edge dislocation in Al-Mg "
         "(dmdjax.studies.dislocation): matscipy builds the cylinder with the potential's elastic constants, "
         "its outer shell is clamped, (X, k) relax, then the K3 run (checkpointed: --resume continues it); "
         "maps of c around the core with the elastic pressure beside them, extended-XYZ frames, figure, "
-        "summary.json. Defaults: Al-5%%Mg, 600 K, nu = 10, Q = 0.77 eV, a = 4.108 A, R = 20 A with an 8 A "
+        "summary.json. Defaults: Al-5% Mg, 600 K, nu = 10, Q = 0.77 eV, a = 4.108 A, R = 20 A with an 8 A "
         "clamped shell, 4 periods along the line (1452 atoms, CPU size); e.g. --radius 150 --length 20 on a GPU.")
-    d.add_argument("--output", default="alloy-dislocation", help="output folder (default ./alloy-dislocation)")
     d.add_argument("--radius", type=float, default=None, help="cylinder radius, A (default 20)")
     d.add_argument("--length", type=int, default=None, help="periods of 5.03 A along the line (default 4)")
-    d.add_argument("--quick", action="store_true", help="a small, short run (R = 16 A, Gamma0 t <= 1)")
-    d.add_argument("--concentration", type=float, default=None, help="nominal Mg fraction (default 0.05)")
-    d.add_argument("--temperature", type=float, default=None, help="K (default 600)")
-    d.add_argument("--t-end", type=float, default=None, help="end time in units of 1/Gamma0 (default 30)")
-    d.add_argument("--outputs", type=int, default=None, help="number of output times (default 10)")
-    d.add_argument("--resume", action="store_true", help="continue the run checkpointed in --output")
-    _add_study_options(d)
-    d.set_defaults(run=_run_dislocation)
+    _add_alloy_options(d, "dislocation", dislocation.DislocationParameters())
 
 
-def _run_surface(args) -> int:
+def _run_alloy(args) -> int:
     import dataclasses
 
-    from .studies import surface
+    from .studies import dislocation, surface
 
-    parameters = surface.SurfaceParameters.quick() if args.quick else surface.SurfaceParameters()
-    changes = {name: value for name, value in (("cells", args.cells), ("concentration", args.concentration),
-                                               ("temperature", args.temperature), ("t_end", args.t_end),
-                                               ("n_outputs", args.outputs), ("isotherm", args.isotherm))
-               if value is not None}
+    parameters_class, run, own = {
+        "surface": (surface.SurfaceParameters, surface.run_surface_study, ("cells", "isotherm")),
+        "dislocation": (dislocation.DislocationParameters, dislocation.run_dislocation_study, ("radius", "length")),
+    }[args.study_name]
+    parameters = parameters_class.quick() if args.quick else parameters_class()
+    names = {"concentration": "concentration", "temperature": "temperature", "t_end": "t_end",
+             "outputs": "n_outputs", **{name: name for name in own}}
+    changes = {field: getattr(args, option) for option, field in names.items() if getattr(args, option) is not None}
     parameters = dataclasses.replace(parameters, **changes)  # validates
-    surface.run_surface_study(parameters, args.output, resume=args.resume, overwrite=args.overwrite,
-                              progress=not args.no_progress)
-    return 0
-
-
-def _run_dislocation(args) -> int:
-    import dataclasses
-
-    from .studies import dislocation
-
-    parameters = dislocation.DislocationParameters.quick() if args.quick else dislocation.DislocationParameters()
-    changes = {name: value for name, value in (("radius", args.radius), ("length", args.length),
-                                               ("concentration", args.concentration),
-                                               ("temperature", args.temperature), ("t_end", args.t_end),
-                                               ("n_outputs", args.outputs)) if value is not None}
-    parameters = dataclasses.replace(parameters, **changes)  # validates
-    dislocation.run_dislocation_study(parameters, args.output, resume=args.resume, overwrite=args.overwrite,
-                                      progress=not args.no_progress)
+    run(parameters, args.output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
 
 
