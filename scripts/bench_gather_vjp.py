@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
+from bench_free_energy import median_seconds  # scripts/ is on sys.path when a script runs
 from dmdjax.cli import cpu_compile_flags
 
 
@@ -26,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, nargs="+", default=[8, 14], help="fcc cells per side")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    parser.add_argument("--calls", type=int, default=5, help="timed calls per measurement (best of them)")
+    parser.add_argument("--calls", type=int, default=5, help="timed calls per measurement (their median)")
     args = parser.parse_args()
     cpu_compile_flags()  # as the command line does: before JAX's backend starts
     import jax
@@ -68,17 +68,11 @@ def main() -> None:
 
     gather.defvjp(gather_forward, gather_backward)
 
-    def best(function, x):
-        jax.block_until_ready(function(x))
-        times = []
-        for _ in range(args.calls):
-            start = time.perf_counter()
-            jax.block_until_ready(function(x))
-            times.append(time.perf_counter() - start)
-        return min(times)
+    def timed(function, x):
+        return median_seconds(function, x, trials=args.calls)
 
     device = jax.devices()[0]
-    print(f"# {device.device_kind} ({device.platform}), jax {jax.__version__}, {args.dtype}; ns per atom, best of "
+    print(f"# {device.device_kind} ({device.platform}), jax {jax.__version__}, {args.dtype}; ns per atom, median of "
           f"{args.calls}")
     print("| atoms | slots/atom | value | grad, autodiff (scatter-add) | grad, reverse-slot gather | ratio | "
           "reverse table (once per list) |")
@@ -90,7 +84,7 @@ def main() -> None:
         n = crystal.n_atoms
         idx = neighbor_list(positions, crystal.cell, 7.5, skin=0.5).idx
         build = jax.jit(reverse_slots)
-        table_time = best(build, idx)
+        table_time = timed(build, idx)
         reverse, found = build(idx)
         if bool(jnp.any((idx < n) & ~found)):
             raise RuntimeError("the neighbour list is not symmetric")
@@ -108,8 +102,8 @@ def main() -> None:
 
         value, autodiff, custom = jax.jit(plain), jax.jit(jax.grad(plain)), jax.jit(jax.grad(reversed_))
         error = float(jnp.max(jnp.abs(autodiff(positions) - custom(positions))) / jnp.max(jnp.abs(autodiff(positions))))
-        row = {"atoms": n, "slots": int(idx.shape[1]), "value": best(value, positions) / n * 1e9,
-               "autodiff": best(autodiff, positions) / n * 1e9, "reverse": best(custom, positions) / n * 1e9,
+        row = {"atoms": n, "slots": int(idx.shape[1]), "value": timed(value, positions) / n * 1e9,
+               "autodiff": timed(autodiff, positions) / n * 1e9, "reverse": timed(custom, positions) / n * 1e9,
                "table": table_time / n * 1e9, "relative_difference": error}
         rows.append(row)
         print(f"| {n} | {row['slots']} | {row['value']:.0f} | {row['autodiff']:.0f} | {row['reverse']:.0f} | "

@@ -8,6 +8,15 @@ from .chain_figures import _pyplot
 from .surface import centre_mean, langmuir_mclean
 
 
+def _log_log(ax, xlabel, ylabel, title) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+
+
 def draw(path, p, time_rate_units, layer_c, isotherm_rows, energies) -> None:
     """(a) Mg per (100) layer at the output times; (b) surface and centre layers vs Γ₀t;
     (c) the isotherm: DMD's c_s(c_b) against Langmuir–McLean with the statics E_seg and DMD's ΔG."""
@@ -32,12 +41,7 @@ def draw(path, p, time_rate_units, layer_c, isotherm_rows, energies) -> None:
     axes[1].plot(times[1:], centre[1:], "^-", label="centre layers")
     axes[1].plot(times[1:], langmuir_mclean(centre[1:], energies["relaxed"], p.temperature), "k--", lw=1,
                  label="Langmuir–McLean c_s at the current c_centre\n(statics E_seg; the equilibrium value)")
-    axes[1].set_xscale("log")
-    axes[1].set_yscale("log")
-    axes[1].set_xlabel("Γ₀ t   (Γ₀ = ν exp(−Q/k_BT))")
-    axes[1].set_ylabel("c")
-    axes[1].set_title("(b) segregation kinetics (K3)", fontsize=10)
-    axes[1].legend(fontsize=7)
+    _log_log(axes[1], "Γ₀ t   (Γ₀ = ν exp(−Q/k_BT))", "c", "(b) segregation kinetics (K3)")
 
     bulk = np.array([row["bulk"] for row in isotherm_rows])
     surface = np.array([row["surface"] for row in isotherm_rows])
@@ -48,12 +52,7 @@ def draw(path, p, time_rate_units, layer_c, isotherm_rows, energies) -> None:
                  label=f"LM, statics E_seg = {energies['relaxed']:+.3f} eV")
     axes[2].plot(grid, langmuir_mclean(grid, energies["mean_field"], p.temperature), "k:",
                  label=f"LM, DMD ΔG = {energies['mean_field']:+.3f} eV")
-    axes[2].set_xscale("log")
-    axes[2].set_yscale("log")
-    axes[2].set_xlabel("centre-layer c_b")
-    axes[2].set_ylabel("surface-layer c_s")
-    axes[2].set_title("(c) Langmuir–McLean isotherm", fontsize=10)
-    axes[2].legend(fontsize=7)
+    _log_log(axes[2], "centre-layer c_b", "surface-layer c_s", "(c) Langmuir–McLean isotherm")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
