@@ -150,24 +150,105 @@ def test_force_matching_trains_the_conditional_network_on_held_out_conditions(la
 
 
 def test_langevin_with_the_exact_score_samples_the_inner_marginal(lattice):
-    """The inner region alone, driven by the oracle's score, samples the discretised chain's exact
-    stationary law: for precision A and step h, covariance (A − hA²/2)⁻¹ (→ A⁻¹ as h → 0); an
-    unstable score is a reported failure, with every sample kept."""
+    """The inner region alone, driven by the oracle's score, samples the exact marginal: the
+    Leimkuhler–Matthews scheme has no step bias for a Gaussian (h = 1/λ_max here; Euler–Maruyama
+    would be off by hλ/2 on each mode). Chains carry their own condition (F, T); an unstable score
+    is a reported failure, with every sample kept."""
     from dmdjax.sbsam import sample
 
-    temperature = 300.0
-    beta = 1.0 / (BOLTZMANN_EV_PER_K * temperature)
-    precision = beta * lattice.inner_stiffness(STRETCH)
-    step = 0.5 / float(jnp.max(jnp.linalg.eigvalsh(precision)))
-    initial = jnp.zeros((256, lattice.n_inner, 2))
-    result = sample.langevin(lambda u: lattice.score(u, STRETCH, temperature), jax.random.PRNGKey(5), initial,
-                             step=step, n_steps=4000, burn_in=3000, thin=10)
-    assert result.samples.shape == (256, 400, lattice.n_inner, 2) and not bool(jnp.any(result.diverged))
-    x = result.samples.reshape(-1, SIZE)
-    covariance = x.T @ x / x.shape[0]
-    discretised = jnp.linalg.inv(precision - 0.5 * step * precision @ precision)
-    assert float(jnp.linalg.norm(covariance - discretised) / jnp.linalg.norm(discretised)) < 0.025  # 1.6 % seen
+    conditions = [(STRETCH, 300.0), (jnp.eye(2), 600.0)]
+    precisions = [lattice.inner_stiffness(f) / (BOLTZMANN_EV_PER_K * t) for f, t in conditions]
+    step = 1.0 / max(float(jnp.max(jnp.linalg.eigvalsh(a))) for a in precisions)
+    chains = 512
+    deformation = jnp.stack([conditions[c % 2][0] for c in range(chains)])
+    temperature = jnp.array([conditions[c % 2][1] for c in range(chains)])
+    initial = jnp.zeros((chains, lattice.n_inner, 2))
+    result = sample.langevin(lambda u, c: lattice.score(u, *c), jax.random.PRNGKey(5), initial, step=step,
+                             n_steps=4000, burn_in=1000, thin=10, condition=(deformation, temperature))
+    assert result.samples.shape == (chains, 400, lattice.n_inner, 2) and not bool(jnp.any(result.diverged))
+    for parity, precision in enumerate(precisions):
+        x = result.samples[parity::2].reshape(-1, SIZE)
+        covariance = x.T @ x / x.shape[0]
+        exact = jnp.linalg.inv(precision)
+        assert float(jnp.linalg.norm(covariance - exact) / jnp.linalg.norm(exact)) < 0.025  # 1.1-1.3 % seen
     with pytest.raises(sample.SamplerDivergence, match="diverged") as failure:
-        sample.langevin(lambda u: -lattice.score(u, STRETCH, temperature), jax.random.PRNGKey(6), initial,
+        sample.langevin(lambda u: -lattice.score(u, STRETCH, 300.0), jax.random.PRNGKey(6), initial[:64],
                         step=step, n_steps=2000)
-    assert failure.value.result.samples.shape[0] == 256  # nothing thrown away
+    assert failure.value.result.samples.shape[0] == 64  # nothing thrown away
+    with pytest.raises(ValueError, match="leading axis of length 64"):
+        sample.langevin(lambda u, c: u, jax.random.PRNGKey(6), initial[:64], step=step, n_steps=10,
+                        condition=temperature)
+
+
+def test_inner_stress_oracle_quadrature_and_the_periodic_stress(lattice):
+    """The exact inner stress (Gauss–Hermite over the marginal) equals the Monte Carlo mean of the
+    bond stress over exact samples; the periodic PK stress by autodiff of the energy equals the
+    bond-stress formula over all bonds, sample by sample; clamping the outer atoms changes the
+    inner stress (the baseline SB-SAM must beat) while the static part does not depend on T."""
+    from dmdjax.sbsam import stress
+
+    temperature = 600.0
+    exact = lattice.exact_inner_stress(STRETCH, temperature)
+    np.testing.assert_allclose(lattice.exact_inner_stress(STRETCH, temperature, nodes=24), exact, rtol=1e-9)
+    inner, outer, _ = lattice.sample(jax.random.PRNGKey(7), STRETCH, temperature, 20_000)
+    per_sample = jax.vmap(lambda u: lattice.inner_stress(u, STRETCH, temperature))(inner)
+    standard_error = jnp.std(per_sample, axis=0) / jnp.sqrt(per_sample.shape[0])
+    assert float(jnp.max(jnp.abs(per_sample.mean(0) - exact) / standard_error)) < 4.5
+    static = lattice.exact_inner_stress(STRETCH, 1e-9)
+    thermal = float(jnp.linalg.norm(exact - static) / jnp.linalg.norm(exact))
+    assert 0.3 < thermal < 3  # the fluctuations matter: the stress tests the sampled covariance
+    clamped = lattice.exact_inner_stress(STRETCH, temperature, lattice.clamped_covariance(STRETCH, temperature))
+    assert float(jnp.linalg.norm(clamped - exact) / jnp.linalg.norm(exact)) > 0.05
+    pairs, vectors = lattice.bonds
+    sites, _ = lattice.reference
+    for index in range(3):
+        x = lattice.positions(inner[index], outer[index], STRETCH)
+        periodic = stress.periodic_stress(lattice.energy, x, STRETCH, temperature,
+                                          lattice.n_atoms * lattice.atom_volume)
+        bond = x[pairs[:, 1]] - x[pairs[:, 0]] + (vectors - (sites[pairs[:, 1]] - sites[pairs[:, 0]])) @ STRETCH.T
+        by_bonds = stress.bond_stress(lattice.pair_derivative, bond, STRETCH, temperature, coordination=6,
+                                      atom_volume=lattice.atom_volume)
+        np.testing.assert_allclose(periodic, by_bonds, rtol=1e-10, atol=1e-14)
+
+
+def test_pair_score_is_permutation_equivariant_and_checkpoints_reload(tmp_path, lattice):
+    from dmdjax.sbsam.model import PairScore, ScoreMLP
+    from dmdjax.sbsam.train import load_checkpoint, save_checkpoint
+
+    sites = lattice.reference[0][lattice.inner] - 0.5 * lattice.reference[1].sum(0)
+    model = PairScore(sites=tuple(map(tuple, sites.tolist())), hidden=(16,), pair_hidden=(16,))
+    x = jax.random.normal(jax.random.PRNGKey(0), (lattice.n_inner, 2))
+    params = model.init(jax.random.PRNGKey(1), x.reshape(-1), STRETCH, 300.0)
+    params = jax.tree_util.tree_map(lambda a: a + 0.3 * jax.random.normal(jax.random.PRNGKey(2), a.shape), params)
+    order = np.array([3, 0, 6, 1, 5, 2, 4])
+    relabelled = PairScore(sites=tuple(model.sites[i] for i in order), hidden=(16,), pair_hidden=(16,))
+    out = model.apply(params, x.reshape(-1), STRETCH, 300.0).reshape(-1, 2)
+    out_relabelled = relabelled.apply(params, x[order].reshape(-1), STRETCH, 300.0).reshape(-1, 2)
+    np.testing.assert_allclose(out_relabelled, out[order], rtol=1e-12, atol=1e-12)
+    flat = ScoreMLP(size=SIZE, hidden=(8,))  # the MLP baseline is not equivariant
+    flat_params = jax.tree_util.tree_map(lambda a: a + 0.3, flat.init(jax.random.PRNGKey(1), x.reshape(-1), STRETCH,
+                                                                      300.0))
+    assert not np.allclose(flat.apply(flat_params, x[order].reshape(-1), STRETCH, 300.0).reshape(-1, 2),
+                           flat.apply(flat_params, x.reshape(-1), STRETCH, 300.0).reshape(-1, 2)[order])
+    for net, weights in ((model, params), (flat, flat_params)):
+        save_checkpoint(tmp_path / "model.msgpack", net, weights, {"loss": "force"})
+        loaded, loaded_params, metadata = load_checkpoint(tmp_path / "model.msgpack")
+        assert loaded == net and metadata == {"loss": "force"}
+        np.testing.assert_array_equal(loaded.apply(loaded_params, x.reshape(-1), STRETCH, 300.0),
+                                      net.apply(weights, x.reshape(-1), STRETCH, 300.0))
+    (tmp_path / "bad.msgpack").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not an SB-SAM checkpoint"):
+        load_checkpoint(tmp_path / "bad.msgpack")
+
+
+def test_denoising_model_carries_the_noise_free_precision():
+    """With noise σ the linear part is the σ-smoothed Gaussian's score, −(A⁻¹ + σ²I)⁻¹x, while σ = 0
+    gives −Ax: the same L serves both."""
+    from dmdjax.sbsam.model import gaussian_score
+
+    lower = jnp.tril(jax.random.normal(jax.random.PRNGKey(0), (5, 5))) + 3 * jnp.eye(5)
+    x = jax.random.normal(jax.random.PRNGKey(1), (5,))
+    precision = lower @ lower.T
+    np.testing.assert_allclose(gaussian_score(lower, x, 0.0), -precision @ x, rtol=1e-12)
+    smoothed = jnp.linalg.inv(jnp.linalg.inv(precision) + 0.3**2 * jnp.eye(5))
+    np.testing.assert_allclose(gaussian_score(lower, x, 0.3), -smoothed @ x, rtol=1e-10)

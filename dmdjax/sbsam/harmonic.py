@@ -17,6 +17,13 @@ with precision β S(F),
 
 so the exact score is ∇ log ρ_e = −β S u_X, and the force-matching target −β ∇_X V(X, Y) =
 −β (K u)_X has that score as its conditional mean. Units: Å, eV, K.
+
+The inner stress (:meth:`HarmonicLattice.inner_stress`) is the local bond stress of
+:mod:`~dmdjax.sbsam.stress` over the bonds inside the inner region, measured with the Morse
+forces φ'(r) (the anharmonic potential whose curvature the springs are): its mean over ρ_e is a
+nonlinear function of the marginal covariance, computed exactly (to quadrature precision) by
+Gauss–Hermite in each bond's 2-D Gaussian (:meth:`HarmonicLattice.exact_inner_stress`). The
+baseline with the outer atoms clamped at the deformed lattice sites has precision βK_XX instead.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..systems import triangular
+from .stress import bond_stress
 from ..units import BOLTZMANN_EV_PER_K
 
 
@@ -168,3 +176,80 @@ class HarmonicLattice:
         target = -(displacement @ stiffness[:, :m]) / kt
         return (displacement[:, :m].reshape(n_samples, -1, 2), displacement[:, m:].reshape(n_samples, -1, 2),
                 target.reshape(n_samples, -1, 2))
+
+    # --- stress ---------------------------------------------------------------------------------
+    def pair_derivative(self, distance):
+        """φ'(r) of the Morse bond, eV/Å."""
+        decay = jnp.exp(-self.width * (distance - self.spacing))
+        return 2.0 * self.depth * self.width * (decay - decay**2)
+
+    def pair_energy(self, distance):
+        """φ(r) of the Morse bond, eV."""
+        decay = jnp.exp(-self.width * (distance - self.spacing))
+        return self.depth * (decay**2 - 2.0 * decay)
+
+    @property
+    def atom_volume(self) -> float:
+        """Reference area per atom, √3/2 r₀², Å²."""
+        return 0.5 * np.sqrt(3.0) * self.spacing**2
+
+    @functools.cached_property
+    def inner_bonds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Bonds with both atoms inner: pairs ``(b, 2)`` indexing the inner atoms (in :attr:`inner`
+        order) and reference vectors ``(b, 2)``."""
+        pairs, vectors = self.bonds
+        position = np.full(self.n_atoms, -1)
+        position[self.inner] = np.arange(self.n_inner)
+        local = position[pairs]
+        keep = np.all(local >= 0, axis=1)
+        return local[keep], vectors[keep]
+
+    def inner_stress(self, displacement: Float[Array, "m 2"], deformation, temperature) -> Float[Array, "2 2"]:
+        """The local bond stress of the inner region for one sample u_X (m, 2) Å, eV/Å²."""
+        pairs, vectors = self.inner_bonds
+        deformation = jnp.asarray(deformation)
+        bond = vectors @ deformation.T + displacement[pairs[:, 1]] - displacement[pairs[:, 0]]
+        return bond_stress(self.pair_derivative, bond, deformation, temperature, coordination=6,
+                           atom_volume=self.atom_volume)
+
+    def clamped_covariance(self, deformation, temperature) -> Float[Array, "inner inner"]:
+        """Covariance of u_X with the outer atoms clamped at the lattice sites, k_BT K_XX⁻¹, Å²."""
+        m = 2 * self.n_inner
+        return BOLTZMANN_EV_PER_K * temperature * jnp.linalg.inv(self.stiffness_matrix(deformation)[:m, :m])
+
+    def exact_inner_stress(self, deformation, temperature, covariance=None, nodes: int = 16):
+        """⟨inner stress⟩ over the Gaussian with ``covariance`` of u_X (default the exact marginal,
+        :meth:`inner_covariance`), by a ``nodes``² Gauss–Hermite rule per bond; eV/Å²."""
+        deformation = jnp.asarray(deformation)
+        if covariance is None:
+            covariance = self.inner_covariance(deformation, temperature)
+        pairs, vectors = self.inner_bonds
+        blocks = jnp.reshape(covariance, (self.n_inner, 2, self.n_inner, 2)).transpose(0, 2, 1, 3)
+        i, j = pairs[:, 0], pairs[:, 1]
+        bond_covariance = blocks[i, i] + blocks[j, j] - blocks[i, j] - blocks[j, i]  # (b, 2, 2)
+        points, weights = np.polynomial.hermite.hermgauss(nodes)
+        grid = np.stack(np.meshgrid(points, points, indexing="ij"), -1).reshape(-1, 2) * np.sqrt(2.0)
+        grid_weights = np.outer(weights, weights).reshape(-1) / np.pi
+        factor = jnp.linalg.cholesky(bond_covariance)  # (b, 2, 2)
+        offsets = jnp.einsum("bij,qj->qbi", factor, jnp.asarray(grid, deformation.dtype))  # (q, b, 2)
+        bonds = vectors @ deformation.T + offsets
+        stresses = jax.vmap(lambda bond: bond_stress(self.pair_derivative, bond, deformation, temperature,
+                                                     coordination=6, atom_volume=self.atom_volume))(bonds)
+        return jnp.einsum("q,qij->ij", jnp.asarray(grid_weights, deformation.dtype), stresses)
+
+    def energy(self, positions: Float[Array, "n 2"], deformation) -> Float[Array, ""]:
+        """The full periodic system's Morse energy Σ_b φ(|d_b|) of all positions (n, 2) Å in the box
+        deformed by F (each bond's periodic image shift deformed with it), eV."""
+        pairs, vectors = self.bonds
+        sites, _ = self.reference
+        shift = vectors - (sites[pairs[:, 1]] - sites[pairs[:, 0]])
+        bond = positions[pairs[:, 1]] - positions[pairs[:, 0]] + shift @ jnp.asarray(deformation).T
+        return jnp.sum(self.pair_energy(jnp.linalg.norm(bond, axis=-1)))
+
+    def positions(self, inner, outer, deformation) -> Float[Array, "n 2"]:
+        """Full positions x = Fξ + u (n, 2) Å from one sample's inner and outer displacements (the
+        anchor's is zero)."""
+        sites, _ = self.reference
+        displacement = jnp.zeros((self.n_atoms, 2), inner.dtype)
+        displacement = displacement.at[self.inner].set(inner).at[self.outer].set(outer)
+        return sites @ jnp.asarray(deformation).T + displacement

@@ -4,11 +4,16 @@ The network works in thermal units: displacements x = u/ℓ with ℓ = √(k_BT/
 ``stiffness_scale``, eV/Å²) and scores s·ℓ, so a harmonic inner region has the same
 distribution of x at every temperature and the network only has to learn the anharmonic and
 deformation dependence. It sees the flattened x (m·d), the strain F − I and log(T/T₀), and, for
-denoising score matching, log σ (σ in thermal units).
+denoising score matching, σ (thermal units; σ = 0 is the noise-free score).
 
 :class:`ScoreMLP` is the baseline (a multilayer perceptron with SiLU activations); its output
-is added to a learned linear term −A(F, T) x, A = LLᵀ built from a lower-triangular L predicted
-from the condition, so the harmonic limit is represented exactly by the first term.
+is added to a learned linear term −A(F, T) x, A = LLᵀ built from a lower-triangular L that a
+small network (``precision_hidden``, tanh) predicts from the condition, so the harmonic limit is
+represented exactly by the first term and its dependence on F is smooth but not only linear.
+:class:`PairScore` respects permutations of identical atoms (atoms carry their reference sites;
+pair blocks and message passing instead of a flattened vector).
+With noise σ the linear term is the σ-smoothed Gaussian's score (:func:`gaussian_score`), so
+denoising at σ > 0 trains the same noise-free precision that is used at σ = 0.
 """
 
 from __future__ import annotations
@@ -26,30 +31,114 @@ class ScoreMLP(nn.Module):
 
     Attributes:
         size: m·d, the number of inner coordinates.
-        hidden: widths of the hidden layers.
+        hidden: widths of the hidden layers of the correction.
+        precision_hidden: widths of the hidden layers that map the condition to L.
         reference_temperature: T₀, K (the condition uses log(T/T₀)).
     """
 
     size: int
     hidden: Sequence[int] = (128, 128, 128)
+    precision_hidden: Sequence[int] = (64,)
     reference_temperature: float = 300.0
 
     @nn.compact
     def __call__(self, x, deformation, temperature, sigma=None):
         dtype = x.dtype
-        condition = [jnp.reshape(deformation - jnp.eye(deformation.shape[-1], dtype=dtype), (-1,)),
-                     jnp.log(jnp.asarray(temperature, dtype) / self.reference_temperature)[None]]
-        if sigma is not None:
-            condition.append(jnp.log(jnp.asarray(sigma, dtype))[None])
-        condition = jnp.concatenate(condition)
-        # linear part −A x with A = L Lᵀ (symmetric positive semi-definite), L from the condition
-        lower = nn.Dense(self.size * self.size, kernel_init=nn.initializers.zeros, name="precision")(condition)
-        lower = jnp.tril(jnp.reshape(lower, (self.size, self.size))) + jnp.eye(self.size, dtype=dtype)
-        linear = -(lower @ (lower.T @ x))
-        hidden = jnp.concatenate([x, condition])
+        condition = jnp.concatenate([jnp.reshape(deformation - jnp.eye(deformation.shape[-1], dtype=dtype), (-1,)),
+                                     jnp.log(jnp.asarray(temperature, dtype) / self.reference_temperature)[None]])
+        lower = precision_factor(condition, self.size, self.precision_hidden)
+        inputs = [x, condition] + ([] if sigma is None else [jnp.asarray(sigma, dtype)[None]])
+        hidden = jnp.concatenate(inputs)
         for width in self.hidden:
             hidden = nn.silu(nn.Dense(width)(hidden))
-        return linear + nn.Dense(self.size, kernel_init=nn.initializers.zeros, name="correction")(hidden)
+        correction = nn.Dense(self.size, kernel_init=nn.initializers.zeros, name="correction")(hidden)
+        return gaussian_score(lower, x, sigma) + correction
+
+
+def precision_factor(condition, size: int, hidden: Sequence[int]):
+    """L (size, size), lower triangular, from the condition by a tanh network (inside a compact
+    module); starts at the identity."""
+    features = condition
+    for width in hidden:
+        features = nn.tanh(nn.Dense(width)(features))
+    lower = nn.Dense(size * size, kernel_init=nn.initializers.zeros, name="precision")(features)
+    return jnp.tril(jnp.reshape(lower, (size, size))) + jnp.eye(size, dtype=condition.dtype)
+
+
+def gaussian_score(lower, x, sigma=None):
+    """−A x for A = L Lᵀ, or with noise σ the score of the Gaussian smoothed by it,
+    −(A⁻¹ + σ²I)⁻¹ x = −L (I + σ² LᵀL)⁻¹ Lᵀ x, so a model trained by denoising at σ > 0 carries
+    its noise-free precision (σ = 0) in L."""
+    projected = lower.T @ x
+    if sigma is not None:
+        gram = lower.T @ lower
+        projected = jnp.linalg.solve(jnp.eye(x.shape[0], dtype=x.dtype) + sigma**2 * gram, projected)
+    return -(lower @ projected)
+
+
+class PairScore(nn.Module):
+    """S(x | F, T[, σ]) in thermal units, equivariant under permutations of the inner atoms.
+
+    Each atom carries its reference site ξ_i (``sites``, (m, d) Å from the region's centre), so
+    relabelling the atoms (their x_i and ξ_i together) relabels the output the same way. The
+    linear part is −A x with 2×2 blocks A_ij = ½(B(ξ_i, ξ_j) + B(ξ_j, ξ_i)ᵀ), B one network of the
+    pair geometry and the condition (identity on the diagonal at start); the correction is one
+    round of message passing, h_i = φ(ξ_i, x_i, c), m_i = Σ_j ψ(h_i, h_j, ξ_j − ξ_i, x_j − x_i),
+    S_i += χ(h_i, m_i). With noise σ the linear part is smoothed as in :func:`gaussian_score`.
+
+    Attributes:
+        sites: reference sites, a tuple of m tuples of d floats (static, hashable).
+        hidden: widths of φ, ψ and χ. pair_hidden: widths of B.
+        reference_temperature: T₀, K.
+    """
+
+    sites: tuple
+    hidden: Sequence[int] = (64, 64)
+    pair_hidden: Sequence[int] = (64, 64)
+    reference_temperature: float = 300.0
+
+    @nn.compact
+    def __call__(self, x, deformation, temperature, sigma=None):
+        dtype = x.dtype
+        sites = jnp.asarray(self.sites, dtype)
+        m, d = sites.shape
+        scale = jnp.max(jnp.linalg.norm(sites, axis=-1)) + 1.0
+        sites = sites / scale
+        condition = jnp.concatenate([jnp.reshape(deformation - jnp.eye(d, dtype=dtype), (-1,)),
+                                     jnp.log(jnp.asarray(temperature, dtype) / self.reference_temperature)[None]])
+        # linear part: pair blocks from the pair geometry
+        first, second = jnp.broadcast_to(sites[:, None], (m, m, d)), jnp.broadcast_to(sites[None], (m, m, d))
+        separation = second - first
+        pair = jnp.concatenate([first, second, separation, jnp.linalg.norm(separation, axis=-1, keepdims=True),
+                                jnp.broadcast_to(condition, (m, m, condition.size))], axis=-1)
+        for width in self.pair_hidden:
+            pair = nn.tanh(nn.Dense(width)(pair))
+        blocks = nn.Dense(d * d, kernel_init=nn.initializers.zeros, name="blocks")(pair).reshape(m, m, d, d)
+        blocks = 0.5 * (blocks + blocks.transpose(1, 0, 3, 2)) + jnp.eye(m, dtype=dtype)[:, :, None, None] * jnp.eye(
+            d, dtype=dtype)
+        precision = blocks.transpose(0, 2, 1, 3).reshape(m * d, m * d)
+        if sigma is None:
+            linear = -(precision @ x)
+        else:
+            linear = -(precision @ jnp.linalg.solve(jnp.eye(m * d, dtype=dtype) + sigma**2 * precision, x))
+        # correction: one round of message passing
+        atoms = jnp.reshape(x, (m, d))
+        extra = [] if sigma is None else [jnp.full((m, 1), sigma, dtype)]
+        node = jnp.concatenate([sites, atoms, jnp.broadcast_to(condition, (m, condition.size))] + extra, axis=-1)
+        for width in self.hidden:
+            node = nn.silu(nn.Dense(width)(node))
+        width = node.shape[-1]
+        edge = jnp.concatenate([jnp.broadcast_to(node[:, None], (m, m, width)),
+                                jnp.broadcast_to(node[None], (m, m, width)), separation,
+                                atoms[None] - atoms[:, None]], axis=-1)
+        for size in self.hidden:
+            edge = nn.silu(nn.Dense(size)(edge))
+        message = jnp.sum(edge, axis=1)
+        out = jnp.concatenate([node, message], axis=-1)
+        for size in self.hidden:
+            out = nn.silu(nn.Dense(size)(out))
+        correction = nn.Dense(d, kernel_init=nn.initializers.zeros, name="correction")(out)
+        return linear + jnp.reshape(correction, (-1,))
 
 
 def thermal_length(temperature, stiffness_scale: float):

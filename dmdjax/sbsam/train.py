@@ -10,6 +10,8 @@ against a known score.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Callable, NamedTuple
 
 import jax
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from . import losses
+from . import model as models
 from .model import thermal_length
 
 LOSSES = ("implicit", "hutchinson", "sliced", "denoising", "force")
@@ -105,3 +108,43 @@ def relative_score_error(score: Callable, exact: Callable, displacements) -> flo
     """√(Σ‖S_θ(u) − S*(u)‖² / Σ‖S*(u)‖²) over ``displacements`` (n, m, d)."""
     learned, true = jax.vmap(score)(displacements), jax.vmap(exact)(displacements)
     return float(jnp.sqrt(jnp.sum((learned - true) ** 2) / jnp.sum(true**2)))
+
+
+def save_checkpoint(path: str | os.PathLike, model, params, metadata=None):
+    """Write ``model`` (its class and fields), ``params`` and JSON-able ``metadata`` to ``path``
+    (msgpack, atomically: an existing file is replaced only once the new one is complete)."""
+    import dataclasses
+
+    from flax import serialization
+
+    from ..io import atomic_path
+
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
+    payload = {"model": type(model).__name__, "fields": json.dumps(fields), "metadata": json.dumps(metadata or {}),
+               "params": serialization.to_state_dict(params)}
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(serialization.msgpack_serialize(payload))
+
+
+def load_checkpoint(path: str | os.PathLike):
+    """Read a checkpoint of :func:`save_checkpoint`: ``(model, params, metadata)``.
+
+    Raises:
+        ValueError: the file is not such a checkpoint.
+    """
+    from flax import serialization
+
+    try:
+        payload = serialization.msgpack_restore(open(path, "rb").read())
+        kind, fields = payload["model"], json.loads(payload["fields"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{str(path)!r} is not an SB-SAM checkpoint ({error})") from None
+    if kind not in ("ScoreMLP", "PairScore"):
+        raise ValueError(f"{str(path)!r}: unknown model class {kind!r}")
+    fields = {k: _tuples(v) for k, v in fields.items()}
+    params = jax.tree_util.tree_map(jnp.asarray, payload["params"])
+    return getattr(models, kind)(**fields), params, json.loads(payload["metadata"])
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

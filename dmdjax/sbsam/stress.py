@@ -1,0 +1,62 @@
+r"""First Piola–Kirchhoff stress from configurations (DESIGN.md §7). Units: eV/Å^d (2-D: eV/Å²).
+
+Two estimators, both evaluated with the *true* potential on sampled positions — never the score
+virial Σ_i S_i ⊗ X_i, whose mean is −n I whatever F is (Stein's identity).
+
+* :func:`periodic_stress` — the full periodic system. Positions x = F s (s fixed scaled
+  coordinates) in the box deformed by F, so
+
+      P = (1/V₀) [⟨∂V(F s)/∂F⟩ − N k_BT F⁻ᵀ],
+
+  with ∂V/∂F from autodiff of any energy ``energy(positions, deformation)``; this function
+  returns the bracket's per-sample value over V₀ (average it, then it is P).
+* :func:`bond_stress` — a local (Hardy-type, virial form) stress of a region from its pair
+  bonds only, so its support is inside the region:
+
+      P_I = (1/V_I) [Σ_{b ∈ I} φ'(|d_b|) d̂_b ⊗ F⁻¹ d_b − n_I k_BT F⁻ᵀ],
+
+  d_b = x_j − x_i over the bonds b = (i, j) with both atoms in the region. Each bond carries the
+  volume of 2/z atoms (z the coordination), so V_I = (2 n_b / z) V_atom and n_I = 2 n_b / z:
+  in a homogeneous crystal its mean is the periodic P, term by term (the pair form of
+  ∂V/∂F is Σ_b φ'(|d_b|) d̂_b ⊗ F⁻¹ d_b).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ..units import BOLTZMANN_EV_PER_K
+
+
+def periodic_stress(energy: Callable, positions: Float[Array, "n d"], deformation: Float[Array, "d d"],
+                    temperature, reference_volume: float) -> Float[Array, "d d"]:
+    """Per-sample (1/V₀)[∂V(F s)/∂F − N k_BT F⁻ᵀ] of one configuration of the full system.
+
+    ``energy(positions, deformation)`` is V in eV of positions (n, d) Å in the box deformed by F
+    (it must build its periodic box from ``deformation``); s = F⁻¹ x is held fixed.
+    """
+    deformation = jnp.asarray(deformation)
+    scaled = positions @ jnp.linalg.inv(deformation).T
+    derivative = jax.grad(lambda f: energy(scaled @ f.T, f))(deformation)
+    kinetic = positions.shape[0] * BOLTZMANN_EV_PER_K * temperature * jnp.linalg.inv(deformation).T
+    return (derivative - kinetic) / reference_volume
+
+
+def bond_stress(pair_derivative: Callable, bond_vectors: Float[Array, "b d"], deformation: Float[Array, "d d"],
+                temperature, *, coordination: int, atom_volume: float) -> Float[Array, "d d"]:
+    """The local stress P_I of one configuration from its bond vectors d_b = x_j − x_i (b, d), Å.
+
+    ``pair_derivative(r)`` is φ'(r) in eV/Å; ``atom_volume`` the reference volume per atom (Å^d).
+    """
+    deformation = jnp.asarray(deformation)
+    inverse = jnp.linalg.inv(deformation)
+    length = jnp.linalg.norm(bond_vectors, axis=-1)
+    force = pair_derivative(length) / length  # φ'(r)/r: φ' d̂ = (φ'/r) d
+    virial = jnp.einsum("b,bi,bj->ij", force, bond_vectors, bond_vectors @ inverse.T)
+    atoms = 2.0 * bond_vectors.shape[0] / coordination
+    kinetic = atoms * BOLTZMANN_EV_PER_K * temperature * inverse.T
+    return (virial - kinetic) / (atoms * atom_volume)
