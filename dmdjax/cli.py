@@ -343,13 +343,15 @@ def _add_sbsam(sub) -> None:
 
 
 def _run_sbsam(args) -> int:
+    import dataclasses
+
     from .studies import sbsam
 
     parameters = sbsam.SBSAMParameters.quick() if args.quick else sbsam.SBSAMParameters()
     names = {"losses": "losses", "architecture": "architecture", "steps": "steps", "conditions": "n_conditions",
              "samples": "samples", "seed": "seed"}
     changes = {field: getattr(args, option) for option, field in names.items() if getattr(args, option) is not None}
-    parameters = sbsam.dataclasses.replace(parameters, **changes)  # validates
+    parameters = dataclasses.replace(parameters, **changes)  # validates
     summary = sbsam.run_harmonic_study(parameters, args.output, overwrite=args.overwrite,
                                        progress=not args.no_progress)
     print(f"{'loss':<12}{'score err':>11}{'cov err':>10}{'stress err':>12}{'train s':>9}")

@@ -44,8 +44,7 @@ class ScoreMLP(nn.Module):
     @nn.compact
     def __call__(self, x, deformation, temperature, sigma=None):
         dtype = x.dtype
-        condition = jnp.concatenate([jnp.reshape(deformation - jnp.eye(deformation.shape[-1], dtype=dtype), (-1,)),
-                                     jnp.log(jnp.asarray(temperature, dtype) / self.reference_temperature)[None]])
+        condition = condition_features(deformation, temperature, self.reference_temperature, dtype)
         lower = precision_factor(condition, self.size, self.precision_hidden)
         inputs = [x, condition] + ([] if sigma is None else [jnp.asarray(sigma, dtype)[None]])
         hidden = jnp.concatenate(inputs)
@@ -53,6 +52,12 @@ class ScoreMLP(nn.Module):
             hidden = nn.silu(nn.Dense(width)(hidden))
         correction = nn.Dense(self.size, kernel_init=nn.initializers.zeros, name="correction")(hidden)
         return gaussian_score(lower, x, sigma) + correction
+
+
+def condition_features(deformation, temperature, reference_temperature: float, dtype):
+    """The condition the networks see: the strain F − I flattened and log(T/T₀), ``(d² + 1,)``."""
+    strain = jnp.reshape(deformation - jnp.eye(deformation.shape[-1], dtype=dtype), (-1,))
+    return jnp.concatenate([strain, jnp.log(jnp.asarray(temperature, dtype) / reference_temperature)[None]])
 
 
 def precision_factor(condition, size: int, hidden: Sequence[int]):
@@ -65,15 +70,18 @@ def precision_factor(condition, size: int, hidden: Sequence[int]):
     return jnp.tril(jnp.reshape(lower, (size, size))) + jnp.eye(size, dtype=condition.dtype)
 
 
-def gaussian_score(lower, x, sigma=None):
-    """−A x for A = L Lᵀ, or with noise σ the score of the Gaussian smoothed by it,
-    −(A⁻¹ + σ²I)⁻¹ x = −L (I + σ² LᵀL)⁻¹ Lᵀ x, so a model trained by denoising at σ > 0 carries
-    its noise-free precision (σ = 0) in L."""
-    projected = lower.T @ x
+def linear_score(precision, x, sigma=None):
+    """−A x, or with noise σ the score of the Gaussian smoothed by it, −(A⁻¹ + σ²I)⁻¹ x =
+    −A (I + σ²A)⁻¹ x, so a model trained by denoising at σ > 0 carries its noise-free precision
+    (σ = 0) in A."""
     if sigma is not None:
-        gram = lower.T @ lower
-        projected = jnp.linalg.solve(jnp.eye(x.shape[0], dtype=x.dtype) + sigma**2 * gram, projected)
-    return -(lower @ projected)
+        x = jnp.linalg.solve(jnp.eye(x.shape[0], dtype=x.dtype) + sigma**2 * precision, x)
+    return -(precision @ x)
+
+
+def gaussian_score(lower, x, sigma=None):
+    """:func:`linear_score` for A = L Lᵀ."""
+    return linear_score(lower @ lower.T, x, sigma)
 
 
 class PairScore(nn.Module):
@@ -84,7 +92,7 @@ class PairScore(nn.Module):
     linear part is −A x with 2×2 blocks A_ij = ½(B(ξ_i, ξ_j) + B(ξ_j, ξ_i)ᵀ), B one network of the
     pair geometry and the condition (identity on the diagonal at start); the correction is one
     round of message passing, h_i = φ(ξ_i, x_i, c), m_i = Σ_j ψ(h_i, h_j, ξ_j − ξ_i, x_j − x_i),
-    S_i += χ(h_i, m_i). With noise σ the linear part is smoothed as in :func:`gaussian_score`.
+    S_i += χ(h_i, m_i). With noise σ the linear part is smoothed as in :func:`linear_score`.
 
     Attributes:
         sites: reference sites, a tuple of m tuples of d floats (static, hashable).
@@ -104,8 +112,7 @@ class PairScore(nn.Module):
         m, d = sites.shape
         scale = jnp.max(jnp.linalg.norm(sites, axis=-1)) + 1.0
         sites = sites / scale
-        condition = jnp.concatenate([jnp.reshape(deformation - jnp.eye(d, dtype=dtype), (-1,)),
-                                     jnp.log(jnp.asarray(temperature, dtype) / self.reference_temperature)[None]])
+        condition = condition_features(deformation, temperature, self.reference_temperature, dtype)
         # linear part: pair blocks from the pair geometry
         first, second = jnp.broadcast_to(sites[:, None], (m, m, d)), jnp.broadcast_to(sites[None], (m, m, d))
         separation = second - first
@@ -116,11 +123,7 @@ class PairScore(nn.Module):
         blocks = nn.Dense(d * d, kernel_init=nn.initializers.zeros, name="blocks")(pair).reshape(m, m, d, d)
         blocks = 0.5 * (blocks + blocks.transpose(1, 0, 3, 2)) + jnp.eye(m, dtype=dtype)[:, :, None, None] * jnp.eye(
             d, dtype=dtype)
-        precision = blocks.transpose(0, 2, 1, 3).reshape(m * d, m * d)
-        if sigma is None:
-            linear = -(precision @ x)
-        else:
-            linear = -(precision @ jnp.linalg.solve(jnp.eye(m * d, dtype=dtype) + sigma**2 * precision, x))
+        linear = linear_score(blocks.transpose(0, 2, 1, 3).reshape(m * d, m * d), x, sigma)
         # correction: one round of message passing
         atoms = jnp.reshape(x, (m, d))
         extra = [] if sigma is None else [jnp.full((m, 1), sigma, dtype)]

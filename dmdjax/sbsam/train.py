@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import jax
@@ -135,7 +136,7 @@ def load_checkpoint(path: str | os.PathLike):
     from flax import serialization
 
     try:
-        payload = serialization.msgpack_restore(open(path, "rb").read())
+        payload = serialization.msgpack_restore(Path(path).read_bytes())
         kind, fields = payload["model"], json.loads(payload["fields"])
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{str(path)!r} is not an SB-SAM checkpoint ({error})") from None

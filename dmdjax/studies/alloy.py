@@ -120,3 +120,18 @@ def conservation(c, free_energy) -> dict:
     return {"sum_c_max_change": float(np.max(np.abs(c.sum(axis=1) - c[0].sum()))),
             "free_energy_max_increase": float(np.max(np.diff(free_energy))),
             "free_energy_change": float(free_energy[-1] - free_energy[0])}
+
+
+def summary_header(study: str, run: dict, walls: dict, times, rate: float) -> dict:
+    """The ``summary.json`` keys both Al–Mg studies share: study, device, platform, dtype,
+    ``wall_time_s``, ``rate`` (Γ₀), ``time_reached`` (run units) and ``time_reached_rate_units``."""
+    return {"study": study, "device": run["device"], "platform": run["platform"], "dtype": run["dtype"],
+            "wall_time_s": walls, "rate": rate, "time_reached": float(times[-1]),
+            "time_reached_rate_units": float(times[-1] * rate)}
+
+
+def time_line(summary: dict, output) -> str:
+    """The closing line of both studies' printed summary: physical time reached and wall time."""
+    return (f"physical time reached {summary['time_reached']:.4g} (run units); wall time "
+            f"{summary['wall_time_s']['total']:.1f} s on {summary['device']} ({summary['platform']}); "
+            f"files in {output}/")

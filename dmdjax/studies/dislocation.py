@@ -51,7 +51,7 @@ from ..potentials import resolve_potential_path
 from ..systems import System, from_ase
 from ..units import BOLTZMANN_EV_PER_K
 from .alloy import (SPECIES, arrhenius_rate, conservation, group_means, load_alloy_potential, mg_fraction,
-                     run_kinetics, save_times, validate_parameters, write_frames)
+                     run_kinetics, save_times, summary_header, time_line, validate_parameters, write_frames)
 
 EV_PER_A3_PER_GPA = 1.0 / 160.21766208  # 1 GPa in eV/Å³
 NEIGHBOR_SKIN = 0.5  # Å
@@ -387,12 +387,10 @@ def run_dislocation_study(p: DislocationParameters, output, *, resume: bool = Fa
                              column_pressure, mobile, sectors, angles, angular_c, angular_p,
                              relative[strip, 1][order], column_c[:, strip][:, order], column_pressure[strip][order])
     walls["total"] = time.perf_counter() - start
-    summary = {"study": "alloy dislocation", "device": run["device"], "platform": run["platform"],
-               "dtype": run["dtype"], "n_atoms": system.n_atoms, "n_mobile": int((~clamped).sum()),
-               "n_columns": int(mobile.size), "radius": p.radius, "boundary_width": p.boundary_width,
-               "length": p.length, "line_length": float(p.length * period), "elastic_constants_gpa": constants,
-               "burgers": cylinder.burgers.tolist(), "wall_time_s": walls, "rate": p.rate,
-               "time_reached": float(times[-1]), "time_reached_rate_units": float(times[-1] * p.rate),
+    summary = {**summary_header("alloy dislocation", run, walls, times, p.rate), "n_atoms": system.n_atoms,
+               "n_mobile": int((~clamped).sum()), "n_columns": int(mobile.size), "radius": p.radius,
+               "boundary_width": p.boundary_width, "length": p.length, "line_length": float(p.length * period),
+               "elastic_constants_gpa": constants, "burgers": cylinder.burgers.tolist(),
                "initial_relaxation": {"max_displacement": float(np.max(np.linalg.norm(
                    np.asarray(trajectory.positions[0]) - np.asarray(system.positions), axis=-1)))},
                "pressure_check": pressure_check, "mean_field_misfit_volume": misfit_volume, "kinetics": kinetics}
@@ -417,6 +415,5 @@ def format_summary(summary: dict, output: Path) -> str:
         f"{k['cottrell']['correlation']:+.3f}; the mean field's own ΔV is "
         f"{summary['mean_field_misfit_volume']:.2f} Å³); max |ΔΣc| {k['sum_c_max_change']:.2e}; F change "
         f"{k['free_energy_change']:.4f} eV (largest rise {k['free_energy_max_increase']:.2e})",
-        f"physical time reached {summary['time_reached']:.4g} (run units); wall time "
-        f"{summary['wall_time_s']['total']:.1f} s on {summary['device']} ({summary['platform']}); files in {output}/",
+        time_line(summary, output),
     ])

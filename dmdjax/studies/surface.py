@@ -45,7 +45,7 @@ from ..neighbors import neighbor_list
 from ..systems import System, fcc
 from ..units import BOLTZMANN_EV_PER_K
 from .alloy import (SPECIES, arrhenius_rate, conservation, group_means, load_alloy_potential, mg_fraction,
-                     run_kinetics, save_times, validate_parameters, write_frames)
+                     run_kinetics, save_times, summary_header, time_line, validate_parameters, write_frames)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,9 +271,8 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
 
     surface_figures.draw(output / "fig_surface.png", p, times * p.rate, layer_c, isotherm_rows, energies)
     walls["total"] = time.perf_counter() - start
-    summary = {"study": "alloy surface", "device": run["device"], "platform": run["platform"], "dtype": run["dtype"],
-               "n_atoms": slab.n_atoms, "cells": list(p.cells), "n_layers": n_layers, "wall_time_s": walls,
-               "rate": p.rate, "time_reached": float(times[-1]), "time_reached_rate_units": float(times[-1] * p.rate),
+    summary = {**summary_header("alloy surface", run, walls, times, p.rate),
+               "n_atoms": slab.n_atoms, "cells": list(p.cells), "n_layers": n_layers,
                "segregation_energy_ev": energies, "isotherm": isotherm_rows, "kinetics": kinetics}
     summary = io.write_study_summary(output, summary)
     log(format_summary(summary, output))
@@ -293,7 +292,5 @@ def format_summary(summary: dict, output: Path) -> str:
                  f"c_subsurface {k['subsurface_final']:.4f}, c_bulk {k['bulk_final']:.4f} (LM at that c_b: "
                  f"{k['langmuir_mclean_final']:.4f}); max |ΔΣc| {k['sum_c_max_change']:.2e}; "
                  f"F change {k['free_energy_change']:.4f} eV (largest rise {k['free_energy_max_increase']:.2e})")
-    lines.append(f"physical time reached {summary['time_reached']:.4g} (run units); wall time "
-                 f"{summary['wall_time_s']['total']:.1f} s on {summary['device']} ({summary['platform']}); "
-                 f"files in {output}/")
+    lines.append(time_line(summary, output))
     return "\n".join(lines)
