@@ -29,88 +29,22 @@ baseline with the outer atoms clamped at the deformed lattice sites has precisio
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ..systems import triangular
-from .stress import bond_stress
 from ..units import BOLTZMANN_EV_PER_K
+from .lattice import MorseLattice
+from .stress import bond_stress
 
 
 @dataclasses.dataclass(frozen=True)
-class HarmonicLattice:
-    """A periodic triangular lattice with Morse-stiffness springs, split into inner and outer atoms.
-
-    Attributes:
-        repeats: rectangular two-atom cells (nx, ny) of the periodic box.
-        spacing: reference nearest-neighbour distance r₀, Å (the Morse minimum).
-        depth: Morse D, eV; width: Morse α, 1/Å.
-        inner_radius: Å; atoms this close to the box centre are the inner region X.
-    """
-
-    repeats: tuple = (6, 4)
-    spacing: float = 2.5
-    depth: float = 0.3
-    width: float = 1.5
-    inner_radius: float = 2.6
-
-    def __post_init__(self):
-        repeats = tuple(int(r) for r in self.repeats)
-        if len(repeats) != 2 or min(repeats) < 2:
-            raise ValueError(f"repeats must be two integers >= 2; got {self.repeats!r}")
-        object.__setattr__(self, "repeats", repeats)
-        for name in ("spacing", "depth", "width", "inner_radius"):
-            value = getattr(self, name)
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be finite and > 0; got {value!r}")
-        if not 0 < self.n_inner < self.n_atoms - 1:
-            raise ValueError(f"inner_radius {self.inner_radius} Å selects {self.n_inner} of {self.n_atoms} atoms: "
-                             "the inner region must hold at least one atom and leave outer ones")
-
-    # --- geometry (NumPy, fixed per lattice) ---------------------------------------------------
-    @functools.cached_property
-    def reference(self) -> tuple[np.ndarray, np.ndarray]:
-        """Reference sites ξ ``(N, 2)`` and box ``(2, 2)`` (rows are box vectors), Å (NumPy, so
-        the model's functions can be traced)."""
-        with jax.ensure_compile_time_eval():
-            system = triangular(self.spacing, self.repeats)
-            return np.asarray(system.positions, dtype=float), np.asarray(system.cell.vectors, dtype=float)
-
-    @property
-    def n_atoms(self) -> int:
-        return 2 * self.repeats[0] * self.repeats[1]
-
-    @functools.cached_property
-    def bonds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest-neighbour pairs ``(B, 2)`` (i < j) and their reference vectors ξ_j − ξ_i ``(B, 2)``
-        (minimum image)."""
-        sites, box = self.reference
-        delta = sites[None, :, :] - sites[:, None, :]
-        fractional = delta @ np.linalg.inv(box)
-        delta = (fractional - np.round(fractional)) @ box
-        distance = np.linalg.norm(delta, axis=-1)
-        i, j = np.nonzero(np.triu(np.abs(distance - self.spacing) < 1e-6 * self.spacing, k=1))
-        return np.stack([i, j], axis=1), delta[i, j]
-
-    @property
-    def centre_distance(self) -> np.ndarray:
-        sites, box = self.reference
-        return np.linalg.norm(sites - 0.5 * box.sum(axis=0), axis=-1)
-
-    @property
-    def inner(self) -> np.ndarray:
-        """Indices of the inner atoms X, nearest the centre first."""
-        distance = self.centre_distance
-        order = np.argsort(distance, kind="stable")
-        return order[distance[order] < self.inner_radius]
-
-    @property
-    def n_inner(self) -> int:
-        return int(np.sum(self.centre_distance < self.inner_radius))
+class HarmonicLattice(MorseLattice):
+    """A periodic triangular lattice with Morse-stiffness springs, split into inner and outer atoms
+    (fields and geometry: :class:`~dmdjax.sbsam.lattice.MorseLattice`; one outer atom, the
+    :attr:`anchor`, is fixed)."""
 
     @property
     def anchor(self) -> int:
@@ -126,11 +60,6 @@ class HarmonicLattice:
         return np.flatnonzero(mask)
 
     # --- the model (JAX, differentiable in F) --------------------------------------------------
-    def bond_stiffness(self, distance):
-        """κ(r) = φ''(r) of the Morse bond, eV/Å²."""
-        decay = jnp.exp(-self.width * (distance - self.spacing))
-        return self.depth * self.width**2 * (4.0 * decay**2 - 2.0 * decay)
-
     def stiffness_matrix(self, deformation: Float[Array, "dim dim"]) -> Float[Array, "free free"]:
         """K(F) over the free atoms, ordered (inner X, outer Y), each atom's (x, y) together; eV/Å²."""
         pairs, vectors = self.bonds
@@ -177,41 +106,7 @@ class HarmonicLattice:
         return (displacement[:, :m].reshape(n_samples, -1, 2), displacement[:, m:].reshape(n_samples, -1, 2),
                 target.reshape(n_samples, -1, 2))
 
-    # --- stress ---------------------------------------------------------------------------------
-    def pair_derivative(self, distance):
-        """φ'(r) of the Morse bond, eV/Å."""
-        decay = jnp.exp(-self.width * (distance - self.spacing))
-        return 2.0 * self.depth * self.width * (decay - decay**2)
-
-    def pair_energy(self, distance):
-        """φ(r) of the Morse bond, eV."""
-        decay = jnp.exp(-self.width * (distance - self.spacing))
-        return self.depth * (decay**2 - 2.0 * decay)
-
-    @property
-    def atom_volume(self) -> float:
-        """Reference area per atom, √3/2 r₀², Å²."""
-        return 0.5 * np.sqrt(3.0) * self.spacing**2
-
-    @functools.cached_property
-    def inner_bonds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Bonds with both atoms inner: pairs ``(b, 2)`` indexing the inner atoms (in :attr:`inner`
-        order) and reference vectors ``(b, 2)``."""
-        pairs, vectors = self.bonds
-        position = np.full(self.n_atoms, -1)
-        position[self.inner] = np.arange(self.n_inner)
-        local = position[pairs]
-        keep = np.all(local >= 0, axis=1)
-        return local[keep], vectors[keep]
-
-    def inner_stress(self, displacement: Float[Array, "m 2"], deformation, temperature) -> Float[Array, "2 2"]:
-        """The local bond stress of the inner region for one sample u_X (m, 2) Å, eV/Å²."""
-        pairs, vectors = self.inner_bonds
-        deformation = jnp.asarray(deformation)
-        bond = vectors @ deformation.T + displacement[pairs[:, 1]] - displacement[pairs[:, 0]]
-        return bond_stress(self.pair_derivative, bond, deformation, temperature, coordination=6,
-                           atom_volume=self.atom_volume)
-
+    # --- the clamped baseline and the full system -----------------------------------------------
     def clamped_covariance(self, deformation, temperature) -> Float[Array, "inner inner"]:
         """Covariance of u_X with the outer atoms clamped at the lattice sites, k_BT K_XX⁻¹, Å²."""
         m = 2 * self.n_inner

@@ -144,6 +144,48 @@ class PairScore(nn.Module):
         return linear + jnp.reshape(correction, (-1,))
 
 
+class BoundaryCorrection(nn.Module):
+    """A learned correction to a known reference score that acts on the boundary atoms only (thermal units).
+
+    SB-SAM of a large inner region as Δ-learning on the clamped score (:mod:`~dmdjax.sbsam.crystal`):
+    S(x | F, T) = S_clamped(x | F, T) + C(x_b | F, T), where the exact C = E[−β∇V_XY | X] +
+    β∇V_XY(X, Y₀) depends on the boundary coordinates x_b alone. C = b + M x_b + g(x_b), with the
+    bias b and the symmetric matrix M (the softening by the outer atoms) from a tanh network of
+    the condition, and g an MLP of (x_b, condition); all start at zero, so the untrained model is
+    the clamped baseline. The output has the full size (zero off the boundary).
+
+    Attributes:
+        size: m·d. boundary: the flattened coordinate indices of the boundary atoms (a tuple).
+        hidden: widths of g. precision_hidden: widths of the condition network.
+        reference_temperature: T₀, K.
+    """
+
+    size: int
+    boundary: tuple
+    hidden: Sequence[int] = (64, 64)
+    precision_hidden: Sequence[int] = (64,)
+    reference_temperature: float = 300.0
+
+    @nn.compact
+    def __call__(self, x, deformation, temperature, sigma=None):
+        dtype = x.dtype
+        index = jnp.asarray(self.boundary)
+        n = len(self.boundary)
+        local = x[index]
+        condition = condition_features(deformation, temperature, self.reference_temperature, dtype)
+        features = condition
+        for width in self.precision_hidden:
+            features = nn.tanh(nn.Dense(width)(features))
+        bias = nn.Dense(n, kernel_init=nn.initializers.zeros, name="bias")(features)
+        matrix = nn.Dense(n * n, kernel_init=nn.initializers.zeros, name="softening")(features).reshape(n, n)
+        hidden = jnp.concatenate([local, condition])
+        for width in self.hidden:
+            hidden = nn.silu(nn.Dense(width)(hidden))
+        nonlinear = nn.Dense(n, kernel_init=nn.initializers.zeros, name="correction")(hidden)
+        correction = bias + 0.5 * (matrix + matrix.T) @ local + nonlinear
+        return jnp.zeros(self.size, dtype).at[index].set(correction)
+
+
 def thermal_length(temperature, stiffness_scale: float):
     """ℓ = √(k_BT/κ₀), Å."""
     return jnp.sqrt(BOLTZMANN_EV_PER_K * jnp.asarray(temperature) / stiffness_scale)

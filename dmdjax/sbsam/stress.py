@@ -27,6 +27,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ..units import BOLTZMANN_EV_PER_K
@@ -60,3 +61,13 @@ def bond_stress(pair_derivative: Callable, bond_vectors: Float[Array, "b d"], de
     atoms = 2.0 * bond_vectors.shape[0] / coordination
     kinetic = atoms * BOLTZMANN_EV_PER_K * temperature * inverse.T
     return (virial - kinetic) / (atoms * atom_volume)
+
+
+def zero_variance_mean(values, scores, chains: int):
+    """Mean of ``values`` (N, k) with the control variate of ``scores`` (N, D) (mean zero under the
+    sampled law) and its standard error from ``chains`` equal contiguous blocks (one per chain)."""
+    centred_scores = scores - scores.mean(axis=0)
+    coefficients, *_ = np.linalg.lstsq(centred_scores, values - values.mean(axis=0), rcond=None)
+    corrected = values - scores @ coefficients
+    per_chain = corrected.reshape(chains, -1, corrected.shape[-1]).mean(axis=1)
+    return corrected.mean(axis=0), per_chain.std(axis=0, ddof=1) / np.sqrt(chains)

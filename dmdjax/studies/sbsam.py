@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..io import open_study_folder, write_json, write_study_summary
-from ..sbsam import harmonic, model as models, sample, train
+from ..sbsam import harmonic, model as models, sample, stress, train
 
 ARCHITECTURES = ("mlp", "pair")
 
@@ -164,16 +164,6 @@ def thermal_score(model, params, denoising: bool):
     return score
 
 
-def zero_variance_mean(values, scores, chains: int):
-    """Mean of ``values`` (N, k) with the control variate of ``scores`` (N, D) (mean zero under the
-    sampled law) and its standard error from ``chains`` equal contiguous blocks (one per chain)."""
-    centred_scores = scores - scores.mean(axis=0)
-    coefficients, *_ = np.linalg.lstsq(centred_scores, values - values.mean(axis=0), rcond=None)
-    corrected = values - scores @ coefficients
-    per_chain = corrected.reshape(chains, -1, corrected.shape[-1]).mean(axis=1)
-    return corrected.mean(axis=0), per_chain.std(axis=0, ddof=1) / np.sqrt(chains)
-
-
 def _relative(estimate, exact):
     return float(np.linalg.norm(np.asarray(estimate) - np.asarray(exact)) / np.linalg.norm(np.asarray(exact)))
 
@@ -210,7 +200,7 @@ def evaluate_sampler(lattice, model, params, parameters: SBSAMParameters, test, 
         covariance = flat.T @ flat / flat.shape[0]
         stresses = np.asarray(jax.vmap(lambda v: lattice.inner_stress(v, f, t))(u)).reshape(-1, 4)
         scores = np.asarray(jax.vmap(lambda v: score(v, (f, t)))(x)).reshape(-1, size)
-        mean, error = zero_variance_mean(stresses, scores, chains)
+        mean, error = stress.zero_variance_mean(stresses, scores, chains)
         results.append({"covariance_error": _relative(covariance, exact_covariance), "stress": mean.tolist(),
                         "stress_standard_error": error.tolist(), "stress_error": _relative(mean, exact_stress),
                         "stress_plain_mean": stresses.mean(axis=0).tolist()})
@@ -251,8 +241,8 @@ def run_harmonic_study(parameters: SBSAMParameters | None = None, output=None, *
     clamped_stress = [np.asarray(lattice.exact_inner_stress(f, float(t), lattice.clamped_covariance(f, float(t))))
                       .reshape(4) for f, t in zip(test_f, test_t)]
     clamped_error = [_relative(c, e) for c, e in zip(clamped_stress, exact_stress)]
-    exact = [(np.asarray(lattice.inner_covariance(f, float(t))), stress)
-             for f, t, stress in zip(test_f, test_t, exact_stress)]
+    exact = [(np.asarray(lattice.inner_covariance(f, float(t))), value)
+             for f, t, value in zip(test_f, test_t, exact_stress)]
 
     per_loss, histories, trained = {}, {}, {}
     for name in parameters.losses:

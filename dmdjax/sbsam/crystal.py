@@ -1,0 +1,276 @@
+r"""The nonlinear crystal of SB-SAM: a periodic triangular Morse crystal sampled in full (DESIGN.md §7).
+
+The lattice of :class:`~dmdjax.sbsam.lattice.MorseLattice` with the *full* Morse bond on every
+nearest-neighbour pair (no linearisation): displacements u from the deformed sites Fξ, energy
+
+    V(u; F) = Σ_⟨ij⟩ φ(|F (ξ_j − ξ_i) + u_j − u_i|),   φ(r) = D[e^{−2α(r − r₀)} − 2e^{−α(r − r₀)}],
+
+each bond's periodic image shift deformed with the box (the bond list is fixed: in the solid no
+pair changes neighbours, which :func:`sample_full` checks). Inner atoms X within
+``inner_radius`` of the centre, outer Y the rest. Translations are removed by measuring u from
+the centre of mass.
+
+* :func:`sample_full` — canonical samples of the whole crystal by jax-md's BAOAB Langevin
+  integrator (``simulate.nvt_langevin``), vmapped over conditions (F, T) and replicas; it keeps
+  the inner displacements, the force-matching target −β∇_X V, the inner (local bond) stress and
+  the periodic stress, with equilibration and decorrelation checks
+  (:func:`integrated_autocorrelation_time`).
+* :meth:`MorseCrystal.clamped_score` — the score of the inner region with the outer atoms clamped
+  at their deformed sites, −β∇_X V(X, Y = Fξ_Y): the baseline, and the reference that the SB-SAM
+  model corrects (:class:`~dmdjax.sbsam.model.BoundaryCorrection`): the exact score differs from it
+  by E[−β∇_X V_XY | X] + β∇_X V_XY(X, Fξ_Y), a function of the *boundary* atoms only (those
+  bonded to Y), because ρ(Y | X) depends on X through them alone.
+
+Units: Å, eV, K, amu; time in √(amu Å²/eV) ≈ 10.18 fs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ..units import BOLTZMANN_EV_PER_K
+from .lattice import MorseLattice
+from .stress import bond_stress
+
+
+@dataclasses.dataclass(frozen=True)
+class MorseCrystal(MorseLattice):
+    """A periodic triangular crystal with full Morse nearest-neighbour bonds (fields of
+    :class:`~dmdjax.sbsam.lattice.MorseLattice`; defaults 32 × 18 cells = 1152 atoms, inner radius
+    13 Å = 121 inner atoms) and atomic ``mass`` (amu) for the dynamics."""
+
+    repeats: tuple = (32, 18)
+    inner_radius: float = 13.0
+    mass: float = 26.98
+
+    @functools.cached_property
+    def outer(self) -> np.ndarray:
+        """Indices of the outer atoms Y (every atom not inner)."""
+        mask = np.ones(self.n_atoms, bool)
+        mask[self.inner] = False
+        return np.flatnonzero(mask)
+
+    @functools.cached_property
+    def boundary(self) -> np.ndarray:
+        """Positions (in :attr:`inner` order) of the inner atoms bonded to an outer atom."""
+        pairs, _ = self.bonds
+        position = np.full(self.n_atoms, -1)
+        position[self.inner] = np.arange(self.n_inner)
+        local = position[pairs]
+        crossing = (local[:, 0] >= 0) != (local[:, 1] >= 0)
+        return np.unique(local[crossing].max(axis=1))
+
+    @functools.cached_property
+    def region_bonds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Bonds with at least one inner atom: pairs ``(b, 2)`` of inner positions (−1 for an outer
+        atom) and reference vectors ``(b, 2)``."""
+        pairs, vectors = self.bonds
+        position = np.full(self.n_atoms, -1)
+        position[self.inner] = np.arange(self.n_inner)
+        local = position[pairs]
+        keep = np.any(local >= 0, axis=1)
+        return local[keep], vectors[keep]
+
+    # --- energies, forces, stresses ------------------------------------------------------------
+    def bond_vectors(self, displacement: Float[Array, "n 2"], deformation) -> Float[Array, "b 2"]:
+        """d_b = F(ξ_j − ξ_i) + u_j − u_i for every bond, Å."""
+        pairs, vectors = self.bonds
+        return vectors @ jnp.asarray(deformation).T + displacement[pairs[:, 1]] - displacement[pairs[:, 0]]
+
+    def energy(self, displacement: Float[Array, "n 2"], deformation) -> Float[Array, ""]:
+        """V(u; F), eV, for displacements u (n, 2) Å of every atom."""
+        return jnp.sum(self.pair_energy(jnp.linalg.norm(self.bond_vectors(displacement, deformation), axis=-1)))
+
+    def stress(self, displacement: Float[Array, "n 2"], deformation, temperature) -> Float[Array, "2 2"]:
+        """The periodic PK stress of one configuration, (1/V₀)[∂V/∂F − N k_BT F⁻ᵀ] (the bond form over
+        every bond, equal to :func:`~dmdjax.sbsam.stress.periodic_stress`), eV/Å²."""
+        return bond_stress(self.pair_derivative, self.bond_vectors(displacement, deformation), deformation,
+                           temperature, coordination=6, atom_volume=self.atom_volume)
+
+    @functools.cached_property
+    def orientation(self) -> tuple[np.ndarray, np.ndarray]:
+        """The orientation class (0, 1, 2) of every bond, ``(B,)``, and the inner region's bond
+        count per class ``(3,)`` (a triangular lattice has three bond directions)."""
+        _, vectors = self.bonds
+        angle = np.mod(np.arctan2(vectors[:, 1], vectors[:, 0]), np.pi)
+        classes = np.round(angle / (np.pi / 3)).astype(int) % 3
+        _, inner_vectors = self.inner_bonds
+        inner_angle = np.mod(np.arctan2(inner_vectors[:, 1], inner_vectors[:, 0]), np.pi)
+        counts = np.bincount(np.round(inner_angle / (np.pi / 3)).astype(int) % 3, minlength=3)
+        return classes, counts
+
+    def translated_inner_stress(self, displacement: Float[Array, "n 2"], deformation, temperature):
+        """:meth:`inner_stress` averaged over every lattice translate of the region, eV/Å²: each bond
+        direction's mean virial φ'(r)/r d ⊗ F⁻¹d over *all* bonds of that direction, weighted by the
+        region's count of them. In the periodic crystal its mean equals the inner stress's mean
+        (translation symmetry) with a much smaller variance: the full system's best estimate."""
+        deformation = jnp.asarray(deformation)
+        inverse = jnp.linalg.inv(deformation)
+        bond = self.bond_vectors(displacement, deformation)
+        length = jnp.linalg.norm(bond, axis=-1)
+        virial = (self.pair_derivative(length) / length)[:, None, None] * bond[:, :, None] * (bond @ inverse.T)[:, None, :]
+        classes, counts = self.orientation
+        per_class = jax.ops.segment_sum(virial, classes, num_segments=3) / np.bincount(classes, minlength=3)[:, None, None]
+        total = jnp.einsum("c,cij->ij", jnp.asarray(counts, virial.dtype), per_class)
+        atoms = 2.0 * counts.sum() / 6
+        kinetic = atoms * BOLTZMANN_EV_PER_K * temperature * inverse.T
+        return (total - kinetic) / (atoms * self.atom_volume)
+
+    def clamped_energy(self, inner: Float[Array, "m 2"], deformation) -> Float[Array, ""]:
+        """V of the bonds that touch X with the outer atoms at their deformed sites (u_Y = 0), eV."""
+        pairs, vectors = self.region_bonds
+        padded = jnp.concatenate([inner, jnp.zeros((1, 2), inner.dtype)])  # index −1: an outer atom
+        bond = vectors @ jnp.asarray(deformation).T + padded[pairs[:, 1]] - padded[pairs[:, 0]]
+        return jnp.sum(self.pair_energy(jnp.linalg.norm(bond, axis=-1)))
+
+    def clamped_score(self, inner: Float[Array, "m 2"], deformation, temperature) -> Float[Array, "m 2"]:
+        """−β∇_X V(X, Y = Fξ_Y), 1/Å: the score of the clamped baseline."""
+        beta = 1.0 / (BOLTZMANN_EV_PER_K * temperature)
+        return -beta * jax.grad(self.clamped_energy)(inner, deformation)
+
+    def full_displacement(self, inner, outer) -> Float[Array, "n 2"]:
+        """All displacements (n, 2) from the inner (m, 2) and outer (n − m, 2) ones."""
+        full = jnp.zeros((self.n_atoms, 2), inner.dtype)
+        return full.at[self.inner].set(inner).at[self.outer].set(outer)
+
+
+class FullSamples(NamedTuple):
+    """Samples of :func:`sample_full`, axes (condition, replica, kept, ...): ``inner`` u_X (Å, from the
+    centre of mass), ``force_target`` −β∇_X V (1/Å), ``inner_stress``, ``stress`` (periodic) and
+    ``translated_stress`` (:meth:`MorseCrystal.translated_inner_stress`) (eV/Å²), ``energy`` V per atom (eV); ``seconds`` of sampling (compile excluded), ``checks``."""
+
+    inner: jax.Array
+    force_target: jax.Array
+    inner_stress: jax.Array
+    stress: jax.Array
+    translated_stress: jax.Array
+    energy: jax.Array
+    seconds: float
+    checks: dict
+
+
+def sample_full(crystal: MorseCrystal, key, deformations, temperatures, *, replicas: int = 4, n_steps: int = 8000,
+                thin: int = 40, burn_in: int = 2000, time_step: float = 0.5, friction: float = 0.1,
+                chunks: int = 10, progress: bool = False) -> FullSamples:
+    """Canonical samples of the whole crystal at each condition by BAOAB Langevin (jax-md).
+
+    Arguments:
+        crystal: the system. key: a PRNG key.
+        deformations: F ``(c, 2, 2)``; temperatures: T ``(c,)`` K.
+        replicas: independent runs per condition (they give the standard errors).
+        n_steps: steps after ``burn_in``, every ``thin``-th kept; time_step: Δt (√(amu Å²/eV));
+        friction: γ (per time unit). chunks: host round trips (for the progress bar).
+
+    Checks (``checks``): the integrated autocorrelation time of the inner stress trace in kept
+    samples (``tau_inner_stress``, per condition; thinned samples are nearly independent when it is
+    ≈ 1), the equilibration drift (difference of the two halves' means of V per atom over its
+    standard error, ``energy_drift_z``), the largest bond length and the smallest distance between
+    second neighbours seen (``max_bond``, ``min_second_neighbour``: the fixed bond list is exact
+    only while the first stays well below and the second well above the second-neighbour distance).
+
+    Raises:
+        ValueError: bad shapes or sizes.
+    """
+    from jax_md import simulate, space
+
+    deformations = jnp.asarray(deformations)
+    temperatures = jnp.asarray(temperatures, deformations.dtype)
+    if deformations.ndim != 3 or deformations.shape[1:] != (2, 2) or temperatures.shape != deformations.shape[:1]:
+        raise ValueError(f"need deformations (c, 2, 2) and temperatures (c,); got {deformations.shape}, "
+                         f"{temperatures.shape}")
+    if min(replicas, n_steps, thin, chunks) < 1 or burn_in < 0 or n_steps % (thin * chunks):
+        raise ValueError(f"need replicas, thin, chunks >= 1, burn_in >= 0 and n_steps ({n_steps}) a multiple of "
+                         f"thin × chunks ({thin} × {chunks})")
+    if not (time_step > 0 and friction > 0):
+        raise ValueError(f"time_step and friction must be > 0; got {time_step}, {friction}")
+    dtype = deformations.dtype
+    n_conditions = deformations.shape[0]
+    _, shift = space.free()
+    init, apply = simulate.nvt_langevin(lambda u, deformation: crystal.energy(u, deformation), shift, time_step,
+                                        kT=1.0, gamma=friction)
+    kts = BOLTZMANN_EV_PER_K * temperatures
+    batch_f = jnp.repeat(deformations, replicas, axis=0)
+    batch_kt = jnp.repeat(kts, replicas)
+    zero = jnp.zeros((crystal.n_atoms, 2), dtype)
+    state = jax.jit(jax.vmap(lambda k, f, kt: init(k, zero, mass=crystal.mass, kT=kt, deformation=f)))(
+        jax.random.split(key, n_conditions * replicas), batch_f, batch_kt)
+    second, second_vectors = crystal.pairs_at(np.sqrt(3.0) * crystal.spacing)
+
+    def advance(state, f, kt, steps):
+        return jax.lax.fori_loop(0, steps, lambda _, s: apply(s, kT=kt, deformation=f), state)
+
+    def record(state, f, kt):
+        u = state.position - jnp.mean(state.position, axis=0)
+        inner = u[crystal.inner]
+        target = -jax.grad(crystal.energy)(u, f)[crystal.inner] / kt
+        bonds = crystal.bond_vectors(u, f)
+        temperature = kt / BOLTZMANN_EV_PER_K
+        far = second_vectors @ f.T + u[second[:, 1]] - u[second[:, 0]]
+        return (inner, target, crystal.inner_stress(inner, f, temperature), crystal.stress(u, f, temperature),
+                crystal.translated_inner_stress(u, f, temperature), crystal.energy(u, f) / crystal.n_atoms, jnp.max(jnp.linalg.norm(bonds, axis=-1)),
+                jnp.min(jnp.linalg.norm(far, axis=-1)))
+
+    def block(state, f, kt, kept):
+        def one(s, _):
+            s = advance(s, f, kt, thin)
+            return s, record(s, f, kt)
+        return jax.lax.scan(one, state, None, length=kept)
+
+    burn = jax.jit(jax.vmap(lambda s, f, kt: advance(s, f, kt, burn_in)))
+    kept_per_chunk = n_steps // thin // chunks
+    run = jax.jit(jax.vmap(lambda s, f, kt: block(s, f, kt, kept_per_chunk)))
+    burn_compiled = burn.lower(state, batch_f, batch_kt).compile()
+    run_compiled = run.lower(state, batch_f, batch_kt).compile()
+    start = time.perf_counter()
+    state = burn_compiled(state, batch_f, batch_kt)
+    parts = []
+    iterator = range(chunks)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="full system (BAOAB)", unit="chunk")
+    for _ in iterator:
+        state, out = run_compiled(state, batch_f, batch_kt)
+        parts.append(jax.device_get(out))
+    seconds = time.perf_counter() - start
+    joined = [np.concatenate([p[i] for p in parts], axis=1) for i in range(8)]
+    shaped = [a.reshape((n_conditions, replicas) + a.shape[1:]) for a in joined]
+    inner, target, inner_stress, stress, translated, energy, max_bond, min_second = shaped
+    half = energy.shape[2] // 2
+    first, last = energy[:, :, :half].mean(axis=(1, 2)), energy[:, :, half:].mean(axis=(1, 2))
+    spread = energy.mean(axis=2).std(axis=1, ddof=1) / np.sqrt(replicas) if replicas > 1 else np.abs(first - last)
+    checks = {"tau_inner_stress": [integrated_autocorrelation_time(inner_stress[c, :, :, 0, 0])
+                                   for c in range(n_conditions)],
+              "energy_drift_z": ((last - first) / np.maximum(2 * spread, 1e-300)).tolist(),
+              "max_bond": float(max_bond.max()), "min_second_neighbour": float(min_second.min()),
+              "second_neighbour_distance": float(np.sqrt(3.0) * crystal.spacing)}
+    return FullSamples(inner, target, inner_stress, stress, translated, energy, seconds, checks)
+
+
+def integrated_autocorrelation_time(series, window_factor: float = 5.0) -> float:
+    """τ_int = 1 + 2 Σ_t ρ(t) of ``series`` (replicas, length), averaged autocorrelation over the
+    replicas, summed up to Sokal's automatic window (the first W ≥ ``window_factor`` τ_int(W)); in
+    units of the series' spacing (1 for independent samples)."""
+    x = np.asarray(series, dtype=float)
+    x = x - x.mean(axis=1, keepdims=True)
+    n = x.shape[1]
+    size = 1 << int(np.ceil(np.log2(2 * n)))
+    spectrum = np.fft.rfft(x, size, axis=1)
+    correlation = np.fft.irfft(spectrum * np.conj(spectrum), size, axis=1)[:, :n].mean(axis=0)
+    if correlation[0] <= 0:
+        return 1.0
+    rho = correlation / correlation[0]
+    tau = 1.0
+    for window in range(1, n):
+        tau = 1.0 + 2.0 * np.sum(rho[1:window + 1])
+        if window >= window_factor * tau:
+            break
+    return float(max(tau, 1e-3))

@@ -1,0 +1,341 @@
+r"""The SB-SAM nonlinear-crystal study (issue 7; DESIGN.md §7): the inner region of a periodic Morse
+crystal (:mod:`dmdjax.sbsam.crystal`, full anharmonic bonds) sampled without its surroundings.
+
+1. Full system: BAOAB Langevin (jax-md) of the whole crystal at the training grid (ε_xx, ε_yy) ×
+   T and at held-out conditions between the grid points, vmapped over conditions and replicas
+   (:func:`~dmdjax.sbsam.crystal.sample_full`, with its equilibration and decorrelation checks).
+2. Model: the clamped score plus a learned boundary correction
+   (:class:`~dmdjax.sbsam.model.BoundaryCorrection`), trained by force matching on the training
+   grid (the residual target −β∇_X V(X, Y) − S_clamped(X)).
+3. Held-out conditions: the inner region alone sampled by Langevin (Leimkuhler–Matthews, thermal
+   units) with (a) the SB-SAM score and (b) the clamped score (outer atoms at their deformed
+   sites); the inner stress (local bond stress with the true Morse forces, bonds inside the
+   region) against the full system's, each with its standard error over independent chains
+   (replicas), the means with the zero-variance control variate of each sampler's score (the
+   full system's: its inner forces −β∇_X V, mean zero). Wall time to a common standard error: t × (s.e./target)², per method.
+
+Outputs (folder ``output``): ``run.json``, ``model.msgpack`` (checkpoint), ``results.json``,
+``table.csv`` (per held-out condition), ``fig_crystal_stress.png``, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..io import atomic_path, open_study_folder, write_json, write_study_summary
+from ..sbsam import crystal as crystals, model as models, sample, train
+from ..sbsam.stress import zero_variance_mean
+
+
+@dataclasses.dataclass(frozen=True)
+class CrystalParameters:
+    """Settings of :func:`run_crystal_study` (defaults: ≈ 10–15 minutes on a 2-core CPU).
+
+    Crystal: ``repeats`` (32, 18) cells = 1152 atoms, ``inner_radius`` 13 Å (97 inner atoms), Morse
+    as in :class:`~dmdjax.sbsam.crystal.MorseCrystal`. Training grid: ε_xx, ε_yy ∈ ``train_strains``
+    × T ∈ ``train_temperatures`` (27 conditions); held-out ``test_conditions`` (ε_xx, ε_yy, T)
+    between them. Full system: ``replicas`` (``test_replicas`` at held-out conditions) × ``n_steps``
+    BAOAB steps of ``time_step`` with friction ``friction`` after ``burn_in``, every ``thin``-th
+    kept. Training: ``steps`` of Adam (``learning_rate``, cosine), batches of ``batch_size``,
+    correction widths ``hidden``. Inner sampling: ``chains`` per held-out condition,
+    ``sampler_burn_in`` then ``sampler_steps`` (every ``sampler_thin``-th kept), step
+    ``step_fraction``/λ_max (clamped precision at u = 0, thermal units, κ₀ = 1 eV/Å²).
+    """
+
+    repeats: tuple = (32, 18)
+    inner_radius: float = 13.0
+    train_strains: tuple = (-0.015, 0.0, 0.015)
+    train_temperatures: tuple = (100.0, 200.0, 400.0)
+    test_conditions: tuple = ((0.0075, -0.0075, 150.0), (-0.0075, 0.0075, 300.0), (0.0075, 0.0075, 300.0),
+                              (-0.0075, -0.0075, 150.0), (0.01, 0.0, 250.0), (0.0, -0.01, 350.0))
+    replicas: int = 4
+    test_replicas: int = 16
+    n_steps: int = 8000
+    thin: int = 40
+    burn_in: int = 2000
+    time_step: float = 0.5
+    friction: float = 0.1
+    steps: int = 4000
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    hidden: tuple = (64, 64)
+    chains: int = 64
+    sampler_burn_in: int = 2000
+    sampler_steps: int = 8000
+    sampler_thin: int = 40
+    step_fraction: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("replicas", "test_replicas", "n_steps", "thin", "steps", "batch_size", "chains",
+                     "sampler_steps", "sampler_thin"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}")
+        for steps, thin in (("n_steps", "thin"), ("sampler_steps", "sampler_thin")):
+            if getattr(self, steps) % (getattr(self, thin) * (10 if steps == "n_steps" else 1)):
+                raise ValueError(f"{steps} ({getattr(self, steps)}) must be a multiple of "
+                                 f"{'10 × ' if steps == 'n_steps' else ''}{thin} ({getattr(self, thin)})")
+        if any(t <= 0 for t in self.train_temperatures) or not self.train_strains or not self.test_conditions:
+            raise ValueError("train_temperatures (K, > 0), train_strains and test_conditions must be non-empty")
+        for condition in self.test_conditions:
+            if len(condition) != 3 or condition[2] <= 0:
+                raise ValueError(f"each test condition is (eps_xx, eps_yy, T > 0); got {condition!r}")
+        if not 0 < self.step_fraction < 2:
+            raise ValueError(f"step_fraction must be in (0, 2) (stability); got {self.step_fraction!r}")
+
+    @classmethod
+    def quick(cls, **changes):
+        """A reduced run for tests and the notebook (about a minute on a CPU)."""
+        settings = dict(repeats=(12, 7), inner_radius=6.5, train_strains=(-0.01, 0.01),
+                        train_temperatures=(150.0, 300.0), test_conditions=((0.0, 0.0, 200.0),), replicas=2,
+                        test_replicas=4, n_steps=2000, thin=20, burn_in=500, steps=600, chains=32,
+                        sampler_burn_in=500, sampler_steps=2000, sampler_thin=20)
+        return cls(**{**settings, **changes})
+
+
+def grid_conditions(parameters: CrystalParameters):
+    """Training grid and held-out conditions: ``((F (n, 2, 2), T (n,)), (F, T))``."""
+    train_rows = [(a, b, t) for t in parameters.train_temperatures for a in parameters.train_strains
+                  for b in parameters.train_strains]
+
+    def split(rows):
+        rows = np.asarray(rows, dtype=float)
+        f = np.zeros((len(rows), 2, 2))
+        f[:, 0, 0], f[:, 1, 1] = 1 + rows[:, 0], 1 + rows[:, 1]
+        return f, rows[:, 2]
+
+    return split(train_rows), split(parameters.test_conditions)
+
+
+def _relative(estimate, exact):
+    return float(np.linalg.norm(np.asarray(estimate) - np.asarray(exact)) / np.linalg.norm(np.asarray(exact)))
+
+
+def run_crystal_study(parameters: CrystalParameters | None = None, output=None, *, overwrite: bool = False,
+                      progress: bool = True) -> dict:
+    """Run the nonlinear-crystal study (module docstring) and write the folder ``output``.
+
+    ``summary.json`` keys: ``stress_error_max`` / ``stress_error_mean`` (SB-SAM vs full system, over
+    held-out conditions), ``clamped_stress_error_max`` / ``_mean``, ``closer_factor_min`` (clamped
+    error over SB-SAM error, smallest over conditions), ``full_relative_standard_error_max``,
+    ``targets`` (SB-SAM within 0.02 and ≥ 5× closer than clamped) and ``meets_targets``;
+    ``force_loss_ratio`` (held-out force-matching loss of SB-SAM over the clamped score's);
+    ``seconds_to_common_error`` — per method the wall time per held-out condition to reach a
+    relative standard error of 0.2 % of the full system's stress (t × (s.e./target)², averaged over
+    conditions): ``full`` (the full system's best estimate, every translate of the region, see
+    :meth:`~dmdjax.sbsam.crystal.MorseCrystal.translated_inner_stress`: the reference values),
+    ``full_inner`` (the full system, the region's own bonds with the zero-variance control variate
+    of its inner forces — the observable SB-SAM computes), ``sbsam``, ``clamped``; ``checks`` (sampler checks of the full
+    system); ``sizes``; ``timings`` (s); ``wall_seconds``; ``device``; ``dtype``.
+    """
+    parameters = parameters or CrystalParameters()
+    if output is None:
+        raise ValueError("output (a folder) is required")
+    output = Path(output)
+    run = open_study_folder(output, {"study": "sbsam-crystal", "parameters": dataclasses.asdict(parameters)},
+                            overwrite=overwrite)
+    wall = time.perf_counter()
+    crystal = crystals.MorseCrystal(repeats=parameters.repeats, inner_radius=parameters.inner_radius)
+    (train_f, train_t), (test_f, test_t) = grid_conditions(parameters)
+    dtype = jnp.zeros(0).dtype
+    key = jax.random.PRNGKey(parameters.seed)
+    train_key, test_key, init_key, fit_key, sbsam_key, clamped_key = jax.random.split(key, 6)
+    full_options = dict(n_steps=parameters.n_steps, thin=parameters.thin, burn_in=parameters.burn_in,
+                        time_step=parameters.time_step, friction=parameters.friction, progress=progress)
+    data = crystals.sample_full(crystal, train_key, jnp.asarray(train_f, dtype), jnp.asarray(train_t, dtype),
+                                replicas=parameters.replicas, **full_options)
+    truth = crystals.sample_full(crystal, test_key, jnp.asarray(test_f, dtype), jnp.asarray(test_t, dtype),
+                                 replicas=parameters.test_replicas, **full_options)
+    if progress:
+        print(f"full system: {crystal.n_atoms} atoms, {len(train_t)} training + {len(test_t)} held-out conditions; "
+              f"sampling {data.seconds:.0f} s + {truth.seconds:.0f} s; τ_int(inner stress) ≤ "
+              f"{max(data.checks['tau_inner_stress'] + truth.checks['tau_inner_stress']):.2f} kept samples; "
+              f"longest bond {truth.checks['max_bond']:.2f} Å")
+
+    # --- training: force matching of the boundary correction on the clamped score --------------
+    m = crystal.n_inner
+    clamped = jax.jit(jax.vmap(crystal.clamped_score))
+
+    def dataset(samples, deformations, temperatures):
+        inner = jnp.asarray(samples.inner.reshape(-1, m, 2))
+        count = samples.inner.shape[1] * samples.inner.shape[2]
+        f = jnp.repeat(jnp.asarray(deformations, dtype), count, axis=0)
+        t = jnp.repeat(jnp.asarray(temperatures, dtype), count)
+        residual = jnp.asarray(samples.force_target.reshape(-1, m, 2)) - clamped(inner, f, t)
+        return train.Dataset(inner, f, t, residual)
+
+    training = dataset(data, train_f, train_t)
+    held_out = dataset(truth, test_f, test_t)
+    boundary = tuple(int(i) for i in np.sort(np.concatenate([2 * crystal.boundary, 2 * crystal.boundary + 1])))
+    model = models.BoundaryCorrection(size=2 * m, boundary=boundary, hidden=tuple(parameters.hidden))
+    params = model.init(init_key, jnp.zeros(2 * m, dtype), jnp.eye(2, dtype=dtype), jnp.asarray(300.0, dtype))
+    start = time.perf_counter()
+    params, history = train.fit(model, params, training, "force", key=fit_key, steps=parameters.steps,
+                                batch_size=parameters.batch_size, learning_rate=parameters.learning_rate,
+                                progress=progress)
+    train_seconds = time.perf_counter() - start
+    train.save_checkpoint(output / "model.msgpack", model, params,
+                          {"study": "sbsam-crystal", "parameters": dataclasses.asdict(parameters)})
+
+    def correction_angstrom(u, f, t):
+        return models.score_in_angstrom(model, params, u, f, t, 1.0)
+
+    learned = np.asarray(jax.jit(jax.vmap(correction_angstrom))(held_out.displacement, held_out.deformation,
+                                                                 held_out.temperature))
+    residual = np.asarray(held_out.force_target)
+    force_loss_ratio = float(np.sum((learned - residual) ** 2) / np.sum(residual**2))
+
+    # --- the inner region alone: SB-SAM and clamped --------------------------------------------
+    def thermal(correct: bool):
+        def score(x, condition):
+            f, t = condition
+            length = models.thermal_length(t, 1.0).astype(x.dtype)
+            out = crystal.clamped_score(x * length, f, t) * length
+            if correct:
+                out = out + jnp.reshape(model.apply(params, jnp.reshape(x, (-1,)), f, t), x.shape)
+            return out
+        return score
+
+    test_fj, test_tj = jnp.asarray(test_f, dtype), jnp.asarray(test_t, dtype)
+    hessian = jax.vmap(lambda f, t: jax.jacfwd(lambda x: thermal(False)(x, (f, t)).reshape(-1))(
+        jnp.zeros((m, 2), dtype)).reshape(2 * m, 2 * m))(test_fj, test_tj)
+    largest = float(jnp.max(jnp.linalg.eigvalsh(-0.5 * (hessian + jnp.swapaxes(hessian, 1, 2)))))
+    step = parameters.step_fraction / largest
+    chains = parameters.chains
+    condition = (jnp.repeat(test_fj, chains, axis=0), jnp.repeat(test_tj, chains))
+    inner_results = {}
+    for name, correct, sample_key in (("sbsam", True, sbsam_key), ("clamped", False, clamped_key)):
+        options = dict(step=step, n_steps=parameters.sampler_steps, burn_in=parameters.sampler_burn_in,
+                       thin=parameters.sampler_thin, condition=condition)
+        initial = jnp.zeros((len(test_t) * chains, m, 2), dtype)
+        result = sample.langevin(thermal(correct), sample_key, initial, **options)
+        samples, seconds = np.asarray(result.samples), result.seconds
+        stresses = []
+        for index in range(len(test_t)):
+            f, t = test_fj[index], test_tj[index]
+            x = jnp.asarray(samples[index * chains:(index + 1) * chains].reshape(-1, m, 2))
+            u = x * models.thermal_length(t, 1.0).astype(dtype)
+            values = np.asarray(jax.vmap(lambda v: crystal.inner_stress(v, f, t))(u)).reshape(-1, 4)
+            scores = np.asarray(jax.vmap(lambda v: thermal(correct)(v, (f, t)))(x)).reshape(-1, 2 * m)
+            stresses.append(zero_variance_mean(values, scores, chains))
+        inner_results[name] = {"stresses": stresses, "seconds": seconds / len(test_t)}
+        if progress:
+            print(f"{name}: {chains} chains × {parameters.sampler_steps} steps at {len(test_t)} conditions, "
+                  f"{seconds:.0f} s")
+
+    # --- the comparison -------------------------------------------------------------------------
+    rows, target_error = [], 0.002
+    full_seconds = truth.seconds / len(test_t)
+    to_target = {"full": [], "full_inner": [], "sbsam": [], "clamped": []}
+    for index in range(len(test_t)):
+        inner_mean, inner_se = zero_variance_mean(truth.inner_stress[index].reshape(-1, 4),
+                                                  truth.force_target[index].reshape(-1, 2 * m), parameters.test_replicas)
+        per_replica = np.asarray(truth.translated_stress[index]).reshape(parameters.test_replicas, -1, 4).mean(axis=1)
+        full_mean = per_replica.mean(axis=0)
+        full_se = per_replica.std(axis=0, ddof=1) / np.sqrt(parameters.test_replicas)
+        scale = np.linalg.norm(full_mean)
+        row = {"eps_xx": float(test_f[index, 0, 0] - 1), "eps_yy": float(test_f[index, 1, 1] - 1),
+               "temperature": float(test_t[index]), "full": full_mean.tolist(), "full_se": full_se.tolist(),
+               "full_inner": inner_mean.tolist(), "full_inner_se": inner_se.tolist(),
+               "periodic": np.asarray(truth.stress[index]).reshape(-1, 4).mean(axis=0).tolist(),
+               "tau_inner_stress": truth.checks["tau_inner_stress"][index]}
+        to_target["full"].append(full_seconds * (np.linalg.norm(full_se) / scale / target_error) ** 2)
+        to_target["full_inner"].append(full_seconds * (np.linalg.norm(inner_se) / scale / target_error) ** 2)
+        for name in ("sbsam", "clamped"):
+            mean, se = inner_results[name]["stresses"][index]
+            row[name], row[f"{name}_se"] = mean.tolist(), se.tolist()
+            row[f"{name}_error"] = _relative(mean, full_mean)
+            to_target[name].append(inner_results[name]["seconds"] * (np.linalg.norm(se) / scale / target_error) ** 2)
+        row["full_relative_se"] = float(np.linalg.norm(full_se) / scale)
+        row["closer_factor"] = row["clamped_error"] / max(row["sbsam_error"], 1e-300)
+        rows.append(row)
+    errors = [r["sbsam_error"] for r in rows]
+    clamped_errors = [r["clamped_error"] for r in rows]
+    targets = {"stress_error": 0.02, "closer_factor": 5.0}
+    closer = min(r["closer_factor"] for r in rows)
+    write_json(output / "results.json", {"conditions": rows, "history": history, "checks": {
+        "training": data.checks, "held_out": truth.checks}})
+    _write_table(output / "table.csv", rows)
+    _figure(output / "fig_crystal_stress.png", rows)
+    summary = {"study": "sbsam-crystal", "stress_error_max": max(errors), "stress_error_mean": float(np.mean(errors)),
+               "clamped_stress_error_max": max(clamped_errors),
+               "clamped_stress_error_mean": float(np.mean(clamped_errors)), "closer_factor_min": closer,
+               "full_relative_standard_error_max": max(r["full_relative_se"] for r in rows),
+               "targets": targets, "meets_targets": bool(max(errors) <= targets["stress_error"]
+                                                         and closer >= targets["closer_factor"]),
+               "force_loss_ratio": force_loss_ratio,
+               "seconds_to_common_error": {"relative_standard_error": target_error,
+                                           **{k: float(np.mean(v)) for k, v in to_target.items()}},
+               "checks": {"tau_inner_stress_max": max(data.checks["tau_inner_stress"] + truth.checks["tau_inner_stress"]),
+                          "energy_drift_z_max": float(np.max(np.abs(data.checks["energy_drift_z"]
+                                                                    + truth.checks["energy_drift_z"]))),
+                          "max_bond": max(data.checks["max_bond"], truth.checks["max_bond"]),
+                          "min_second_neighbour": min(data.checks["min_second_neighbour"],
+                                                      truth.checks["min_second_neighbour"])},
+               "sizes": {"atoms": crystal.n_atoms, "inner_atoms": m, "boundary_atoms": int(crystal.boundary.size),
+                         "training_conditions": len(train_t), "held_out_conditions": len(test_t),
+                         "training_samples": int(training.displacement.shape[0]),
+                         "full_samples_per_held_out_condition": int(truth.inner[0].shape[0] * truth.inner[0].shape[1]),
+                         "inner_samples_per_held_out_condition": chains * parameters.sampler_steps
+                         // parameters.sampler_thin},
+               "timings": {"full_training_sampling": data.seconds, "full_held_out_sampling": truth.seconds,
+                           "train": train_seconds, "sbsam_sampling": inner_results["sbsam"]["seconds"] * len(test_t),
+                           "clamped_sampling": inner_results["clamped"]["seconds"] * len(test_t)},
+               "sampler_step": step, "wall_seconds": time.perf_counter() - wall, "device": run["device"],
+               "dtype": run["dtype"]}
+    return write_study_summary(output, summary)
+
+
+def _write_table(path, rows):
+    columns = ["eps_xx", "eps_yy", "temperature", "full_Pxx", "full_Pyy", "full_se", "sbsam_Pxx", "sbsam_Pyy",
+               "sbsam_se", "clamped_Pxx", "clamped_Pyy", "sbsam_error", "clamped_error", "closer_factor"]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([f"{r['eps_xx']:.4f}", f"{r['eps_yy']:.4f}", f"{r['temperature']:g}",
+                             f"{r['full'][0]:.6g}", f"{r['full'][3]:.6g}", f"{np.linalg.norm(r['full_se']):.3g}",
+                             f"{r['sbsam'][0]:.6g}", f"{r['sbsam'][3]:.6g}", f"{np.linalg.norm(r['sbsam_se']):.3g}",
+                             f"{r['clamped'][0]:.6g}", f"{r['clamped'][3]:.6g}", f"{r['sbsam_error']:.4g}",
+                             f"{r['clamped_error']:.4g}", f"{r['closer_factor']:.3g}"])
+
+
+def _figure(path, rows):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    positions = np.arange(len(rows))
+    labels = [f"{100 * r['eps_xx']:+.2g}%, {100 * r['eps_yy']:+.2g}%\n{r['temperature']:g} K" for r in rows]
+    for axis, component, name in ((axes[0], 0, "P_xx"), (axes[0], 3, "P_yy")):
+        offset = -0.2 if component == 0 else 0.2
+        for method, marker, colour in (("full", "s", "k"), ("sbsam", "o", "C0"), ("clamped", "x", "C3")):
+            axis.errorbar(positions + offset + {"full": -0.06, "sbsam": 0.0, "clamped": 0.06}[method],
+                          [r[method][component] for r in rows],
+                          yerr=[r.get(f"{method}_se", [0] * 4)[component] for r in rows], marker=marker,
+                          color=colour, linestyle="none",
+                          label=f"{method} ({name})" if component == 0 or method == "full" else None,
+                          markerfacecolor="none" if component == 3 else colour)
+    axes[0].set_xticks(positions, labels, fontsize=7)
+    axes[0].set_ylabel("inner stress (eV/Å²); left P_xx, right P_yy of each pair")
+    axes[0].legend(fontsize=7)
+    axes[1].bar(positions - 0.2, [r["sbsam_error"] for r in rows], width=0.4, label="SB-SAM", color="C0")
+    axes[1].bar(positions + 0.2, [r["clamped_error"] for r in rows], width=0.4, label="clamped", color="C3")
+    axes[1].axhline(0.02, color="k", linestyle=":", linewidth=0.8, label="target 2 %")
+    axes[1].set_yscale("log")
+    axes[1].set_xticks(positions, labels, fontsize=7)
+    axes[1].set_ylabel("relative error vs full system")
+    axes[1].legend(fontsize=7)
+    figure.suptitle("Nonlinear Morse crystal: inner-region stress, held-out (F, T)")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
