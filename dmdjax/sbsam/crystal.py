@@ -61,10 +61,7 @@ class MorseCrystal(MorseLattice):
     @functools.cached_property
     def boundary(self) -> np.ndarray:
         """Positions (in :attr:`inner` order) of the inner atoms bonded to an outer atom."""
-        pairs, _ = self.bonds
-        position = np.full(self.n_atoms, -1)
-        position[self.inner] = np.arange(self.n_inner)
-        local = position[pairs]
+        local = self.local_bonds
         crossing = (local[:, 0] >= 0) != (local[:, 1] >= 0)
         return np.unique(local[crossing].max(axis=1))
 
@@ -72,12 +69,8 @@ class MorseCrystal(MorseLattice):
     def region_bonds(self) -> tuple[np.ndarray, np.ndarray]:
         """Bonds with at least one inner atom: pairs ``(b, 2)`` of inner positions (−1 for an outer
         atom) and reference vectors ``(b, 2)``."""
-        pairs, vectors = self.bonds
-        position = np.full(self.n_atoms, -1)
-        position[self.inner] = np.arange(self.n_inner)
-        local = position[pairs]
-        keep = np.any(local >= 0, axis=1)
-        return local[keep], vectors[keep]
+        keep = np.any(self.local_bonds >= 0, axis=1)
+        return self.local_bonds[keep], self.bonds[1][keep]
 
     # --- energies, forces, stresses ------------------------------------------------------------
     def bond_vectors(self, displacement: Float[Array, "n 2"], deformation) -> Float[Array, "b 2"]:

@@ -119,15 +119,19 @@ class MorseLattice:
         return 0.5 * np.sqrt(3.0) * self.spacing**2
 
     @functools.cached_property
+    def local_bonds(self) -> np.ndarray:
+        """Every bond's atoms as positions in :attr:`inner` order, −1 for an atom outside, ``(B, 2)``."""
+        pairs, _ = self.bonds
+        position = np.full(self.n_atoms, -1)
+        position[self.inner] = np.arange(self.n_inner)
+        return position[pairs]
+
+    @functools.cached_property
     def inner_bonds(self) -> tuple[np.ndarray, np.ndarray]:
         """Bonds with both atoms inner: pairs ``(b, 2)`` indexing the inner atoms (in :attr:`inner`
         order) and reference vectors ``(b, 2)``."""
-        pairs, vectors = self.bonds
-        position = np.full(self.n_atoms, -1)
-        position[self.inner] = np.arange(self.n_inner)
-        local = position[pairs]
-        keep = np.all(local >= 0, axis=1)
-        return local[keep], vectors[keep]
+        keep = np.all(self.local_bonds >= 0, axis=1)
+        return self.local_bonds[keep], self.bonds[1][keep]
 
     def inner_stress(self, displacement: Float[Array, "m 2"], deformation, temperature) -> Float[Array, "2 2"]:
         """The local bond stress of the inner region for one sample u_X (m, 2) Å, eV/Å²."""
