@@ -36,7 +36,8 @@ def test_energy_matches_jax_md_morse(crystal):
     sites, box = crystal.reference
     u = _thermal_displacement(crystal, jax.random.PRNGKey(1), size=0.07)
     positions = jnp.asarray(sites) @ SHEAR.T + u
-    displacement, _ = space.periodic_general(SHEAR @ jnp.asarray(box).T, fractional_coordinates=False)  # columns: box vectors
+    box_columns = SHEAR @ jnp.asarray(box).T  # jax-md: box vectors as columns
+    displacement, _ = space.periodic_general(box_columns, fractional_coordinates=False)
     parameters = {name: jnp.asarray(value, jnp.float64) for name, value in  # jax-md downcasts Python floats
                   (("sigma", crystal.spacing), ("epsilon", crystal.depth), ("alpha", crystal.width))}
     morse = energy.morse_pair(displacement, **parameters, r_onset=3.3, r_cutoff=3.7)

@@ -89,33 +89,28 @@ class MorseCrystal(MorseLattice):
                            temperature, coordination=6, atom_volume=self.atom_volume)
 
     @functools.cached_property
-    def orientation(self) -> tuple[np.ndarray, np.ndarray]:
-        """The orientation class (0, 1, 2) of every bond, ``(B,)``, and the inner region's bond
-        count per class ``(3,)`` (a triangular lattice has three bond directions)."""
+    def translation_weights(self) -> np.ndarray:
+        """Per-bond weights ``(B,)`` that turn the sum over every bond into the inner region's bond sum
+        averaged over all lattice translates: a bond of direction c weighs n_c^inner / n_c^all (a
+        triangular lattice has three bond directions)."""
         _, vectors = self.bonds
-        angle = np.mod(np.arctan2(vectors[:, 1], vectors[:, 0]), np.pi)
-        classes = np.round(angle / (np.pi / 3)).astype(int) % 3
         _, inner_vectors = self.inner_bonds
-        inner_angle = np.mod(np.arctan2(inner_vectors[:, 1], inner_vectors[:, 0]), np.pi)
-        counts = np.bincount(np.round(inner_angle / (np.pi / 3)).astype(int) % 3, minlength=3)
-        return classes, counts
+
+        def direction(v):
+            return np.round(np.mod(np.arctan2(v[:, 1], v[:, 0]), np.pi) / (np.pi / 3)).astype(int) % 3
+
+        classes = direction(vectors)
+        inner_counts = np.bincount(direction(inner_vectors), minlength=3)
+        return inner_counts[classes] / np.bincount(classes, minlength=3)[classes]
 
     def translated_inner_stress(self, displacement: Float[Array, "n 2"], deformation, temperature):
-        """:meth:`inner_stress` averaged over every lattice translate of the region, eV/Å²: each bond
-        direction's mean virial φ'(r)/r d ⊗ F⁻¹d over *all* bonds of that direction, weighted by the
-        region's count of them. In the periodic crystal its mean equals the inner stress's mean
-        (translation symmetry) with a much smaller variance: the full system's best estimate."""
-        deformation = jnp.asarray(deformation)
-        inverse = jnp.linalg.inv(deformation)
-        bond = self.bond_vectors(displacement, deformation)
-        length = jnp.linalg.norm(bond, axis=-1)
-        virial = (self.pair_derivative(length) / length)[:, None, None] * bond[:, :, None] * (bond @ inverse.T)[:, None, :]
-        classes, counts = self.orientation
-        per_class = jax.ops.segment_sum(virial, classes, num_segments=3) / np.bincount(classes, minlength=3)[:, None, None]
-        total = jnp.einsum("c,cij->ij", jnp.asarray(counts, virial.dtype), per_class)
-        atoms = 2.0 * counts.sum() / 6
-        kinetic = atoms * BOLTZMANN_EV_PER_K * temperature * inverse.T
-        return (total - kinetic) / (atoms * self.atom_volume)
+        """:meth:`inner_stress` averaged over every lattice translate of the region, eV/Å²: the bond
+        stress of all bonds with :attr:`translation_weights`. In the periodic crystal its mean equals
+        the inner stress's mean (translation symmetry) with a much smaller variance: the full
+        system's best estimate."""
+        return bond_stress(self.pair_derivative, self.bond_vectors(displacement, deformation), deformation,
+                           temperature, coordination=6, atom_volume=self.atom_volume,
+                           weights=jnp.asarray(self.translation_weights, displacement.dtype))
 
     def clamped_energy(self, inner: Float[Array, "m 2"], deformation) -> Float[Array, ""]:
         """V of the bonds that touch X with the outer atoms at their deformed sites (u_Y = 0), eV."""
@@ -138,7 +133,8 @@ class MorseCrystal(MorseLattice):
 class FullSamples(NamedTuple):
     """Samples of :func:`sample_full`, axes (condition, replica, kept, ...): ``inner`` u_X (Å, from the
     centre of mass), ``force_target`` −β∇_X V (1/Å), ``inner_stress``, ``stress`` (periodic) and
-    ``translated_stress`` (:meth:`MorseCrystal.translated_inner_stress`) (eV/Å²), ``energy`` V per atom (eV); ``seconds`` of sampling (compile excluded), ``checks``."""
+    ``translated_stress`` (:meth:`MorseCrystal.translated_inner_stress`) (eV/Å²), ``energy`` V per
+    atom (eV); ``seconds`` of sampling (compile excluded), ``checks``."""
 
     inner: jax.Array
     force_target: jax.Array
@@ -203,12 +199,12 @@ def sample_full(crystal: MorseCrystal, key, deformations, temperatures, *, repli
     def record(state, f, kt):
         u = state.position - jnp.mean(state.position, axis=0)
         inner = u[crystal.inner]
-        target = -jax.grad(crystal.energy)(u, f)[crystal.inner] / kt
-        bonds = crystal.bond_vectors(u, f)
+        energy, gradient = jax.value_and_grad(crystal.energy)(u, f)
         temperature = kt / BOLTZMANN_EV_PER_K
         far = second_vectors @ f.T + u[second[:, 1]] - u[second[:, 0]]
-        return (inner, target, crystal.inner_stress(inner, f, temperature), crystal.stress(u, f, temperature),
-                crystal.translated_inner_stress(u, f, temperature), crystal.energy(u, f) / crystal.n_atoms, jnp.max(jnp.linalg.norm(bonds, axis=-1)),
+        return (inner, -gradient[crystal.inner] / kt, crystal.inner_stress(inner, f, temperature),
+                crystal.stress(u, f, temperature), crystal.translated_inner_stress(u, f, temperature),
+                energy / crystal.n_atoms, jnp.max(jnp.linalg.norm(crystal.bond_vectors(u, f), axis=-1)),
                 jnp.min(jnp.linalg.norm(far, axis=-1)))
 
     def block(state, f, kt, kept):
@@ -234,7 +230,7 @@ def sample_full(crystal: MorseCrystal, key, deformations, temperatures, *, repli
         state, out = run_compiled(state, batch_f, batch_kt)
         parts.append(jax.device_get(out))
     seconds = time.perf_counter() - start
-    joined = [np.concatenate([p[i] for p in parts], axis=1) for i in range(8)]
+    joined = [np.concatenate([p[i] for p in parts], axis=1) for i in range(len(parts[0]))]
     shaped = [a.reshape((n_conditions, replicas) + a.shape[1:]) for a in joined]
     inner, target, inner_stress, stress, translated, energy, max_bond, min_second = shaped
     half = energy.shape[2] // 2

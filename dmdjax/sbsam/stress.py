@@ -48,17 +48,22 @@ def periodic_stress(energy: Callable, positions: Float[Array, "n d"], deformatio
 
 
 def bond_stress(pair_derivative: Callable, bond_vectors: Float[Array, "b d"], deformation: Float[Array, "d d"],
-                temperature, *, coordination: int, atom_volume: float) -> Float[Array, "d d"]:
+                temperature, *, coordination: int, atom_volume: float, weights=None) -> Float[Array, "d d"]:
     """The local stress P_I of one configuration from its bond vectors d_b = x_j − x_i (b, d), Å.
 
     ``pair_derivative(r)`` is φ'(r) in eV/Å; ``atom_volume`` the reference volume per atom (Å^d).
+    ``weights`` (b,), optional: each bond counts w_b times (virial, atoms and volume alike), e.g. to
+    average a region's bonds over its lattice translates.
     """
     deformation = jnp.asarray(deformation)
     inverse = jnp.linalg.inv(deformation)
     length = jnp.linalg.norm(bond_vectors, axis=-1)
     force = pair_derivative(length) / length  # φ'(r)/r: φ' d̂ = (φ'/r) d
+    if weights is not None:
+        force = force * weights
     virial = jnp.einsum("b,bi,bj->ij", force, bond_vectors, bond_vectors @ inverse.T)
-    atoms = 2.0 * bond_vectors.shape[0] / coordination
+    bonds = bond_vectors.shape[0] if weights is None else jnp.sum(weights)
+    atoms = 2.0 * bonds / coordination
     kinetic = atoms * BOLTZMANN_EV_PER_K * temperature * inverse.T
     return (virial - kinetic) / (atoms * atom_volume)
 
