@@ -16,10 +16,17 @@ the centre of mass.
   the periodic stress, with equilibration and decorrelation checks
   (:func:`integrated_autocorrelation_time`).
 * :meth:`MorseCrystal.clamped_score` — the score of the inner region with the outer atoms clamped
-  at their deformed sites, −β∇_X V(X, Y = Fξ_Y): the baseline, and the reference that the SB-SAM
-  model corrects (:class:`~dmdjax.sbsam.model.BoundaryCorrection`): the exact score differs from it
-  by E[−β∇_X V_XY | X] + β∇_X V_XY(X, Fξ_Y), a function of the *boundary* atoms only (those
-  bonded to Y), because ρ(Y | X) depends on X through them alone.
+  at their deformed sites, −β∇_X V(X, Y = Fξ_Y): the baseline.
+* :meth:`MorseCrystal.mean_field_score` — the outer atoms integrated out in the harmonic
+  approximation of the surroundings (Hessian H at the deformed lattice): given X, each outer
+  neighbour of the region is Gaussian, mean R u_X (:meth:`~MorseCrystal.mean_field_response`,
+  R = −H_YY⁻¹H_YX) and covariance k_BT L Lᵀ (:meth:`~MorseCrystal.mean_field_spread`, blocks of
+  H_YY⁻¹), and the Morse bond forces are averaged over it (Gauss–Hermite); linearised without the
+  spread it is −β(H_XX − W), W = H_XY H_YY⁻¹ H_YX (:meth:`~MorseCrystal.quasi_harmonic_softening`,
+  the harmonic oracle's Schur complement). The reference that the SB-SAM model corrects
+  (:class:`~dmdjax.sbsam.model.BoundaryCorrection`): the exact score E[−β∇_X V | X] differs from
+  it only through the bonds to Y, a function of the *boundary* atoms alone (those bonded to Y),
+  because ρ(Y | X) depends on X through them alone.
 
 Units: Å, eV, K, amu; time in √(amu Å²/eV) ≈ 10.18 fs.
 """
@@ -45,7 +52,7 @@ from .stress import bond_stress
 class MorseCrystal(MorseLattice):
     """A periodic triangular crystal with full Morse nearest-neighbour bonds (fields of
     :class:`~dmdjax.sbsam.lattice.MorseLattice`; defaults 32 × 18 cells = 1152 atoms, inner radius
-    13 Å = 121 inner atoms) and atomic ``mass`` (amu) for the dynamics."""
+    13 Å = 97 inner atoms, 36 of them on the boundary) and atomic ``mass`` (amu) for the dynamics."""
 
     repeats: tuple = (32, 18)
     inner_radius: float = 13.0
@@ -66,11 +73,22 @@ class MorseCrystal(MorseLattice):
         return np.unique(local[crossing].max(axis=1))
 
     @functools.cached_property
+    def neighbours(self) -> np.ndarray:
+        """Indices of the outer atoms bonded to an inner atom (the outer side of the boundary), sorted."""
+        pairs, _ = self.bonds
+        crossing = (self.local_bonds[:, 0] >= 0) != (self.local_bonds[:, 1] >= 0)
+        return np.unique(np.where(self.local_bonds[crossing, 0] < 0, pairs[crossing, 0], pairs[crossing, 1]))
+
+    @functools.cached_property
     def region_bonds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Bonds with at least one inner atom: pairs ``(b, 2)`` of inner positions (−1 for an outer
-        atom) and reference vectors ``(b, 2)``."""
+        """Bonds with at least one inner atom: pairs ``(b, 2)`` of inner positions (an outer atom as
+        m + its position in :attr:`neighbours`) and reference vectors ``(b, 2)``."""
+        pairs, vectors = self.bonds
         keep = np.any(self.local_bonds >= 0, axis=1)
-        return self.local_bonds[keep], self.bonds[1][keep]
+        slot = np.full(self.n_atoms, -1)
+        slot[self.neighbours] = self.n_inner + np.arange(self.neighbours.size)
+        local = np.where(self.local_bonds >= 0, self.local_bonds, slot[pairs])
+        return local[keep], vectors[keep]
 
     # --- energies, forces, stresses ------------------------------------------------------------
     def bond_vectors(self, displacement: Float[Array, "n 2"], deformation) -> Float[Array, "b 2"]:
@@ -112,17 +130,116 @@ class MorseCrystal(MorseLattice):
                            temperature, coordination=6, atom_volume=self.atom_volume,
                            weights=jnp.asarray(self.translation_weights, displacement.dtype))
 
-    def clamped_energy(self, inner: Float[Array, "m 2"], deformation) -> Float[Array, ""]:
-        """V of the bonds that touch X with the outer atoms at their deformed sites (u_Y = 0), eV."""
+    def clamped_energy(self, inner: Float[Array, "m 2"], deformation, neighbours=None, *,
+                       bonds: str = "all") -> Float[Array, ""]:
+        """V of the bonds that touch X with the outer atoms fixed: the :attr:`neighbours` displaced by
+        ``neighbours`` ``(k, 2)`` Å (default: at their deformed sites, u_Y = 0), eV. ``bonds``:
+        ``"all"``, ``"inner"`` (both atoms in X) or ``"crossing"`` (X to Y)."""
         pairs, vectors = self.region_bonds
-        padded = jnp.concatenate([inner, jnp.zeros((1, 2), inner.dtype)])  # index −1: an outer atom
+        if bonds != "all":
+            crossing = pairs.max(axis=1) >= self.n_inner
+            keep = {"inner": ~crossing, "crossing": crossing}[bonds]
+            pairs, vectors = pairs[keep], vectors[keep]
+        if neighbours is None:
+            neighbours = jnp.zeros((self.neighbours.size, 2), inner.dtype)
+        padded = jnp.concatenate([inner, neighbours])
         bond = vectors @ jnp.asarray(deformation).T + padded[pairs[:, 1]] - padded[pairs[:, 0]]
         return jnp.sum(self.pair_energy(jnp.linalg.norm(bond, axis=-1)))
 
-    def clamped_score(self, inner: Float[Array, "m 2"], deformation, temperature) -> Float[Array, "m 2"]:
-        """−β∇_X V(X, Y = Fξ_Y), 1/Å: the score of the clamped baseline."""
+    def clamped_score(self, inner: Float[Array, "m 2"], deformation, temperature, neighbours=None
+                      ) -> Float[Array, "m 2"]:
+        """−β∇_X V(X, Y) with the outer atoms held fixed, 1/Å: at their deformed sites (the clamped
+        baseline) or with the :attr:`neighbours` displaced by ``neighbours`` ``(k, 2)`` Å (the
+        mean-field score with ``neighbours`` = R u_X, :meth:`mean_field_response`)."""
         beta = 1.0 / (BOLTZMANN_EV_PER_K * temperature)
-        return -beta * jax.grad(self.clamped_energy)(inner, deformation)
+        return -beta * jax.grad(self.clamped_energy)(inner, deformation, neighbours)
+
+    def hessian(self, deformation) -> Float[Array, "2n 2n"]:
+        """∇²_u V at the deformed lattice (u = 0), eV/Å², coordinates ordered (atom, x/y). Each bond of
+        length r and direction n adds K = φ''(r) n nᵀ + (φ'(r)/r)(I − n nᵀ) to the two diagonal blocks
+        and −K to the two off-diagonal ones (dtype of ``deformation``)."""
+        deformation = jnp.asarray(deformation)
+        pairs, vectors = self.bonds
+        bond = jnp.asarray(vectors, deformation.dtype) @ deformation.T
+        length = jnp.linalg.norm(bond, axis=-1)
+        direction = bond / length[:, None]
+        along = jnp.einsum("bi,bj->bij", direction, direction)
+        block = (self.bond_stiffness(length)[:, None, None] * along
+                 + (self.pair_derivative(length) / length)[:, None, None] * (jnp.eye(2, dtype=bond.dtype) - along))
+        i, j = pairs[:, 0], pairs[:, 1]
+        hessian = jnp.zeros((self.n_atoms, self.n_atoms, 2, 2), bond.dtype)
+        hessian = hessian.at[i, i].add(block).at[j, j].add(block).at[i, j].add(-block).at[j, i].add(-block)
+        return jnp.transpose(hessian, (0, 2, 1, 3)).reshape(2 * self.n_atoms, 2 * self.n_atoms)
+
+    def _outer_response(self, deformation):
+        """(H_XY, H_YY⁻¹ H_YX) at the deformed lattice."""
+        hessian = self.hessian(deformation)
+        inner, outer = (np.stack([2 * atoms, 2 * atoms + 1], axis=1).reshape(-1) for atoms in (self.inner, self.outer))
+        coupling = hessian[np.ix_(inner, outer)]
+        return coupling, jnp.linalg.solve(hessian[np.ix_(outer, outer)], coupling.T)
+
+    @functools.cached_property
+    def _neighbour_rows(self) -> np.ndarray:
+        """The :attr:`neighbours`' coordinates among the outer ones, (neighbour, x/y)."""
+        position = np.full(self.n_atoms, -1)
+        position[self.outer] = np.arange(self.outer.size)
+        return np.stack([2 * position[self.neighbours], 2 * position[self.neighbours] + 1], axis=1).reshape(-1)
+
+    def quasi_harmonic_softening(self, deformation) -> Float[Array, "2m 2m"]:
+        r"""W = H_XY H_YY⁻¹ H_YX, eV/Å² (DESIGN.md §7, the Schur complement of the harmonic oracle applied
+        to this crystal's Hessian at the deformed lattice): the precision of the inner region's marginal
+        in the harmonic approximation of the surroundings is β(H_XX − W), the clamped one βH_XX. Only
+        the rows and columns of the :attr:`boundary` atoms are non-zero; H_XX − W annihilates uniform
+        translations of the region (the periodic crystal's marginal is translation invariant). Inner
+        coordinates in :attr:`inner` order, (atom, x/y)."""
+        coupling, response = self._outer_response(deformation)
+        return coupling @ response
+
+    def mean_field_response(self, deformation) -> Float[Array, "2k 2m"]:
+        r"""R = −(H_YY⁻¹ H_YX) restricted to the :attr:`neighbours`: their mean displacement given the inner
+        ones, E[u_Y | u_X] = R u_X, in the harmonic approximation of the surroundings (dimensionless;
+        rows (neighbour, x/y), columns (inner atom, x/y)). :meth:`clamped_score` with the neighbours at
+        R u_X is the *mean-field* score: its linearisation is −β(H_XX − W)
+        (:meth:`quasi_harmonic_softening`) while its bonds stay full Morse bonds, bounded forces that
+        vanish when a bond breaks (a linear softening term would outgrow them and push the atom away)."""
+        _, response = self._outer_response(deformation)
+        return -response[self._neighbour_rows]
+
+    def mean_field_spread(self, deformation) -> Float[Array, "k 2 2"]:
+        """Cholesky factors L_j of the :attr:`neighbours`' 2 × 2 blocks of H_YY⁻¹ at the deformed lattice,
+        Å/√eV: in the harmonic approximation of the surroundings, neighbour j given the inner atoms is
+        Gaussian with mean (R u_X)_j (:meth:`mean_field_response`) and covariance k_BT L_j L_jᵀ."""
+        hessian = self.hessian(deformation)
+        outer = np.stack([2 * self.outer, 2 * self.outer + 1], axis=1).reshape(-1)
+        rows = self._neighbour_rows
+        columns = jnp.zeros((outer.size, rows.size), hessian.dtype).at[rows, np.arange(rows.size)].set(1.0)
+        blocks = jnp.linalg.solve(hessian[np.ix_(outer, outer)], columns)[rows].reshape(-1, 2, rows.size // 2, 2)
+        index = np.arange(rows.size // 2)
+        return jnp.linalg.cholesky(blocks[index, :, index, :])
+
+    def mean_field_score(self, inner: Float[Array, "m 2"], deformation, temperature, response, spread=None,
+                         nodes: int = 3) -> Float[Array, "m 2"]:
+        """The inner region's score with the outer atoms integrated out in the harmonic approximation of
+        the surroundings, the bonds kept anharmonic, 1/Å: E[−β∇_X V(X, Y) | X] with each neighbour
+        y_j ~ N((R u_X)_j, k_BT L_j L_jᵀ) (``response`` R, ``spread`` L from :meth:`mean_field_response`,
+        :meth:`mean_field_spread`), by a ``nodes`` × ``nodes`` Gauss–Hermite rule per neighbour (each
+        bond sees one neighbour, so one shared rule is exact per bond). ``spread`` None: the neighbours
+        held at their mean (no smearing). Linearised without smearing: −β(H_XX − W)u_X."""
+        mean = jnp.reshape(response @ jnp.reshape(inner, (-1,)), (-1, 2))
+        if spread is None:
+            return self.clamped_score(inner, deformation, temperature, mean)
+        points, weights = np.polynomial.hermite_e.hermegauss(nodes)
+        grid = np.stack(np.meshgrid(points, points, indexing="ij"), axis=-1).reshape(-1, 2)
+        weight = (weights[:, None] * weights[None, :]).reshape(-1) / (2.0 * np.pi)
+        scale = jnp.sqrt(BOLTZMANN_EV_PER_K * temperature)
+        shifts = scale * jnp.einsum("kij,qj->qki", spread, jnp.asarray(grid, inner.dtype))
+
+        def energy(x):  # the inner bonds once, the crossing bonds at every node
+            crossing = jax.vmap(lambda shift: self.clamped_energy(x, deformation, mean + shift, bonds="crossing"))(
+                shifts)
+            return self.clamped_energy(x, deformation, bonds="inner") + jnp.vdot(jnp.asarray(weight, x.dtype), crossing)
+
+        return -jax.grad(energy)(inner) / (BOLTZMANN_EV_PER_K * temperature)
 
     def full_displacement(self, inner, outer) -> Float[Array, "n 2"]:
         """All displacements (n, 2) from the inner (m, 2) and outer (n − m, 2) ones."""

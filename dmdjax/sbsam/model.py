@@ -147,17 +147,20 @@ class PairScore(nn.Module):
 class BoundaryCorrection(nn.Module):
     """A learned correction to a known reference score that acts on the boundary atoms only (thermal units).
 
-    SB-SAM of a large inner region as Δ-learning on the clamped score (:mod:`~dmdjax.sbsam.crystal`):
-    S(x | F, T) = S_clamped(x | F, T) + C(x_b | F, T), where the exact C = E[−β∇V_XY | X] +
-    β∇V_XY(X, Y₀) depends on the boundary coordinates x_b alone. C = b + M x_b + g(x_b), with the
-    bias b and the symmetric matrix M (the softening by the outer atoms) from a tanh network of
-    the condition, and g an MLP of (x_b, condition); all start at zero, so the untrained model is
-    the clamped baseline. The output has the full size (zero off the boundary).
+    SB-SAM of a large inner region as Δ-learning on a reference score that already treats the inner
+    bonds exactly (:mod:`~dmdjax.sbsam.crystal`: the clamped or the mean-field score):
+    S(x | F, T) = S_ref(x | F, T) + C(x_b | F, T), where the exact C = E[−β∇V_XY | X] − (the
+    reference's X–Y forces) depends on the boundary coordinates x_b alone. C = b + M x_b + g(x_b),
+    with the bias b and the symmetric matrix M from a tanh network of the condition, and g an MLP of
+    (x_b, condition); all start at zero, so the untrained model is the reference. With ``bound`` β
+    the correction is saturated, C → β tanh(C/β) per coordinate: where the network extrapolates it
+    cannot push harder than β (below the bonds' largest restoring force, it cannot tear an atom
+    out). The output has the full size (zero off the boundary).
 
     Attributes:
         size: m·d. boundary: the flattened coordinate indices of the boundary atoms (a tuple).
         hidden: widths of g. precision_hidden: widths of the condition network.
-        reference_temperature: T₀, K.
+        reference_temperature: T₀, K. bound: the saturation β of each output (thermal units; None: linear).
     """
 
     size: int
@@ -165,6 +168,7 @@ class BoundaryCorrection(nn.Module):
     hidden: Sequence[int] = (64, 64)
     precision_hidden: Sequence[int] = (64,)
     reference_temperature: float = 300.0
+    bound: float | None = None
 
     @nn.compact
     def __call__(self, x, deformation, temperature, sigma=None):
@@ -183,6 +187,8 @@ class BoundaryCorrection(nn.Module):
             hidden = nn.silu(nn.Dense(width)(hidden))
         nonlinear = nn.Dense(n, kernel_init=nn.initializers.zeros, name="correction")(hidden)
         correction = bias + 0.5 * (matrix + matrix.T) @ local + nonlinear
+        if self.bound is not None:
+            correction = self.bound * jnp.tanh(correction / self.bound)
         return jnp.zeros(self.size, dtype).at[index].set(correction)
 
 

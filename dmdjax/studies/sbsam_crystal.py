@@ -6,17 +6,24 @@ crystal (:mod:`dmdjax.sbsam.crystal`, full anharmonic bonds) sampled without its
    (:func:`~dmdjax.sbsam.crystal.sample_full`, with its equilibration and decorrelation checks).
 2. Model: the score of the *centred* inner displacements v = u_X − ū_X (the stress does not see the
    region's rigid translation, whose precision in a 2-D crystal vanishes logarithmically with the
-   system size and would make the model ill-conditioned): the clamped score plus a learned
-   boundary correction (:class:`~dmdjax.sbsam.model.BoundaryCorrection`), both centred, trained by
-   force matching on the training grid (residual target P[−β∇_X V(X, Y) − S_clamped(v)], P the
-   centring; its conditional mean given v is the residual of ∇_v log ρ_v). Sampling gives the
-   centroid an independent Gaussian (``CENTROID_STIFFNESS``).
+   system size and would make the model ill-conditioned): a reference score plus a learned,
+   bounded boundary correction (:class:`~dmdjax.sbsam.model.BoundaryCorrection`), both centred,
+   trained by force matching on the training grid (residual target P[−β∇_X V(X, Y) − S_ref(v)], P
+   the centring; its conditional mean given v is the residual of ∇_v log ρ_v). The default
+   reference is the *mean-field* score (:meth:`~dmdjax.sbsam.crystal.MorseCrystal.mean_field_score`):
+   the inner atoms' Morse forces with the outer neighbours of the region at their harmonic
+   conditional mean R(F) v — linearised, the harmonic oracle's Schur complement −β(H_XX − W) at the
+   deformed lattice, so the network learns only the anharmonic part of what the surroundings do.
+   Sampling gives the centroid an independent Gaussian (``CENTROID_STIFFNESS``).
 3. Held-out conditions: the inner region alone sampled by Langevin (Leimkuhler–Matthews, thermal
-   units) with (a) the SB-SAM score and (b) the clamped score (outer atoms at their deformed
-   sites); the inner stress (local bond stress with the true Morse forces, bonds inside the
-   region) against the full system's, each with its standard error over independent chains
-   (replicas), the means with the zero-variance control variate of each sampler's score (the
-   full system's: its inner forces −β∇_X V, mean zero). Wall time to a common standard error:
+   units) with (a) the SB-SAM score, (b) the *smeared* mean-field score alone — the Morse forces
+   averaged over the neighbours' Gaussian conditional law (mean R v, covariance k_BT L Lᵀ), a
+   physics baseline with no learning — and (c) the clamped score (outer atoms at their deformed
+   sites); the precision of each at v = 0 is checked positive definite first (an error names the
+   conditions otherwise); the inner stress (local bond stress with the true Morse forces, bonds
+   inside the region) against the full system's, each with its standard error over independent
+   chains (replicas), the means with the zero-variance control variate of each sampler's score
+   (the full system's: its inner forces −β∇_X V, mean zero). Wall time to a common standard error:
    t × (s.e./target)², per method.
 
 Outputs (folder ``output``): ``run.json``, ``model.msgpack`` (checkpoint), ``results.json``,
@@ -39,21 +46,29 @@ from ..sbsam import crystal as crystals, model as models, sample, train
 from ..sbsam.stress import zero_variance_mean
 
 
+#: The reference scores SB-SAM can correct (:class:`CrystalParameters` ``reference``): the mean-field
+#: score with the outer neighbours at their harmonic conditional mean, the same averaged over their
+#: conditional spread (:meth:`~dmdjax.sbsam.crystal.MorseCrystal.mean_field_score`), the clamped score.
+REFERENCES = ("mean-field", "smeared-mean-field", "clamped")
+
+
 @dataclasses.dataclass(frozen=True)
 class CrystalParameters:
-    """Settings of :func:`run_crystal_study` (defaults: ≈ 10–15 minutes on a 2-core CPU).
+    """Settings of :func:`run_crystal_study` (defaults: ≈ 20 minutes on a 2-core CPU).
 
     Crystal: ``repeats`` (32, 18) cells = 1152 atoms, ``inner_radius`` 13 Å (97 inner atoms), Morse
     as in :class:`~dmdjax.sbsam.crystal.MorseCrystal`. Training grid: ε_xx, ε_yy ∈ ``train_strains``
     × T ∈ ``train_temperatures`` (27 conditions); held-out ``test_conditions`` (ε_xx, ε_yy, T)
     between them. Full system: ``replicas`` (``test_replicas`` at held-out conditions) × ``n_steps``
     BAOAB steps of ``time_step`` with friction ``friction`` after ``burn_in``, every ``thin``-th
-    kept. Training: ``steps`` of Adam (``learning_rate``, cosine), batches of ``batch_size``,
-    hidden widths of the correction's nonlinear part ``hidden`` (default none: the correction is
-    then linear in the boundary coordinates, its bias and matrix nonlinear in the condition — with
-    a (64, 64) MLP a few of the 384 held-out chains diverged at 300–350 K, where it extrapolates).
+    kept. Model: the ``reference`` score (one of ``REFERENCES``) plus the learned correction.
+    Training: ``steps`` of Adam (``learning_rate``, cosine), batches of ``batch_size``, hidden widths
+    of the correction's nonlinear part ``hidden``, its saturation
+    ``correction_bound`` (thermal units; below the Morse bonds' largest restoring force, so where the
+    network extrapolates it cannot tear an atom out of the region).
     Inner sampling: ``chains`` per held-out condition, ``sampler_burn_in`` then ``sampler_steps``
-    (every ``sampler_thin``-th kept), step ``step_fraction``/λ_max (clamped precision at u = 0, thermal units, κ₀ = 1 eV/Å²).
+    (every ``sampler_thin``-th kept), step ``step_fraction``/λ_max (clamped precision at u = 0, thermal
+    units, κ₀ = 1 eV/Å²).
     """
 
     repeats: tuple = (32, 18)
@@ -72,7 +87,9 @@ class CrystalParameters:
     steps: int = 4000
     batch_size: int = 256
     learning_rate: float = 2e-3
-    hidden: tuple = ()
+    hidden: tuple = (64, 64)
+    correction_bound: float = 2.0
+    reference: str = "mean-field"
     chains: int = 64
     sampler_burn_in: int = 2000
     sampler_steps: int = 8000
@@ -96,6 +113,10 @@ class CrystalParameters:
         for condition in self.test_conditions:
             if len(condition) != 3 or condition[2] <= 0:
                 raise ValueError(f"each test condition is (eps_xx, eps_yy, T > 0); got {condition!r}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}; got {self.reference!r}")
+        if not self.correction_bound > 0:
+            raise ValueError(f"correction_bound must be > 0 (thermal units); got {self.correction_bound!r}")
         if not 0 < self.step_fraction < 2:
             raise ValueError(f"step_fraction must be in (0, 2) (stability); got {self.step_fraction!r}")
 
@@ -112,6 +133,21 @@ class CrystalParameters:
 #: Precision (thermal units) of the independent Gaussian given to the inner region's centroid when
 #: SB-SAM samples it: the model is of the centred displacements (the stress does not see the centroid).
 CENTROID_STIFFNESS = 1.0
+
+
+#: The inner samplers compared: SB-SAM (reference score + learned correction), the smeared mean-field
+#: score alone (no learning), and the clamped baseline.
+METHODS = ("sbsam", "mean_field", "clamped")
+
+def _mean_fields(crystal, deformations, dtype):
+    """:meth:`~dmdjax.sbsam.crystal.MorseCrystal.mean_field_response` and ``mean_field_spread`` at each
+    F ``(c, 2, 2)``, each distinct F computed once: ``(c, 2k, 2m)``, ``(c, k, 2, 2)``."""
+    cache = {}
+    for f in np.asarray(deformations):
+        if f.tobytes() not in cache:
+            cache[f.tobytes()] = (crystal.mean_field_response(jnp.asarray(f, dtype)),
+                                  crystal.mean_field_spread(jnp.asarray(f, dtype)))
+    return tuple(jnp.stack([cache[f.tobytes()][i] for f in np.asarray(deformations)]) for i in (0, 1))
 
 
 def _centred(displacement):
@@ -157,16 +193,21 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
     """Run the nonlinear-crystal study (module docstring) and write the folder ``output``.
 
     ``summary.json`` keys: ``stress_error_max`` / ``stress_error_mean`` (SB-SAM vs full system, over
-    held-out conditions), ``clamped_stress_error_max`` / ``_mean``, ``closer_factor_min`` (clamped
+    held-out conditions), ``clamped_stress_error_max`` / ``_mean``, ``mean_field_stress_error_max`` /
+    ``_mean`` (the prior without the learned part), ``closer_factor_min`` (clamped
     error over SB-SAM error, smallest over conditions), ``full_relative_standard_error_max``,
     ``targets`` (SB-SAM within 0.02 and ≥ 5× closer than clamped) and ``meets_targets``;
-    ``force_loss_ratio`` (held-out force-matching loss of SB-SAM over the clamped score's);
+    ``force_loss_ratio`` / ``mean_field_force_loss_ratio`` (held-out force-matching loss of
+    SB-SAM / of the mean-field score over the clamped score's); ``smallest_precision`` (per
+    method, the smallest eigenvalue of the symmetrised −∇S at v = 0 over held-out conditions, thermal
+    units);
     ``seconds_to_common_error`` — per method the wall time per held-out condition to reach a
     relative standard error of 0.2 % of the full system's stress (t × (s.e./target)², averaged over
     conditions): ``full`` (the full system's best estimate, every translate of the region, see
     :meth:`~dmdjax.sbsam.crystal.MorseCrystal.translated_inner_stress`: the reference values),
     ``full_inner`` (the full system, the region's own bonds with the zero-variance control variate
-    of its inner forces — the observable SB-SAM computes), ``sbsam``, ``clamped``; ``checks``
+    of its inner forces — the observable SB-SAM computes), ``sbsam``, ``mean_field``, ``clamped``;
+    ``checks``
     (the full-system sampler's checks, worst over all conditions); ``sizes``; ``timings`` (s);
     ``wall_seconds``; ``device``; ``dtype``.
     """
@@ -181,7 +222,7 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
     (train_f, train_t), (test_f, test_t) = grid_conditions(parameters)
     dtype = jnp.zeros(0).dtype
     key = jax.random.PRNGKey(parameters.seed)
-    train_key, init_key, fit_key, sbsam_key, clamped_key = jax.random.split(key, 5)
+    train_key, init_key, fit_key, sbsam_key, qh_key, clamped_key = jax.random.split(key, 6)
     full_options = dict(n_steps=parameters.n_steps, thin=parameters.thin, burn_in=parameters.burn_in,
                         time_step=parameters.time_step, friction=parameters.friction, progress=progress)
     # one vmapped run: the training grid, then each held-out condition test_replicas/replicas times
@@ -201,22 +242,45 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
               f"sampling {everything.seconds:.0f} s; τ_int(inner stress) ≤ {checks['tau_inner_stress_max']:.2f} "
               f"kept samples; longest bond {checks['max_bond']:.2f} Å")
 
-    # --- training: force matching of the boundary correction on the clamped score --------------
+    # --- training: force matching of the boundary correction on the reference score ------------
     m = crystal.n_inner
-    clamped = jax.jit(jax.vmap(crystal.clamped_score))
+    start = time.perf_counter()
+    fields = _mean_fields(crystal, train_f, dtype), _mean_fields(crystal, test_f, dtype)  # per condition
+    response_seconds = time.perf_counter() - start
 
-    def dataset(samples, deformations, temperatures):
-        inner = _centred(jnp.asarray(samples.inner.reshape(-1, m, 2)))
+    def reference(kind, inner, f, t, field):
+        """The score ``kind`` (one of ``REFERENCES``) of u_X (m, 2) Å, 1/Å; ``field`` = (R, L) of the condition."""
+        if kind == "clamped":
+            return crystal.clamped_score(inner, f, t)
+        return crystal.mean_field_score(inner, f, t, field[0], field[1] if kind == "smeared-mean-field" else None)
+
+    kinds = (parameters.reference, "smeared-mean-field", "clamped")
+
+    @jax.jit
+    def residuals(inner, target, f, t, field):
+        """What the SB-SAM reference, the smeared mean-field and the clamped scores miss of the force
+        target, centred (1/Å)."""
+        return jax.vmap(lambda x, y: tuple(_centred(y - reference(kind, x, f, t, field)) for kind in kinds))(
+            inner, target)
+
+    def dataset(samples, deformations, temperatures, fields):
+        """Centred inner displacements and what the reference misses; also what the baselines miss."""
         count = samples.inner.shape[1] * samples.inner.shape[2]
+        inner = _centred(jnp.asarray(samples.inner.reshape(-1, count, m, 2)))
+        parts = [residuals(inner[c], jnp.asarray(samples.force_target[c].reshape(count, m, 2)),
+                           jnp.asarray(deformations[c], dtype), jnp.asarray(temperatures[c], dtype),
+                           (fields[0][c], fields[1][c]))
+                 for c in range(len(temperatures))]
+        joined = [jnp.concatenate([part[i] for part in parts]) for i in range(len(kinds))]
         f = jnp.repeat(jnp.asarray(deformations, dtype), count, axis=0)
         t = jnp.repeat(jnp.asarray(temperatures, dtype), count)
-        residual = _centred(jnp.asarray(samples.force_target.reshape(-1, m, 2)) - clamped(inner, f, t))
-        return train.Dataset(inner, f, t, residual)
+        return train.Dataset(inner.reshape(-1, m, 2), f, t, joined[0]), joined[1:]
 
-    training = dataset(data, train_f, train_t)
-    held_out = dataset(truth, test_f, test_t)
+    training, _ = dataset(data, train_f, train_t, fields[0])
+    held_out, (smeared_residual, clamped_residual) = dataset(truth, test_f, test_t, fields[1])
     boundary = tuple(int(i) for i in np.sort(np.concatenate([2 * crystal.boundary, 2 * crystal.boundary + 1])))
-    model = models.BoundaryCorrection(size=2 * m, boundary=boundary, hidden=tuple(parameters.hidden))
+    model = models.BoundaryCorrection(size=2 * m, boundary=boundary, hidden=tuple(parameters.hidden),
+                                      bound=parameters.correction_bound)
     params = model.init(init_key, jnp.zeros(2 * m, dtype), jnp.eye(2, dtype=dtype), jnp.asarray(300.0, dtype))
     start = time.perf_counter()
     params, history = train.fit(model, params, training, "force", key=fit_key, steps=parameters.steps,
@@ -231,36 +295,52 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
 
     learned = np.asarray(jax.jit(jax.vmap(correction_angstrom))(held_out.displacement, held_out.deformation,
                                                                  held_out.temperature))
-    residual = np.asarray(held_out.force_target)
-    force_loss_ratio = float(np.sum((learned - residual) ** 2) / np.sum(residual**2))
+    residual, clamped_norm = np.asarray(held_out.force_target), float(np.sum(np.asarray(clamped_residual) ** 2))
+    force_loss_ratios = {"sbsam": float(np.sum((learned - residual) ** 2)) / clamped_norm,
+                         "mean_field": float(np.sum(np.asarray(smeared_residual) ** 2)) / clamped_norm}
 
-    # --- the inner region alone: SB-SAM and clamped --------------------------------------------
-    def thermal(correct: bool):
+    # --- the inner region alone: SB-SAM, the smeared mean field and clamped --------------------
+    def thermal(method: str):
+        """The score of ``method`` in thermal units (κ₀ = 1 eV/Å²) of x (m, 2) at condition (F, T, index)."""
+        kind = {"sbsam": parameters.reference, "mean_field": "smeared-mean-field"}.get(method, "clamped")
+
         def score(x, condition):
-            f, t = condition
+            f, t, index = condition
             length = models.thermal_length(t, 1.0).astype(x.dtype)
-            if not correct:
+            if method == "clamped":
                 return crystal.clamped_score(x * length, f, t) * length
             centre = jnp.mean(x, axis=0)
             v = x - centre
-            out = crystal.clamped_score(v * length, f, t) * length
-            out = out + jnp.reshape(model.apply(params, jnp.reshape(v, (-1,)), f, t), x.shape)
+            out = reference(kind, v * length, f, t, (fields[1][0][index], fields[1][1][index])) * length
+            if method == "sbsam":
+                out = out + jnp.reshape(model.apply(params, jnp.reshape(v, (-1,)), f, t), x.shape)
             return _centred(out) - CENTROID_STIFFNESS * centre
         return score
 
     test_fj, test_tj = jnp.asarray(test_f, dtype), jnp.asarray(test_t, dtype)
-    hessian = jax.vmap(lambda f, t: jax.jacfwd(lambda x: thermal(False)(x, (f, t)).reshape(-1))(
-        jnp.zeros((m, 2), dtype)).reshape(2 * m, 2 * m))(test_fj, test_tj)
-    largest = float(jnp.max(jnp.linalg.eigvalsh(-0.5 * (hessian + jnp.swapaxes(hessian, 1, 2)))))
-    step = parameters.step_fraction / largest
+    indices = jnp.arange(len(test_t))
+
+    def precision(method):
+        """Eigenvalues of the symmetrised −∇S at x = 0 per held-out condition (thermal units)."""
+        jacobian = jax.vmap(lambda f, t, i: jax.jacfwd(lambda x: thermal(method)(x, (f, t, i)).reshape(-1))(
+            jnp.zeros((m, 2), dtype)).reshape(2 * m, 2 * m))(test_fj, test_tj, indices)
+        return np.asarray(jnp.linalg.eigvalsh(-0.5 * (jacobian + jnp.swapaxes(jacobian, 1, 2))))
+
+    step = parameters.step_fraction / float(np.max(precision("clamped")))
     chains = parameters.chains
-    condition = (jnp.repeat(test_fj, chains, axis=0), jnp.repeat(test_tj, chains))
+    condition = (jnp.repeat(test_fj, chains, axis=0), jnp.repeat(test_tj, chains), jnp.repeat(indices, chains))
     inner_results = {}
-    for name, correct, sample_key in (("sbsam", True, sbsam_key), ("clamped", False, clamped_key)):
+    for name, sample_key in zip(METHODS, (sbsam_key, qh_key, clamped_key)):
+        smallest = precision(name).min(axis=1)
+        if np.any(smallest <= 0):
+            bad = [tuple(row) for row, value in zip(parameters.test_conditions, smallest) if value <= 0]
+            raise RuntimeError(f"the {name} score's precision at u = 0 is not positive definite at held-out "
+                               f"conditions {bad} (smallest eigenvalue {smallest.min():.3g}): its Langevin "
+                               f"sampler would diverge (the learned correction softens the boundary too much)")
         options = dict(step=step, n_steps=parameters.sampler_steps, burn_in=parameters.sampler_burn_in,
                        thin=parameters.sampler_thin, condition=condition, max_displacement=100.0)  # thermal units
         initial = jnp.zeros((len(test_t) * chains, m, 2), dtype)
-        result = sample.langevin(thermal(correct), sample_key, initial, **options)
+        result = sample.langevin(thermal(name), sample_key, initial, **options)
         samples, seconds = np.asarray(result.samples), result.seconds
         stresses = []
         for index in range(len(test_t)):
@@ -268,9 +348,9 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
             x = jnp.asarray(samples[index * chains:(index + 1) * chains].reshape(-1, m, 2))
             u = x * models.thermal_length(t, 1.0).astype(dtype)
             values = np.asarray(jax.vmap(lambda v: crystal.inner_stress(v, f, t))(u)).reshape(-1, 4)
-            scores = np.asarray(jax.vmap(lambda v: thermal(correct)(v, (f, t)))(x)).reshape(-1, 2 * m)
+            scores = np.asarray(jax.vmap(lambda v: thermal(name)(v, (f, t, index)))(x)).reshape(-1, 2 * m)
             stresses.append(zero_variance_mean(values, scores, chains))
-        inner_results[name] = {"stresses": stresses, "seconds": seconds}
+        inner_results[name] = {"stresses": stresses, "seconds": seconds, "smallest_precision": float(smallest.min())}
         if progress:
             print(f"{name}: {chains} chains × {parameters.sampler_steps} steps at {len(test_t)} conditions, "
                   f"{seconds:.0f} s")
@@ -278,7 +358,7 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
     # --- the comparison -------------------------------------------------------------------------
     rows, target_error = [], 0.002
     full_seconds = truth.seconds / len(test_t)
-    to_target = {"full": [], "full_inner": [], "sbsam": [], "clamped": []}
+    to_target = {name: [] for name in ("full", "full_inner") + METHODS}
     for index in range(len(test_t)):
         inner_mean, inner_se = zero_variance_mean(truth.inner_stress[index].reshape(-1, 4),
                                                   truth.force_target[index].reshape(-1, 2 * m),
@@ -294,7 +374,7 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
                "tau_inner_stress": crystals.integrated_autocorrelation_time(truth.inner_stress[index][..., 0, 0])}
         to_target["full"].append(full_seconds * (np.linalg.norm(full_se) / scale / target_error) ** 2)
         to_target["full_inner"].append(full_seconds * (np.linalg.norm(inner_se) / scale / target_error) ** 2)
-        for name in ("sbsam", "clamped"):
+        for name in METHODS:
             mean, se = inner_results[name]["stresses"][index]
             row[name], row[f"{name}_se"] = mean.tolist(), se.tolist()
             row[f"{name}_error"] = _relative(mean, full_mean)
@@ -305,6 +385,7 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
         rows.append(row)
     errors = [r["sbsam_error"] for r in rows]
     clamped_errors = [r["clamped_error"] for r in rows]
+    prior_errors = [r["mean_field_error"] for r in rows]
     targets = {"stress_error": 0.02, "closer_factor": 5.0}
     closer = min(r["closer_factor"] for r in rows)
     write_json(output / "results.json", {"conditions": rows, "history": history, "checks": everything.checks})
@@ -312,11 +393,15 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
     _figure(output / "fig_crystal_stress.png", rows)
     summary = {"study": "sbsam-crystal", "stress_error_max": max(errors), "stress_error_mean": float(np.mean(errors)),
                "clamped_stress_error_max": max(clamped_errors),
-               "clamped_stress_error_mean": float(np.mean(clamped_errors)), "closer_factor_min": closer,
+               "clamped_stress_error_mean": float(np.mean(clamped_errors)),
+               "mean_field_stress_error_max": max(prior_errors),
+               "mean_field_stress_error_mean": float(np.mean(prior_errors)), "closer_factor_min": closer,
                "full_relative_standard_error_max": max(r["full_relative_se"] for r in rows),
                "targets": targets, "meets_targets": bool(max(errors) <= targets["stress_error"]
                                                          and closer >= targets["closer_factor"]),
-               "force_loss_ratio": force_loss_ratio,
+               "force_loss_ratio": force_loss_ratios["sbsam"],
+               "mean_field_force_loss_ratio": force_loss_ratios["mean_field"],
+               "smallest_precision": {name: inner_results[name]["smallest_precision"] for name in METHODS},
                "seconds_to_common_error": {"relative_standard_error": target_error,
                                            **{k: float(np.mean(v)) for k, v in to_target.items()}},
                "checks": checks,
@@ -328,7 +413,9 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
                          // parameters.sampler_thin},
                "timings": {"full_training_sampling": data.seconds, "full_held_out_sampling": truth.seconds,
                            "train": train_seconds, "sbsam_sampling": inner_results["sbsam"]["seconds"],
-                           "clamped_sampling": inner_results["clamped"]["seconds"]},
+                           "mean_field_sampling": inner_results["mean_field"]["seconds"],
+                           "clamped_sampling": inner_results["clamped"]["seconds"],
+                           "mean_field_response": response_seconds},
                "sampler_step": step, "wall_seconds": time.perf_counter() - wall, "device": run["device"],
                "dtype": run["dtype"]}
     return write_study_summary(output, summary)
@@ -336,7 +423,8 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
 
 def _write_table(path, rows):
     columns = ["eps_xx", "eps_yy", "temperature", "full_Pxx", "full_Pyy", "full_se", "sbsam_Pxx", "sbsam_Pyy",
-               "sbsam_se", "clamped_Pxx", "clamped_Pyy", "sbsam_error", "clamped_error", "closer_factor"]
+               "sbsam_se", "mean_field_Pxx", "mean_field_Pyy", "clamped_Pxx", "clamped_Pyy", "sbsam_error",
+               "mean_field_error", "clamped_error", "closer_factor"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
@@ -344,8 +432,13 @@ def _write_table(path, rows):
             writer.writerow([f"{r['eps_xx']:.4f}", f"{r['eps_yy']:.4f}", f"{r['temperature']:g}",
                              f"{r['full'][0]:.6g}", f"{r['full'][3]:.6g}", f"{np.linalg.norm(r['full_se']):.3g}",
                              f"{r['sbsam'][0]:.6g}", f"{r['sbsam'][3]:.6g}", f"{np.linalg.norm(r['sbsam_se']):.3g}",
+                             f"{r['mean_field'][0]:.6g}", f"{r['mean_field'][3]:.6g}",
                              f"{r['clamped'][0]:.6g}", f"{r['clamped'][3]:.6g}", f"{r['sbsam_error']:.4g}",
-                             f"{r['clamped_error']:.4g}", f"{r['closer_factor']:.3g}"])
+                             f"{r['mean_field_error']:.4g}", f"{r['clamped_error']:.4g}",
+                             f"{r['closer_factor']:.3g}"])
+
+
+DISPLAY = {"full": "full system", "sbsam": "SB-SAM", "mean_field": "smeared mean field", "clamped": "clamped"}
 
 
 def _figure(path, rows):
@@ -356,21 +449,23 @@ def _figure(path, rows):
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     positions = np.arange(len(rows))
-    labels = [f"{100 * r['eps_xx']:+.2g}%, {100 * r['eps_yy']:+.2g}%\n{r['temperature']:g} K" for r in rows]
+    labels = [f"{100 * r['eps_xx']:+.2g}%\n{100 * r['eps_yy']:+.2g}%\n{r['temperature']:g} K" for r in rows]
     for axis, component, name in ((axes[0], 0, "P_xx"), (axes[0], 3, "P_yy")):
         offset = -0.2 if component == 0 else 0.2
-        for method, marker, colour in (("full", "s", "k"), ("sbsam", "o", "C0"), ("clamped", "x", "C3")):
-            axis.errorbar(positions + offset + {"full": -0.06, "sbsam": 0.0, "clamped": 0.06}[method],
+        for method, marker, colour, shift in (("full", "s", "k", -0.09), ("sbsam", "o", "C0", -0.03),
+                                              ("mean_field", "^", "C2", 0.03), ("clamped", "x", "C3", 0.09)):
+            axis.errorbar(positions + offset + shift,
                           [r[method][component] for r in rows],
                           yerr=[r.get(f"{method}_se", [0] * 4)[component] for r in rows], marker=marker,
                           color=colour, linestyle="none",
-                          label=f"{method} ({name})" if component == 0 or method == "full" else None,
+                          label=f"{DISPLAY[method]} ({name})" if component == 0 or method == "full" else None,
                           markerfacecolor="none" if component == 3 else colour)
     axes[0].set_xticks(positions, labels, fontsize=7)
     axes[0].set_ylabel("inner stress (eV/Å²); left P_xx, right P_yy of each pair")
     axes[0].legend(fontsize=7)
-    axes[1].bar(positions - 0.2, [r["sbsam_error"] for r in rows], width=0.4, label="SB-SAM", color="C0")
-    axes[1].bar(positions + 0.2, [r["clamped_error"] for r in rows], width=0.4, label="clamped", color="C3")
+    for shift, method, colour in ((-0.27, "sbsam", "C0"), (0.0, "mean_field", "C2"), (0.27, "clamped", "C3")):
+        axes[1].bar(positions + shift, [r[f"{method}_error"] for r in rows], width=0.27, label=DISPLAY[method],
+                    color=colour)
     axes[1].axhline(0.02, color="k", linestyle=":", linewidth=0.8, label="target 2 %")
     axes[1].set_yscale("log")
     axes[1].set_xticks(positions, labels, fontsize=7)
