@@ -54,7 +54,7 @@ REFERENCES = ("mean-field", "smeared-mean-field", "clamped")
 
 @dataclasses.dataclass(frozen=True)
 class CrystalParameters:
-    """Settings of :func:`run_crystal_study` (defaults: ≈ 20 minutes on a 2-core CPU).
+    """Settings of :func:`run_crystal_study` (defaults: ≈ 12 minutes on a 2-core CPU).
 
     Crystal: ``repeats`` (32, 18) cells = 1152 atoms, ``inner_radius`` 13 Å (97 inner atoms), Morse
     as in :class:`~dmdjax.sbsam.crystal.MorseCrystal`. Training grid: ε_xx, ε_yy ∈ ``train_strains``
@@ -139,6 +139,7 @@ CENTROID_STIFFNESS = 1.0
 #: score alone (no learning), and the clamped baseline.
 METHODS = ("sbsam", "mean_field", "clamped")
 
+
 def _mean_fields(crystal, deformations, dtype):
     """:meth:`~dmdjax.sbsam.crystal.MorseCrystal.mean_field_response` and ``mean_field_spread`` at each
     F ``(c, 2, 2)``, each distinct F computed once: ``(c, 2k, 2m)``, ``(c, k, 2, 2)``."""
@@ -194,7 +195,7 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
 
     ``summary.json`` keys: ``stress_error_max`` / ``stress_error_mean`` (SB-SAM vs full system, over
     held-out conditions), ``clamped_stress_error_max`` / ``_mean``, ``mean_field_stress_error_max`` /
-    ``_mean`` (the prior without the learned part), ``closer_factor_min`` (clamped
+    ``_mean`` (the smeared mean-field score alone, no learning), ``closer_factor_min`` (clamped
     error over SB-SAM error, smallest over conditions), ``full_relative_standard_error_max``,
     ``targets`` (SB-SAM within 0.02 and ≥ 5× closer than clamped) and ``meets_targets``;
     ``force_loss_ratio`` / ``mean_field_force_loss_ratio`` (held-out force-matching loss of
@@ -222,7 +223,7 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
     (train_f, train_t), (test_f, test_t) = grid_conditions(parameters)
     dtype = jnp.zeros(0).dtype
     key = jax.random.PRNGKey(parameters.seed)
-    train_key, init_key, fit_key, sbsam_key, qh_key, clamped_key = jax.random.split(key, 6)
+    train_key, init_key, fit_key, sbsam_key, mean_field_key, clamped_key = jax.random.split(key, 6)
     full_options = dict(n_steps=parameters.n_steps, thin=parameters.thin, burn_in=parameters.burn_in,
                         time_step=parameters.time_step, friction=parameters.friction, progress=progress)
     # one vmapped run: the training grid, then each held-out condition test_replicas/replicas times
@@ -330,13 +331,13 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
     chains = parameters.chains
     condition = (jnp.repeat(test_fj, chains, axis=0), jnp.repeat(test_tj, chains), jnp.repeat(indices, chains))
     inner_results = {}
-    for name, sample_key in zip(METHODS, (sbsam_key, qh_key, clamped_key)):
+    for name, sample_key in zip(METHODS, (sbsam_key, mean_field_key, clamped_key)):
         smallest = precision(name).min(axis=1)
         if np.any(smallest <= 0):
             bad = [tuple(row) for row, value in zip(parameters.test_conditions, smallest) if value <= 0]
             raise RuntimeError(f"the {name} score's precision at u = 0 is not positive definite at held-out "
                                f"conditions {bad} (smallest eigenvalue {smallest.min():.3g}): its Langevin "
-                               f"sampler would diverge (the learned correction softens the boundary too much)")
+                               f"sampler would diverge")
         options = dict(step=step, n_steps=parameters.sampler_steps, burn_in=parameters.sampler_burn_in,
                        thin=parameters.sampler_thin, condition=condition, max_displacement=100.0)  # thermal units
         initial = jnp.zeros((len(test_t) * chains, m, 2), dtype)
