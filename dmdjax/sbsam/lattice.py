@@ -86,6 +86,28 @@ class MorseLattice:
         sites, box = self.reference
         return np.linalg.norm(sites - 0.5 * box.sum(axis=0), axis=-1)
 
+    @functools.cached_property
+    def inner_symmetries(self) -> tuple:
+        """The mirror symmetries g = diag(±1, ±1) of the periodic lattice about the region's centre
+        (the box centre) that map every site onto a site, the identity first: ``((g, π), ...)``, g as
+        nested tuples, π a tuple with g(ξ_i − c) = ξ_π(i) − c for the inner atoms (positions in
+        :attr:`inner` order). The marginal of the inner region is invariant under them when F is
+        mapped to g F gᵀ."""
+        sites, box = self.reference
+        centre = 0.5 * box.sum(axis=0)
+        inner = sites[self.inner] - centre
+        found = []
+        for g in (np.eye(2), np.diag([-1.0, 1.0]), np.diag([1.0, -1.0]), -np.eye(2)):
+            images = (sites - centre) @ g.T + centre
+            fractional = (images[:, None, :] - sites[None, :, :]) @ np.linalg.inv(box)
+            distance = np.linalg.norm((fractional - np.round(fractional)) @ box, axis=-1)
+            if not np.all(distance.min(axis=1) < 1e-6 * self.spacing):
+                continue  # the periodic lattice is not symmetric under g about the centre
+            match = np.linalg.norm((inner @ g.T)[:, None, :] - inner[None, :, :], axis=-1)
+            if np.all(match.min(axis=1) < 1e-6 * self.spacing):
+                found.append((tuple(map(tuple, g.tolist())), tuple(int(i) for i in match.argmin(axis=1))))
+        return tuple(found)
+
     @property
     def inner(self) -> np.ndarray:
         """Indices of the inner atoms X, nearest the centre first."""

@@ -21,7 +21,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..units import BOLTZMANN_EV_PER_K
 
@@ -155,12 +157,17 @@ class BoundaryCorrection(nn.Module):
     (x_b, condition); all start at zero, so the untrained model is the reference. With ``bound`` β
     the correction is saturated, C → β tanh(C/β) per coordinate: where the network extrapolates it
     cannot push harder than β (below the bonds' largest restoring force, it cannot tear an atom
-    out). The output has the full size (zero off the boundary).
+    out). With ``symmetries`` — point-group elements g of the region with their atom permutations
+    π (:attr:`~dmdjax.sbsam.lattice.MorseLattice.inner_symmetries`) — the correction is averaged
+    over the group, C(x | F) = (1/|G|) Σ_g gᵀ C_raw(g·x | gFgᵀ)_π, so it is exactly equivariant as
+    the true score is (a diagonal F, for instance, then gives no spurious shear stress). The output
+    has the full size (zero off the boundary).
 
     Attributes:
         size: m·d. boundary: the flattened coordinate indices of the boundary atoms (a tuple).
         hidden: widths of g. precision_hidden: widths of the condition network.
         reference_temperature: T₀, K. bound: the saturation β of each output (thermal units; None: linear).
+        symmetries: ((g as nested tuples, π as a tuple), ...), the identity included; () for none.
     """
 
     size: int
@@ -169,27 +176,51 @@ class BoundaryCorrection(nn.Module):
     precision_hidden: Sequence[int] = (64,)
     reference_temperature: float = 300.0
     bound: float | None = None
+    symmetries: tuple = ()
 
     @nn.compact
     def __call__(self, x, deformation, temperature, sigma=None):
         dtype = x.dtype
         index = jnp.asarray(self.boundary)
         n = len(self.boundary)
-        local = x[index]
-        condition = condition_features(deformation, temperature, self.reference_temperature, dtype)
+        deformation = jnp.asarray(deformation, dtype)
+        if self.symmetries:  # every image g·x at the condition g F gᵀ, in one batch
+            images = [(jnp.asarray(g, dtype), np.asarray(permutation)) for g, permutation in self.symmetries]
+            xs = jnp.stack([_act(g, permutation, x) for g, permutation in images])
+            deformations = jnp.stack([g @ deformation @ g.T for g, _ in images])
+        else:
+            xs, deformations = x[None], deformation[None]
+        condition = jax.vmap(lambda f: condition_features(f, temperature, self.reference_temperature, dtype))(
+            deformations)
+        local = xs[:, index]
         features = condition
         for width in self.precision_hidden:
             features = nn.tanh(nn.Dense(width)(features))
         bias = nn.Dense(n, kernel_init=nn.initializers.zeros, name="bias")(features)
-        matrix = nn.Dense(n * n, kernel_init=nn.initializers.zeros, name="softening")(features).reshape(n, n)
-        hidden = jnp.concatenate([local, condition])
+        matrix = nn.Dense(n * n, kernel_init=nn.initializers.zeros, name="softening")(features).reshape(-1, n, n)
+        hidden = jnp.concatenate([local, condition], axis=-1)
         for width in self.hidden:
             hidden = nn.silu(nn.Dense(width)(hidden))
         nonlinear = nn.Dense(n, kernel_init=nn.initializers.zeros, name="correction")(hidden)
-        correction = bias + 0.5 * (matrix + matrix.T) @ local + nonlinear
+        correction = bias + jnp.einsum("gij,gj->gi", 0.5 * (matrix + jnp.swapaxes(matrix, 1, 2)), local) + nonlinear
         if self.bound is not None:
             correction = self.bound * jnp.tanh(correction / self.bound)
-        return jnp.zeros(self.size, dtype).at[index].set(correction)
+        full = jnp.zeros((correction.shape[0], self.size), dtype).at[:, index].set(correction)
+        if not self.symmetries:
+            return full[0]
+        return jnp.mean(jnp.stack([_pull(g, permutation, c) for (g, permutation), c in zip(images, full)]), axis=0)
+
+
+def _act(matrix, permutation, vector):
+    """g·x: atom π(i) gets g x_i (``vector`` flattened (atom, axis))."""
+    v = jnp.reshape(vector, (len(permutation), -1))
+    return jnp.zeros_like(v).at[permutation].set(v @ matrix.T).reshape(-1)
+
+
+def _pull(matrix, permutation, vector):
+    """The inverse action on a covariant vector field value: atom i gets gᵀ v_π(i)."""
+    v = jnp.reshape(vector, (len(permutation), -1))
+    return (v[permutation] @ matrix).reshape(-1)
 
 
 def thermal_length(temperature, stiffness_scale: float):

@@ -54,7 +54,7 @@ REFERENCES = ("mean-field", "smeared-mean-field", "clamped")
 
 @dataclasses.dataclass(frozen=True)
 class CrystalParameters:
-    """Settings of :func:`run_crystal_study` (defaults: ≈ 12 minutes on a 2-core CPU).
+    """Settings of :func:`run_crystal_study` (defaults: ≈ 20 minutes on a 2-core CPU).
 
     Crystal: ``repeats`` (32, 18) cells = 1152 atoms, ``inner_radius`` 13 Å (97 inner atoms), Morse
     as in :class:`~dmdjax.sbsam.crystal.MorseCrystal`. Training grid: ε_xx, ε_yy ∈ ``train_strains``
@@ -281,7 +281,7 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
     held_out, (smeared_residual, clamped_residual) = dataset(truth, test_f, test_t, fields[1])
     boundary = tuple(int(i) for i in np.sort(np.concatenate([2 * crystal.boundary, 2 * crystal.boundary + 1])))
     model = models.BoundaryCorrection(size=2 * m, boundary=boundary, hidden=tuple(parameters.hidden),
-                                      bound=parameters.correction_bound)
+                                      bound=parameters.correction_bound, symmetries=crystal.inner_symmetries)
     params = model.init(init_key, jnp.zeros(2 * m, dtype), jnp.eye(2, dtype=dtype), jnp.asarray(300.0, dtype))
     start = time.perf_counter()
     params, history = train.fit(model, params, training, "force", key=fit_key, steps=parameters.steps,
