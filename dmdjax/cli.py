@@ -324,7 +324,7 @@ def _add_sbsam(sub) -> None:
 
     p = sub.add_parser(
         "sbsam", help="SB-SAM on the harmonic-lattice oracle: train every loss, sample the inner region, stress",
-        description="Runs dmdjax.studies.sbsam.run_harmonic_study (defaults: SBSAMParameters, a few minutes on a "
+        description="Runs dmdjax.studies.sbsam.run_harmonic_study (defaults: SBSAMParameters, about 8 minutes on a "
         "CPU; --quick about a minute): trains the score network with each loss on exact samples at random (F, T), "
         "then on held-out (F, T) reports the score error, the covariance and the inner stress of Langevin samples "
         "of the inner region alone, against the exact marginal and the clamped-outer baseline. Writes "

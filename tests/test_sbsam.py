@@ -252,3 +252,78 @@ def test_denoising_model_carries_the_noise_free_precision():
     np.testing.assert_allclose(gaussian_score(lower, x, 0.0), -precision @ x, rtol=1e-12)
     smoothed = jnp.linalg.inv(jnp.linalg.inv(precision) + 0.3**2 * jnp.eye(5))
     np.testing.assert_allclose(gaussian_score(lower, x, 0.3), -smoothed @ x, rtol=1e-10)
+
+
+def test_zero_variance_controls_have_mean_zero_and_remove_quadratic_noise():
+    """Stein's identity: for exact samples of N(0, A⁻¹) with their score −Ax, a quadratic
+    observable xᵀBx + c·x has zero variance with the quadratic controls (the mean is tr(BA⁻¹)
+    to round-off, the standard error ~0); with the linear controls alone only the linear part goes,
+    and the estimate is within its standard error of tr(BA⁻¹)."""
+    from dmdjax.sbsam import stress
+
+    rng = np.random.default_rng(3)
+    size, chains, per_chain = 4, 20, 500
+    factor = rng.normal(size=(size, size))
+    precision = factor @ factor.T + size * np.eye(size)
+    covariance = np.linalg.inv(precision)
+    x = rng.multivariate_normal(np.zeros(size), covariance, chains * per_chain)
+    scores = -x @ precision
+    quadratic_form, linear = rng.normal(size=(size, size)), rng.normal(size=size)
+    values = np.stack([np.einsum("ni,ij,nj->n", x, quadratic_form, x) + x @ linear, x[:, 0] ** 2], axis=1)
+    exact = np.array([np.trace(quadratic_form @ covariance), covariance[0, 0]])
+    mean, error = stress.zero_variance_mean(values, scores, chains, positions=x)
+    np.testing.assert_allclose(mean, exact, rtol=1e-9)
+    assert np.all(error < 1e-9 * np.abs(exact))
+    plain_mean, plain_error = stress.zero_variance_mean(values, scores, chains)
+    assert np.all(np.abs(plain_mean - exact) < 4.5 * plain_error) and np.all(plain_error > 1e-4 * np.abs(exact))
+    with pytest.raises(ValueError, match="positions must have the shape"):
+        stress.zero_variance_mean(values, scores, chains, positions=x[:, :2])
+
+
+def test_symmetrised_score_mlp_is_equivariant_as_the_exact_score(lattice):
+    """The exact marginal score obeys S(M_g u | gFgᵀ) = M_g S(u | F) for the region's four mirror
+    symmetries; so does ScoreMLP averaged over them (with random weights, with and without σ),
+    while the plain network, with the same parameters, does not."""
+    from dmdjax.sbsam.model import ScoreMLP, symmetry_actions
+
+    symmetries = lattice.inner_symmetries
+    assert len(symmetries) == 4
+    u = lattice.sample(jax.random.PRNGKey(2), STRETCH, 400.0, 1)[0][0].reshape(-1)
+    size = u.shape[0]
+    models = [ScoreMLP(size=size, hidden=(16,), symmetries=group) for group in ((), symmetries)]
+    perturb = lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape)
+    parameters = {extra: jax.tree_util.tree_map(perturb, models[0].init(jax.random.PRNGKey(0), jnp.zeros(size),
+                                                                        jnp.eye(2), 300.0, *extra))
+                  for extra in ((), (0.5,))}  # a plain and a denoising (σ-conditioned) model
+    raw_gap = 0.0
+    for (matrix, _), action in zip(symmetries[1:], symmetry_actions(symmetries, u.dtype)[1:]):
+        g = jnp.asarray(matrix)
+        image_f = g @ STRETCH @ g.T
+        exact = lattice.score(action @ u, image_f, 400.0)
+        np.testing.assert_allclose(exact, action @ lattice.score(u, STRETCH, 400.0), rtol=1e-10, atol=1e-12)
+        for extra, params in parameters.items():
+            images = [model.apply(params, action @ u, image_f, 400.0, *extra) for model in models]
+            direct = [action @ model.apply(params, u, STRETCH, 400.0, *extra) for model in models]
+            np.testing.assert_allclose(images[1], direct[1], atol=1e-12)
+            raw_gap = max(raw_gap, float(jnp.max(jnp.abs(images[0] - direct[0]))))
+    assert raw_gap > 1e-3
+
+
+def test_gaussian_score_mlp_is_a_gradient_field():
+    """correction=False: S(x) = −A x with A symmetric positive definite (a Jacobian equal to its
+    transpose: the score of a density), for any weights; with the correction MLP it is not."""
+    from dmdjax.sbsam.model import ScoreMLP
+
+    x = jax.random.normal(jax.random.PRNGKey(3), (SIZE,))
+    for correction in (False, True):
+        model = ScoreMLP(size=SIZE, hidden=(8,), correction=correction)
+        params = model.init(jax.random.PRNGKey(0), jnp.zeros(SIZE), jnp.eye(2), 300.0)
+        params = jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
+        jacobian = jax.jacfwd(lambda v: model.apply(params, v, STRETCH, 450.0))(x)
+        asymmetry = float(jnp.max(jnp.abs(jacobian - jacobian.T)))
+        if correction:
+            assert asymmetry > 1e-3
+        else:
+            assert asymmetry < 1e-12
+            np.testing.assert_allclose(model.apply(params, x, STRETCH, 450.0), jacobian @ x, atol=1e-12)
+            assert float(jnp.min(jnp.linalg.eigvalsh(-jacobian))) > 0

@@ -31,29 +31,45 @@ from ..units import BOLTZMANN_EV_PER_K
 class ScoreMLP(nn.Module):
     """S(x | F, T[, σ]) in thermal units.
 
+    With ``symmetries`` (point-group elements of the region with their atom permutations,
+    :attr:`~dmdjax.sbsam.lattice.MorseLattice.inner_symmetries`) the output is the group average
+    (1/|G|) Σ_g M_gᵀ S_raw(M_g x | gFgᵀ, T) (:func:`symmetry_actions`), exactly equivariant as the
+    true score is; the parameters are the same as without.
+
     Attributes:
         size: m·d, the number of inner coordinates.
         hidden: widths of the hidden layers of the correction.
         precision_hidden: widths of the hidden layers that map the condition to L.
         reference_temperature: T₀, K (the condition uses log(T/T₀)).
+        symmetries: ((g as nested tuples, π as a tuple), ...), the identity included; () for none.
+        correction: False drops the correction MLP: the conditional Gaussian score −A(F, T)x, a
+            gradient field by construction (the MLP correction is not one: where it fits noise
+            with a non-symmetric linear part, Langevin's stationary law is not the law the score
+            matching estimated).
     """
 
     size: int
     hidden: Sequence[int] = (128, 128, 128)
     precision_hidden: Sequence[int] = (64,)
     reference_temperature: float = 300.0
+    symmetries: tuple = ()
+    correction: bool = True
 
     @nn.compact
     def __call__(self, x, deformation, temperature, sigma=None):
         dtype = x.dtype
-        condition = condition_features(deformation, temperature, self.reference_temperature, dtype)
+        xs, deformations, actions = _images(self.symmetries, x, deformation)
+        condition = jax.vmap(lambda f: condition_features(f, temperature, self.reference_temperature, dtype))(
+            deformations)
         lower = precision_factor(condition, self.size, self.precision_hidden)
-        inputs = [x, condition] + ([] if sigma is None else [jnp.asarray(sigma, dtype)[None]])
-        hidden = jnp.concatenate(inputs)
+        if not self.correction:
+            return _average_images(actions, gaussian_score(lower, xs, sigma))
+        extra = [] if sigma is None else [jnp.full((len(xs), 1), sigma, dtype)]
+        hidden = jnp.concatenate([xs, condition] + extra, axis=-1)
         for width in self.hidden:
             hidden = nn.silu(nn.Dense(width)(hidden))
         correction = nn.Dense(self.size, kernel_init=nn.initializers.zeros, name="correction")(hidden)
-        return gaussian_score(lower, x, sigma) + correction
+        return _average_images(actions, gaussian_score(lower, xs, sigma) + correction)
 
 
 def condition_features(deformation, temperature, reference_temperature: float, dtype):
@@ -63,27 +79,60 @@ def condition_features(deformation, temperature, reference_temperature: float, d
 
 
 def precision_factor(condition, size: int, hidden: Sequence[int]):
-    """L (size, size), lower triangular, from the condition by a tanh network (inside a compact
-    module); starts at the identity."""
+    """L (..., size, size), lower triangular, from the condition (..., c) by a tanh network
+    (inside a compact module); starts at the identity."""
     features = condition
     for width in hidden:
         features = nn.tanh(nn.Dense(width)(features))
     lower = nn.Dense(size * size, kernel_init=nn.initializers.zeros, name="precision")(features)
-    return jnp.tril(jnp.reshape(lower, (size, size))) + jnp.eye(size, dtype=condition.dtype)
+    return jnp.tril(jnp.reshape(lower, lower.shape[:-1] + (size, size))) + jnp.eye(size, dtype=condition.dtype)
 
 
 def linear_score(precision, x, sigma=None):
     """−A x, or with noise σ the score of the Gaussian smoothed by it, −(A⁻¹ + σ²I)⁻¹ x =
     −A (I + σ²A)⁻¹ x, so a model trained by denoising at σ > 0 carries its noise-free precision
-    (σ = 0) in A."""
+    (σ = 0) in A. A (..., D, D), x (..., D)."""
     if sigma is not None:
-        x = jnp.linalg.solve(jnp.eye(x.shape[0], dtype=x.dtype) + sigma**2 * precision, x)
-    return -(precision @ x)
+        identity = jnp.eye(x.shape[-1], dtype=x.dtype)
+        x = jnp.linalg.solve(identity + sigma**2 * precision, x[..., None])[..., 0]
+    return -jnp.einsum("...ij,...j->...i", precision, x)
 
 
 def gaussian_score(lower, x, sigma=None):
     """:func:`linear_score` for A = L Lᵀ."""
-    return linear_score(lower @ lower.T, x, sigma)
+    return linear_score(lower @ jnp.swapaxes(lower, -1, -2), x, sigma)
+
+
+def symmetry_actions(symmetries, dtype=jnp.float32):
+    """The matrices M_g (G, m·d, m·d) of the point-group elements ``((g, π), ...)`` on flattened
+    displacements (atom-major): (M_g x)_π(i) = g x_i. For a covariant field (a score) the inverse
+    action is M_gᵀ."""
+    matrices = []
+    for g, permutation in symmetries:
+        g = np.asarray(g, float)
+        m, d = len(permutation), g.shape[0]
+        matrix = np.zeros((m * d, m * d))
+        for i, image in enumerate(permutation):
+            matrix[image * d:(image + 1) * d, i * d:(i + 1) * d] = g
+        matrices.append(matrix)
+    return jnp.asarray(np.stack(matrices), dtype)
+
+
+def _images(symmetries, x, deformation):
+    """(M_g x, gFgᵀ) for every group element, stacked, and the matrices M_g (None without symmetries)."""
+    deformation = jnp.asarray(deformation, x.dtype)
+    if not symmetries:
+        return x[None], deformation[None], None
+    actions = symmetry_actions(symmetries, x.dtype)
+    rotations = jnp.asarray(np.stack([np.asarray(g, float) for g, _ in symmetries]), x.dtype)
+    return actions @ x, rotations @ deformation @ jnp.swapaxes(rotations, -1, -2), actions
+
+
+def _average_images(actions, outputs):
+    """(1/|G|) Σ_g M_gᵀ out_g (``outputs`` (G, D)); the single output without symmetries."""
+    if actions is None:
+        return outputs[0]
+    return jnp.einsum("gji,gj->i", actions, outputs) / outputs.shape[0]
 
 
 class PairScore(nn.Module):
@@ -159,7 +208,7 @@ class BoundaryCorrection(nn.Module):
     cannot push harder than β (below the bonds' largest restoring force, it cannot tear an atom
     out). With ``symmetries`` — point-group elements g of the region with their atom permutations
     π (:attr:`~dmdjax.sbsam.lattice.MorseLattice.inner_symmetries`) — the correction is averaged
-    over the group, C(x | F) = (1/|G|) Σ_g gᵀ C_raw(g·x | gFgᵀ)_π, so it is exactly equivariant as
+    over the group, C(x | F) = (1/|G|) Σ_g M_gᵀ C_raw(M_g x | gFgᵀ), so it is exactly equivariant as
     the true score is (a diagonal F, for instance, then gives no spurious shear stress). The output
     has the full size (zero off the boundary).
 
@@ -183,13 +232,7 @@ class BoundaryCorrection(nn.Module):
         dtype = x.dtype
         index = jnp.asarray(self.boundary)
         n = len(self.boundary)
-        deformation = jnp.asarray(deformation, dtype)
-        if self.symmetries:  # every image g·x at the condition g F gᵀ, in one batch
-            images = [(jnp.asarray(g, dtype), np.asarray(permutation)) for g, permutation in self.symmetries]
-            xs = jnp.stack([_act(g, permutation, x) for g, permutation in images])
-            deformations = jnp.stack([g @ deformation @ g.T for g, _ in images])
-        else:
-            xs, deformations = x[None], deformation[None]
+        xs, deformations, actions = _images(self.symmetries, x, deformation)  # every image, in one batch
         condition = jax.vmap(lambda f: condition_features(f, temperature, self.reference_temperature, dtype))(
             deformations)
         local = xs[:, index]
@@ -206,21 +249,7 @@ class BoundaryCorrection(nn.Module):
         if self.bound is not None:
             correction = self.bound * jnp.tanh(correction / self.bound)
         full = jnp.zeros((correction.shape[0], self.size), dtype).at[:, index].set(correction)
-        if not self.symmetries:
-            return full[0]
-        return jnp.mean(jnp.stack([_pull(g, permutation, c) for (g, permutation), c in zip(images, full)]), axis=0)
-
-
-def _act(matrix, permutation, vector):
-    """g·x: atom π(i) gets g x_i (``vector`` flattened (atom, axis))."""
-    v = jnp.reshape(vector, (len(permutation), -1))
-    return jnp.zeros_like(v).at[permutation].set(v @ matrix.T).reshape(-1)
-
-
-def _pull(matrix, permutation, vector):
-    """The inverse action on a covariant vector field value: atom i gets gᵀ v_π(i)."""
-    v = jnp.reshape(vector, (len(permutation), -1))
-    return (v[permutation] @ matrix).reshape(-1)
+        return _average_images(actions, full)
 
 
 def thermal_length(temperature, stiffness_scale: float):

@@ -68,11 +68,28 @@ def bond_stress(pair_derivative: Callable, bond_vectors: Float[Array, "b d"], de
     return (virial - kinetic) / (atoms * atom_volume)
 
 
-def zero_variance_mean(values, scores, chains: int):
-    """Mean of ``values`` (N, k) with the control variate of ``scores`` (N, D) (mean zero under the
-    sampled law) and its standard error from ``chains`` equal contiguous blocks (one per chain)."""
-    centred_scores = scores - scores.mean(axis=0)
-    coefficients, *_ = np.linalg.lstsq(centred_scores, values - values.mean(axis=0), rcond=None)
-    corrected = values - scores @ coefficients
+def zero_variance_mean(values, scores, chains: int, positions=None):
+    """Mean of ``values`` (N, k) with zero-variance control variates and its standard error from
+    ``chains`` equal contiguous blocks (one per chain).
+
+    The controls have mean zero under any law whose score is ``scores`` (N, D) at the samples
+    (Stein's identity E[∇ψ·S + Δψ] = 0): the scores themselves (ψ linear) and, with ``positions``
+    (N, D, the coordinates the score is taken in), the quadratic ones S_i x_j + S_j x_i + 2δ_ij
+    (ψ = x_i x_j, i ≤ j) — with those a quadratic observable of a Gaussian law has zero variance.
+    The coefficients are the least-squares fit of the values on the centred controls.
+    """
+    values, controls = np.asarray(values), np.asarray(scores)
+    if positions is not None:
+        x = np.asarray(positions)
+        if x.shape != controls.shape:
+            raise ValueError(f"positions must have the shape of scores {controls.shape}; got {x.shape}")
+        upper = np.triu_indices(x.shape[1])
+        products = controls[:, :, None] * x[:, None, :]
+        quadratic = (products + np.swapaxes(products, 1, 2))[:, upper[0], upper[1]]
+        quadratic += 2.0 * (upper[0] == upper[1])
+        controls = np.concatenate([controls, quadratic], axis=1)
+    centred = controls - controls.mean(axis=0)
+    coefficients, *_ = np.linalg.lstsq(centred, values - values.mean(axis=0), rcond=None)
+    corrected = values - controls @ coefficients
     per_chain = corrected.reshape(chains, -1, corrected.shape[-1]).mean(axis=1)
     return corrected.mean(axis=0), per_chain.std(axis=0, ddof=1) / np.sqrt(chains)
