@@ -154,29 +154,20 @@ class MorseCrystal(MorseLattice):
         beta = 1.0 / (BOLTZMANN_EV_PER_K * temperature)
         return -beta * jax.grad(self.clamped_energy)(inner, deformation, neighbours)
 
-    def hessian(self, deformation) -> Float[Array, "2n 2n"]:
-        """∇²_u V at the deformed lattice (u = 0), eV/Å², coordinates ordered (atom, x/y). Each bond of
-        length r and direction n adds K = φ''(r) n nᵀ + (φ'(r)/r)(I − n nᵀ) to the two diagonal blocks
-        and −K to the two off-diagonal ones (dtype of ``deformation``)."""
+    def hessian(self, deformation, order=None) -> Float[Array, "2n 2n"]:
+        """∇²_u V at the deformed lattice (u = 0), eV/Å², over the atoms ``order`` (default all), each
+        atom's (x, y) together. Each bond of length r and direction n adds
+        K = φ''(r) n nᵀ + (φ'(r)/r)(I − n nᵀ) to the two diagonal blocks and −K to the two
+        off-diagonal ones (dtype of ``deformation``)."""
         deformation = jnp.asarray(deformation)
-        pairs, vectors = self.bonds
+        _, vectors = self.bonds
         bond = jnp.asarray(vectors, deformation.dtype) @ deformation.T
         length = jnp.linalg.norm(bond, axis=-1)
         direction = bond / length[:, None]
         along = jnp.einsum("bi,bj->bij", direction, direction)
         block = (self.bond_stiffness(length)[:, None, None] * along
                  + (self.pair_derivative(length) / length)[:, None, None] * (jnp.eye(2, dtype=bond.dtype) - along))
-        i, j = pairs[:, 0], pairs[:, 1]
-        hessian = jnp.zeros((self.n_atoms, self.n_atoms, 2, 2), bond.dtype)
-        hessian = hessian.at[i, i].add(block).at[j, j].add(block).at[i, j].add(-block).at[j, i].add(-block)
-        return jnp.transpose(hessian, (0, 2, 1, 3)).reshape(2 * self.n_atoms, 2 * self.n_atoms)
-
-    def _outer_response(self, deformation):
-        """(H_XY, H_YY⁻¹ H_YX) at the deformed lattice."""
-        hessian = self.hessian(deformation)
-        inner, outer = (np.stack([2 * atoms, 2 * atoms + 1], axis=1).reshape(-1) for atoms in (self.inner, self.outer))
-        coupling = hessian[np.ix_(inner, outer)]
-        return coupling, jnp.linalg.solve(hessian[np.ix_(outer, outer)], coupling.T)
+        return self.assemble_bond_blocks(block, order)
 
     @functools.cached_property
     def _neighbour_rows(self) -> np.ndarray:
@@ -185,15 +176,33 @@ class MorseCrystal(MorseLattice):
         position[self.outer] = np.arange(self.outer.size)
         return np.stack([2 * position[self.neighbours], 2 * position[self.neighbours] + 1], axis=1).reshape(-1)
 
+    def _split_hessian(self, deformation):
+        """(H_XN, H_YX, H_YY) at the deformed lattice: N the :attr:`neighbours` among the outer Y."""
+        size = 2 * self.n_inner
+        hessian = self.hessian(deformation, np.concatenate([self.inner, self.outer]))
+        return hessian[:size, size:][:, self._neighbour_rows], hessian[size:, :size], hessian[size:, size:]
+
+    def mean_field(self, deformation) -> tuple[Float[Array, "2k 2m"], Float[Array, "k 2 2"]]:
+        """``(R, L)`` — :meth:`mean_field_response` and :meth:`mean_field_spread` — from one solve
+        with H_YY (the expensive part: all outer coordinates)."""
+        _, coupling, outer = self._split_hessian(deformation)
+        rows = self._neighbour_rows
+        unit = jnp.zeros((outer.shape[0], rows.size), outer.dtype).at[rows, np.arange(rows.size)].set(1.0)
+        solved = jnp.linalg.solve(outer, jnp.concatenate([coupling, unit], axis=1))[rows]
+        size, k = coupling.shape[1], rows.size // 2
+        blocks = solved[:, size:].reshape(k, 2, k, 2)[np.arange(k), :, np.arange(k), :]
+        return -solved[:, :size], jnp.linalg.cholesky(blocks)
+
     def quasi_harmonic_softening(self, deformation) -> Float[Array, "2m 2m"]:
         r"""W = H_XY H_YY⁻¹ H_YX, eV/Å² (DESIGN.md §7, the Schur complement of the harmonic oracle applied
         to this crystal's Hessian at the deformed lattice): the precision of the inner region's marginal
         in the harmonic approximation of the surroundings is β(H_XX − W), the clamped one βH_XX. Only
         the rows and columns of the :attr:`boundary` atoms are non-zero; H_XX − W annihilates uniform
         translations of the region (the periodic crystal's marginal is translation invariant). Inner
-        coordinates in :attr:`inner` order, (atom, x/y)."""
-        coupling, response = self._outer_response(deformation)
-        return coupling @ response
+        coordinates in :attr:`inner` order, (atom, x/y). H_XY is non-zero only on the neighbours, so
+        W = −H_XN R (:meth:`mean_field_response`)."""
+        coupling, _, _ = self._split_hessian(deformation)
+        return -coupling @ self.mean_field_response(deformation)
 
     def mean_field_response(self, deformation) -> Float[Array, "2k 2m"]:
         r"""R = −(H_YY⁻¹ H_YX) restricted to the :attr:`neighbours`: their mean displacement given the inner
@@ -202,20 +211,13 @@ class MorseCrystal(MorseLattice):
         R u_X is the *mean-field* score: its linearisation is −β(H_XX − W)
         (:meth:`quasi_harmonic_softening`) while its bonds stay full Morse bonds, bounded forces that
         vanish when a bond breaks (a linear softening term would outgrow them and push the atom away)."""
-        _, response = self._outer_response(deformation)
-        return -response[self._neighbour_rows]
+        return self.mean_field(deformation)[0]
 
     def mean_field_spread(self, deformation) -> Float[Array, "k 2 2"]:
         """Cholesky factors L_j of the :attr:`neighbours`' 2 × 2 blocks of H_YY⁻¹ at the deformed lattice,
         Å/√eV: in the harmonic approximation of the surroundings, neighbour j given the inner atoms is
         Gaussian with mean (R u_X)_j (:meth:`mean_field_response`) and covariance k_BT L_j L_jᵀ."""
-        hessian = self.hessian(deformation)
-        outer = np.stack([2 * self.outer, 2 * self.outer + 1], axis=1).reshape(-1)
-        rows = self._neighbour_rows
-        columns = jnp.zeros((outer.size, rows.size), hessian.dtype).at[rows, np.arange(rows.size)].set(1.0)
-        blocks = jnp.linalg.solve(hessian[np.ix_(outer, outer)], columns)[rows].reshape(-1, 2, rows.size // 2, 2)
-        index = np.arange(rows.size // 2)
-        return jnp.linalg.cholesky(blocks[index, :, index, :])
+        return self.mean_field(deformation)[1]
 
     def mean_field_score(self, inner: Float[Array, "m 2"], deformation, temperature, response, spread=None,
                          nodes: int = 3) -> Float[Array, "m 2"]:

@@ -62,18 +62,12 @@ class HarmonicLattice(MorseLattice):
     # --- the model (JAX, differentiable in F) --------------------------------------------------
     def stiffness_matrix(self, deformation: Float[Array, "dim dim"]) -> Float[Array, "free free"]:
         """K(F) over the free atoms, ordered (inner X, outer Y), each atom's (x, y) together; eV/Å²."""
-        pairs, vectors = self.bonds
+        _, vectors = self.bonds
         deformed = vectors @ jnp.asarray(deformation).T
         distance = jnp.linalg.norm(deformed, axis=-1)
         direction = deformed / distance[:, None]
         blocks = self.bond_stiffness(distance)[:, None, None] * direction[:, :, None] * direction[:, None, :]
-        n = self.n_atoms
-        full = jnp.zeros((n, n, 2, 2), blocks.dtype)
-        i, j = pairs[:, 0], pairs[:, 1]
-        full = full.at[i, i].add(blocks).at[j, j].add(blocks).at[i, j].add(-blocks).at[j, i].add(-blocks)
-        order = np.concatenate([self.inner, self.outer])
-        free = full[order][:, order]  # (n_free, n_free, 2, 2)
-        return free.transpose(0, 2, 1, 3).reshape(2 * order.size, 2 * order.size)
+        return self.assemble_bond_blocks(blocks, np.concatenate([self.inner, self.outer]))
 
     def inner_stiffness(self, deformation) -> Float[Array, "inner inner"]:
         """The Schur complement S(F) = K_XX − K_XY K_YY⁻¹ K_YX, eV/Å² ((2m, 2m), m inner atoms)."""

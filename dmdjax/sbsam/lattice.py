@@ -119,6 +119,19 @@ class MorseLattice:
     def n_inner(self) -> int:
         return int(np.sum(self.centre_distance < self.inner_radius))
 
+    def assemble_bond_blocks(self, blocks, order=None):
+        """A Hessian-like matrix from one 2 × 2 block K_b per bond (:attr:`bonds`): K_b on the two
+        diagonal blocks of its atoms, −K_b on the two off-diagonal ones; over the atoms ``order``
+        (default all), each atom's (x, y) together: ``(2·len(order), 2·len(order))``."""
+        pairs, _ = self.bonds
+        i, j = pairs[:, 0], pairs[:, 1]
+        full = jnp.zeros((self.n_atoms, self.n_atoms, 2, 2), blocks.dtype)
+        full = full.at[i, i].add(blocks).at[j, j].add(blocks).at[i, j].add(-blocks).at[j, i].add(-blocks)
+        if order is not None:
+            full = full[order][:, order]
+        size = 2 * full.shape[0]
+        return full.transpose(0, 2, 1, 3).reshape(size, size)
+
     # --- the Morse bond -------------------------------------------------------------------------
     def bond_stiffness(self, distance):
         """κ(r) = φ''(r) of the Morse bond, eV/Å²."""

@@ -58,9 +58,7 @@ class ScoreMLP(nn.Module):
     @nn.compact
     def __call__(self, x, deformation, temperature, sigma=None):
         dtype = x.dtype
-        xs, deformations, actions = _images(self.symmetries, x, deformation)
-        condition = jax.vmap(lambda f: condition_features(f, temperature, self.reference_temperature, dtype))(
-            deformations)
+        xs, condition, actions = _images(self.symmetries, x, deformation, temperature, self.reference_temperature)
         lower = precision_factor(condition, self.size, self.precision_hidden)
         if not self.correction:
             return _average_images(actions, gaussian_score(lower, xs, sigma))
@@ -118,14 +116,18 @@ def symmetry_actions(symmetries, dtype=jnp.float32):
     return jnp.asarray(np.stack(matrices), dtype)
 
 
-def _images(symmetries, x, deformation):
-    """(M_g x, gFgᵀ) for every group element, stacked, and the matrices M_g (None without symmetries)."""
+def _images(symmetries, x, deformation, temperature, reference_temperature: float):
+    """(M_g x, the condition features of (gFgᵀ, T)) for every group element, stacked, and the
+    matrices M_g (None without symmetries)."""
     deformation = jnp.asarray(deformation, x.dtype)
     if not symmetries:
-        return x[None], deformation[None], None
-    actions = symmetry_actions(symmetries, x.dtype)
-    rotations = jnp.asarray(np.stack([np.asarray(g, float) for g, _ in symmetries]), x.dtype)
-    return actions @ x, rotations @ deformation @ jnp.swapaxes(rotations, -1, -2), actions
+        xs, deformations, actions = x[None], deformation[None], None
+    else:
+        actions = symmetry_actions(symmetries, x.dtype)
+        rotations = jnp.asarray(np.stack([np.asarray(g, float) for g, _ in symmetries]), x.dtype)
+        xs, deformations = actions @ x, rotations @ deformation @ jnp.swapaxes(rotations, -1, -2)
+    features = jax.vmap(lambda f: condition_features(f, temperature, reference_temperature, x.dtype))(deformations)
+    return xs, features, actions
 
 
 def _average_images(actions, outputs):
@@ -232,9 +234,8 @@ class BoundaryCorrection(nn.Module):
         dtype = x.dtype
         index = jnp.asarray(self.boundary)
         n = len(self.boundary)
-        xs, deformations, actions = _images(self.symmetries, x, deformation)  # every image, in one batch
-        condition = jax.vmap(lambda f: condition_features(f, temperature, self.reference_temperature, dtype))(
-            deformations)
+        xs, condition, actions = _images(self.symmetries, x, deformation, temperature,  # every image, one batch
+                                         self.reference_temperature)
         local = xs[:, index]
         features = condition
         for width in self.precision_hidden:

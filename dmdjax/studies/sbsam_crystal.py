@@ -141,13 +141,12 @@ METHODS = ("sbsam", "mean_field", "clamped")
 
 
 def _mean_fields(crystal, deformations, dtype):
-    """:meth:`~dmdjax.sbsam.crystal.MorseCrystal.mean_field_response` and ``mean_field_spread`` at each
-    F ``(c, 2, 2)``, each distinct F computed once: ``(c, 2k, 2m)``, ``(c, k, 2, 2)``."""
+    """:meth:`~dmdjax.sbsam.crystal.MorseCrystal.mean_field` (R, L) at each F ``(c, 2, 2)``, each
+    distinct F computed once: ``(c, 2k, 2m)``, ``(c, k, 2, 2)``."""
     cache = {}
     for f in np.asarray(deformations):
         if f.tobytes() not in cache:
-            cache[f.tobytes()] = (crystal.mean_field_response(jnp.asarray(f, dtype)),
-                                  crystal.mean_field_spread(jnp.asarray(f, dtype)))
+            cache[f.tobytes()] = crystal.mean_field(jnp.asarray(f, dtype))
     return tuple(jnp.stack([cache[f.tobytes()][i] for f in np.asarray(deformations)]) for i in (0, 1))
 
 
