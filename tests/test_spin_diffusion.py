@@ -71,7 +71,7 @@ def test_exchange_frequencies_match_the_rates():
     state = sampler.init(jax.random.PRNGKey(0), sampler.reference_positions, spins)
     n = 200_000
     keys = jax.random.split(jax.random.PRNGKey(1), n)
-    after = jax.jit(jax.vmap(lambda k: sampler._candidate(state, jax.random.uniform(k, (3,)), None).spins))(keys)
+    after = jax.jit(jax.vmap(lambda k: sampler._candidate(state, jax.random.uniform(k, (2,)), None).spins))(keys)
     changed = np.asarray(after != spins[None])
     bonds = np.asarray(sampler.bonds)
     counts = np.array([np.sum(changed[:, i] & changed[:, j]) for i, j in bonds])
@@ -81,6 +81,35 @@ def test_exchange_frequencies_match_the_rates():
     assert np.all(np.abs(counts - expected) <= 4.5 * np.sqrt(expected * (1 - probability)) + 1), (counts, expected)
     assert np.sum((rates > 0.05) & (rates < 0.95)) >= 3 and np.allclose(frequency[rates == 0], 0)
     np.testing.assert_allclose(frequency[rates > 0], rates[rates > 0], rtol=0.05)
+
+
+@pytest.mark.parametrize("n", [8, 160])  # a select over the sites, and (N > 128) a scatter
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.int8])  # the "frozen" loop carries int8 spins
+def test_candidate_exchanges_exactly_the_bond_it_draws(n, dtype):
+    """u_accept below τ r_ij exchanges σ_i, σ_j (and nothing else); above it, or on a bond
+    with σ_i = σ_j, nothing changes; the counters count."""
+    sampler = _lj_chain(n, kt=1.0)
+    spins = jnp.asarray(np.where(np.random.default_rng(n).random(n) < 0.5, 1, -1), dtype)
+    state = sampler.init(jax.random.PRNGKey(0), sampler.reference_positions, spins.astype(jnp.float64))
+    state = eqx.tree_at(lambda s: s.spins, state, spins)
+    bonds = np.asarray(sampler.bonds)
+    probability = np.asarray(sampler.exchange_rates(sampler.reference_positions, spins.astype(jnp.float64)))
+    probability = probability * float(sampler.tau)
+    step = jax.jit(lambda u: sampler._candidate(state, u, None))
+    swaps = 0
+    for b in range(0, len(bonds), max(1, len(bonds) // 10)):
+        i, j = bonds[b]
+        u_bond = (b + 0.5) / len(bonds)
+        for u_accept, accepted in ((0.999 * probability[b], True), (min(1.001 * probability[b], 1.0), False)):
+            after = step(jnp.array([u_bond, u_accept]))
+            expected = np.asarray(spins).copy()
+            if accepted and spins[i] != spins[j]:
+                expected[[i, j]] = expected[[j, i]]
+            assert after.spins.dtype == dtype
+            np.testing.assert_array_equal(np.asarray(after.spins), expected)
+            assert int(after.candidates) == 1 and int(after.accepted) == int(not np.array_equal(expected, spins))
+            swaps += int(after.accepted)
+    assert swaps >= 3
 
 
 def test_gaussian_rate_average_matches_monte_carlo():
@@ -108,13 +137,34 @@ def test_gaussian_rate_average_matches_monte_carlo():
 
     n = 200_000
     keys = jax.random.split(jax.random.PRNGKey(1), n)
-    candidate = lambda k: sampler._candidate(state, jax.random.uniform(k, (3,)), jax.random.fold_in(k, 7)).spins
+    candidate = lambda k: sampler._candidate(state, jax.random.uniform(k, (2,)), jax.random.fold_in(k, 7)).spins
     changed = np.asarray(jax.jit(jax.vmap(candidate))(keys) != spins[None])
     bonds = np.asarray(sampler.bonds)
     counts = np.array([np.sum(changed[:, i] & changed[:, j]) for i, j in bonds])
     expected = n * mean_rates * float(sampler.tau) / bonds.shape[0]
     assert np.sum((mean_rates > 0.05) & (mean_rates < 0.95)) >= 3  # non-trivial averages
     assert np.all(np.abs(counts - expected) <= 4.5 * np.sqrt(expected) + 1), (counts, expected)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "joint"])
+def test_candidate_count_is_poisson(mode):
+    """Uniformisation: the candidates of a replica up to time T are Poisson(ΛT) — mean and
+    variance ΛT — whatever the call intervals (here uneven, and in "joint" not multiples of
+    the Langevin step ε h, so the fast time owed is carried between calls)."""
+    sampler = _lj_chain(8, mode=mode, kt=1.0, epsilon=1.0, langevin_step=0.013)
+    times = np.array([0.05, 0.0501, 0.31, 0.77, 1.5])
+    states = _states(sampler, jax.random.PRNGKey(8), jnp.array([1.0, 1, -1, 1, -1, -1, 1, -1]), times, 4000)
+    expected = float(sampler.candidate_rate) * times
+    counts = np.stack([np.asarray(s.candidates) for s in states])  # (T, R)
+    r = counts.shape[1]
+    assert np.all(np.diff(counts, axis=0) >= 0)
+    for mean, variance, lam in zip(counts.mean(1), counts.var(1, ddof=1), expected):
+        assert abs(mean - lam) < 4.5 * np.sqrt(lam / r), (mean, lam)
+        assert abs(variance / lam - 1) < 4.5 * np.sqrt(2 / r) + 1 / lam, (variance, lam)
+    assert np.allclose([float(s.time[0]) for s in states], times)
+    if mode == "joint":  # the fast time owed after the last call: T/ε − h·(whole steps taken)
+        owed = float(states[-1].fast_time_debt[0])
+        assert 0 <= owed < 0.013 and (times[-1] - owed) / 0.013 == pytest.approx(round(times[-1] / 0.013))
 
 
 def _histogram(spins, n):
@@ -272,6 +322,8 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="positions cannot be given in 'frozen' mode"):
         sd.sample(sampler, jax.random.PRNGKey(0), jnp.array([1.0, 1, -1, -1]), [0, 1], n_replicas=2,
                   positions=sampler.reference_positions)
+    with pytest.raises(ValueError, match="candidate exchanges per replica"):
+        sd.sample(sampler, jax.random.PRNGKey(0), jnp.array([1.0, 1, -1, -1]), [0, 1e9], n_replicas=2)
     with pytest.raises(ValueError, match="mode must be one of"):
         _lj_chain(4, mode="fast")
     with pytest.raises(ValueError, match="tau must be finite and > 0; got -1"):
