@@ -185,13 +185,21 @@ class MorseCrystal(MorseLattice):
     def mean_field(self, deformation) -> tuple[Float[Array, "2k 2m"], Float[Array, "k 2 2"]]:
         """``(R, L)`` — :meth:`mean_field_response` and :meth:`mean_field_spread` — from one solve
         with H_YY (the expensive part: all outer coordinates)."""
-        _, coupling, outer = self._split_hessian(deformation)
+        return self._mean_field(deformation, spread=True)[1:]
+
+    def _mean_field(self, deformation, spread: bool):
+        """(H_XN, R, L) from one Hessian and one solve with H_YY; L is None unless ``spread``."""
+        neighbour_coupling, coupling, outer = self._split_hessian(deformation)
         rows = self._neighbour_rows
-        unit = jnp.zeros((outer.shape[0], rows.size), outer.dtype).at[rows, np.arange(rows.size)].set(1.0)
-        solved = jnp.linalg.solve(outer, jnp.concatenate([coupling, unit], axis=1))[rows]
+        columns = [coupling]
+        if spread:  # the unit columns of the neighbours: their blocks of H_YY⁻¹
+            columns.append(jnp.zeros((outer.shape[0], rows.size), outer.dtype).at[rows, np.arange(rows.size)].set(1.0))
+        solved = jnp.linalg.solve(outer, jnp.concatenate(columns, axis=1))[rows]
         size, k = coupling.shape[1], rows.size // 2
+        if not spread:
+            return neighbour_coupling, -solved, None
         blocks = solved[:, size:].reshape(k, 2, k, 2)[np.arange(k), :, np.arange(k), :]
-        return -solved[:, :size], jnp.linalg.cholesky(blocks)
+        return neighbour_coupling, -solved[:, :size], jnp.linalg.cholesky(blocks)
 
     def quasi_harmonic_softening(self, deformation) -> Float[Array, "2m 2m"]:
         r"""W = H_XY H_YY⁻¹ H_YX, eV/Å² (DESIGN.md §7, the Schur complement of the harmonic oracle applied
@@ -201,8 +209,8 @@ class MorseCrystal(MorseLattice):
         translations of the region (the periodic crystal's marginal is translation invariant). Inner
         coordinates in :attr:`inner` order, (atom, x/y). H_XY is non-zero only on the neighbours, so
         W = −H_XN R (:meth:`mean_field_response`)."""
-        coupling, _, _ = self._split_hessian(deformation)
-        return -coupling @ self.mean_field_response(deformation)
+        neighbour_coupling, response, _ = self._mean_field(deformation, spread=False)
+        return -neighbour_coupling @ response
 
     def mean_field_response(self, deformation) -> Float[Array, "2k 2m"]:
         r"""R = −(H_YY⁻¹ H_YX) restricted to the :attr:`neighbours`: their mean displacement given the inner
@@ -211,7 +219,7 @@ class MorseCrystal(MorseLattice):
         R u_X is the *mean-field* score: its linearisation is −β(H_XX − W)
         (:meth:`quasi_harmonic_softening`) while its bonds stay full Morse bonds, bounded forces that
         vanish when a bond breaks (a linear softening term would outgrow them and push the atom away)."""
-        return self.mean_field(deformation)[0]
+        return self._mean_field(deformation, spread=False)[1]
 
     def mean_field_spread(self, deformation) -> Float[Array, "k 2 2"]:
         """Cholesky factors L_j of the :attr:`neighbours`' 2 × 2 blocks of H_YY⁻¹ at the deformed lattice,
