@@ -59,8 +59,8 @@ from .potentials import Potential
 from .units import BOLTZMANN_EV_PER_K
 
 MODES = ("joint", "scale-separated", "frozen")
-_SELECT_SWAP_MAX_SITES = 128  # see SpinDiffusionSampler._candidate
 RATE_AVERAGES = ("basin", "gaussian")
+_SELECT_SWAP_MAX_SITES = 128  # see SpinDiffusionSampler._candidate
 
 
 def spin_weights(spins: Float[Array, " n"]) -> Float[Array, "n 2"]:
@@ -266,8 +266,7 @@ class SpinDiffusionSampler(eqx.Module):
             site = jnp.arange(state.spins.shape[0])
             spins = jnp.where(accept & ((site == i) | (site == j)), -state.spins, state.spins)
         else:
-            pair = jnp.stack([i, j])
-            spins = state.spins.at[pair].set(jnp.where(accept, jnp.stack([spin_j, spin_i]), jnp.stack([spin_i, spin_j])))
+            spins = state.spins.at[jnp.stack([i, j])].multiply(jnp.where(accept, -1, 1).astype(state.spins.dtype))
         state = eqx.tree_at(
             lambda s: (s.spins, s.candidates, s.accepted), state,
             (spins, state.candidates + due.astype(state.candidates.dtype),
