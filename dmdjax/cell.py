@@ -64,6 +64,15 @@ class Cell(eqx.Module):
         inverse = np.linalg.inv(np.asarray(self.vectors, dtype=float))
         return 1.0 / np.linalg.norm(inverse, axis=0)
 
+    def within_minimum_image(self, wanted: float, needed: float) -> float:
+        """``wanted`` (a list cut-off with room to spare), lowered to half the narrowest periodic
+        width where that is smaller, but never below ``needed`` (then :meth:`check_minimum_image`
+        raises when the list is built)."""
+        widths = [w for periodic, w in zip(self.pbc, self.perpendicular_widths()) if periodic]
+        if not widths:
+            return float(wanted)
+        return float(max(needed, min(wanted, 0.5 * min(widths))))
+
     def check_minimum_image(self, interaction_range: float) -> None:
         """Raise if a periodic width is below twice ``interaction_range``.
 
@@ -74,7 +83,8 @@ class Cell(eqx.Module):
             if periodic and width < 2.0 * interaction_range:
                 raise ValueError(
                     f"cell too small: periodic width {width:.4g} Å along cell vector {axis} is below "
-                    f"twice the interaction range {interaction_range:.4g} Å (cut-off + skin); "
+                    f"twice the interaction range {interaction_range:.4g} Å (the cut-off, plus the Gaussians' reach for "
+                    "the VG free energy); "
                     "replicate the structure (e.g. atoms.repeat) so that each periodic width is at "
                     f"least {2 * interaction_range:.4g} Å"
                 )

@@ -7,8 +7,9 @@ Sub-commands:
 * ``dmdjax chain`` — the chain study (K2 vs K1 vs the spin-diffusion replica average);
 * ``dmdjax alloy surface`` — Mg segregation to a free (100) surface of Al–Mg (K3, EAM).
 
-Bad input ends with ``dmdjax: error: ...`` on stderr and exit status 2; no output file
-is written half-way. The command runs in float64 unless ``--float32`` is given.
+Bad input and failures end with one line ``dmdjax: error: ...`` on stderr and exit status 2
+(3 when a DMD run or a relaxation does not converge; ``--debug`` shows the traceback); no
+output file is written half-way, and no existing one is replaced without ``--overwrite``. The command runs in float64 unless ``--float32`` is given.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def _add_energy(sub) -> None:
     p.add_argument("--tolerance", type=float, default=None,
                    help="relaxation tolerance on max |dF/dX| (eV/Å) and |k dF/dk| (eV) (default 1e-6)")
     p.add_argument("--output", default=None,
-                   help="with --temperature: write the (relaxed) state as extended XYZ with columns c, k, mu")
+                   help="with --temperature: write the (relaxed) state as extended XYZ with columns c_<A>, c_<B> "
+                   "(concentrations), k (eV/Å²), mu (dF/ds, eV, s = c_A - c_B)")
+    p.add_argument("--overwrite", action="store_true", help="allow --output to replace an existing file")
     p.add_argument("--json", action="store_true", help="print one JSON object (energy, forces, stress; "
                    "with --temperature: free_energy, positions, stiffness, chemical_potential, iterations, converged)")
     p.set_defaults(run=_run_energy)
@@ -50,6 +53,14 @@ def _add_energy(sub) -> None:
 def _run_energy(args) -> int:
     import dmdjax as dj
 
+    if args.tolerance is not None and not (np.isfinite(args.tolerance) and args.tolerance > 0):
+        raise ValueError(f"--tolerance must be finite and > 0; got {args.tolerance!r}")
+    if not (np.isfinite(args.skin) and args.skin >= 0):
+        raise ValueError(f"--skin must be finite and >= 0 Å; got {args.skin!r}")
+    if args.nodes < 1:
+        raise ValueError(f"--nodes must be a positive integer; got {args.nodes!r}")
+    if args.output:
+        _check_output_file(args.output, args.overwrite)
     potential = dj.load_eam(args.potential, form=args.form)
     system, atoms = dj.io.read_structure(args.structure, species_names=potential.species)
     if args.temperature is not None:
@@ -85,33 +96,48 @@ def _run_free_energy(args, potential, system, atoms) -> int:
     import dmdjax as dj
 
     n = system.n_atoms
-    if "c" in atoms.arrays:
-        concentration = np.asarray(atoms.arrays["c"], dtype=float)
-        if concentration.shape != (n,) or np.any(~np.isfinite(concentration)) or np.any(
-                (concentration < 0) | (concentration > 1)):
-            raise ValueError(f"per-atom array 'c' must hold {n} concentrations in [0, 1]")
-    else:
+    read = dj.io.read_concentrations(atoms, potential.species, repr(args.structure))
+    if read is None:  # a plain configuration: each site holds its own species
+        species = (potential.species[0], potential.species[1] if potential.n_species > 1 else potential.species[0])
         concentration = (np.asarray(system.species) == 0).astype(float)
+        foreign = sorted({potential.species[i] for i in np.asarray(system.species)} - set(species))
+        if foreign:
+            raise ValueError(f"{args.structure!r} holds {foreign} besides {list(species)}: the mean field takes two "
+                             "species; give their concentrations as columns c_<species>")
+    else:
+        concentration, species = read
     # Sites that hold one species exactly (c = 0 or 1) are pinned species; the others evolve.
     pinned_species = (concentration == 0.0) | (concentration == 1.0)
     order_parameter = jnp.asarray(2.0 * concentration - 1.0, dtype=system.positions.dtype)
     vg = dj.VGFreeEnergy(potential, system.cell, args.temperature, n, pinned=system.pinned,
-                         pinned_species=pinned_species, quadrature=args.quadrature, nodes=args.nodes)
+                         pinned_species=pinned_species, species=species, quadrature=args.quadrature,
+                         nodes=args.nodes)
     nbrs = dj.neighbor_list(system.positions, system.cell, potential.cutoff, skin=args.skin)
+    dj.energy.check_separation(potential, system.positions, system.cell, nbrs)  # before k is guessed from V
+    stiffness = None
+    if "k" in atoms.arrays:  # a state written by dmdjax: its stiffnesses (the warm start of --relax)
+        stiffness = jnp.asarray(np.asarray(atoms.arrays["k"], dtype=float), system.positions.dtype)
+        vg.check(system.positions, stiffness, order_parameter, nbrs)
     if args.relax:
-        result = dj.relax(vg, system.positions, order_parameter, nbrs, tolerance=args.tolerance, throw=False)
-        positions, stiffness = result.positions, result.stiffness
+        result = dj.relax(vg, system.positions, order_parameter, nbrs, stiffness, tolerance=args.tolerance,
+                          throw=False)
+        positions, stiffness, nbrs = result.positions, result.stiffness, result.neighbors
         iterations, converged, norm = int(result.iterations), bool(result.converged), float(result.gradient_norm)
     else:
         positions = system.positions
-        stiffness = dj.initial_stiffness(vg, positions, order_parameter, nbrs)
+        if stiffness is None:
+            stiffness = dj.initial_stiffness(vg, positions, order_parameter, nbrs)
         iterations, converged, norm = 0, False, float("nan")
+    nbrs = vg.covering_neighbors(positions, stiffness, nbrs)  # the Gaussians' reach at k and T
     free_energy = float(vg(positions, stiffness, order_parameter, nbrs))
     mu = np.asarray(vg.chemical_potential(positions, stiffness, order_parameter, nbrs))
     if args.output:
         frame = dj.System(positions, system.species, system.cell, system.pinned, system.species_names)
-        dj.io.write_extxyz(args.output, frame, arrays={"c": concentration, "k": np.asarray(stiffness), "mu": mu},
-                           info={"temperature": args.temperature, "free_energy": free_energy})
+        dj.io.write_extxyz(args.output, frame,
+                           arrays={**dj.io.concentration_arrays(concentration, species), "k": np.asarray(stiffness),
+                                   "mu": mu},
+                           info={"temperature": args.temperature, "total_free_energy": free_energy,
+                                 "order_parameter_species": ",".join(species)})
     if args.json:
         print(json.dumps({
             "free_energy": free_energy, "positions": np.asarray(positions).tolist(),
@@ -148,6 +174,7 @@ def _add_build(sub) -> None:
     p.add_argument("--rattle", type=float, default=0.0, help="Gaussian noise on positions, Å")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, help="output file (.xyz, extended XYZ)")
+    p.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
     p.set_defaults(run=_run_build)
 
 
@@ -163,6 +190,9 @@ def _run_build(args) -> int:
         raise ValueError(f"--lattice-constant must be > 0; got {args.lattice_constant}")
     if min(args.repeat) < 1:
         raise ValueError(f"--repeat must be positive; got {args.repeat}")
+    if not (np.isfinite(args.rattle) and args.rattle >= 0):
+        raise ValueError(f"--rattle must be finite and >= 0 Å; got {args.rattle!r}")
+    _check_output_file(args.output, args.overwrite)
     atoms = bulk(args.element, args.lattice, a=args.lattice_constant, cubic=True).repeat(tuple(args.repeat))
     rng = np.random.default_rng(args.seed)
     if args.solute:
@@ -185,6 +215,20 @@ def _run_build(args) -> int:
     print(f"wrote {args.output}: {len(atoms)} atoms ({args.lattice} {args.element}"
           f"{', ' + args.solute if args.solute else ''})")
     return 0
+
+
+def _check_output_file(path: str, overwrite: bool) -> None:
+    """Refuse an existing output file (unless ``overwrite``) or a folder, before any work."""
+    from pathlib import Path
+
+    from .io import check_writable
+
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"output {path!r} is a folder, not a file")
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"output file {path!r} exists: pass --overwrite to replace it")
+    check_writable(target.parent)
 
 
 def _add_study_options(p) -> None:
@@ -230,7 +274,8 @@ def _run_chain(args) -> int:
         from .studies import chain_sweep
 
         name, values = chain_sweep.parse_sweep(args.sweep)
-        chain_sweep.run_chain_sweep(parameters, name, values, args.output, overwrite=args.overwrite)
+        chain_sweep.run_chain_sweep(parameters, name, values, args.output, overwrite=args.overwrite,
+                                    progress=not args.no_progress)
         return 0
     chain.run_chain_study(parameters, args.output, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
@@ -413,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dmdjax",
         description="dmdjax: differentiable diffusive molecular dynamics in JAX (metal units: eV, Å, K).",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"dmdjax {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_build(sub)
@@ -444,7 +494,10 @@ def cpu_compile_flags() -> None:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     cpu_compile_flags()
     import jax
 
@@ -452,9 +505,37 @@ def main(argv=None) -> int:
         jax.config.update("jax_enable_x64", True)  # the application (not the library) chooses precision
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"dmdjax: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # one line for the user; the traceback with --debug
+        if args.debug:
+            raise
+        code, message = _describe(err)
+        print(f"dmdjax: error: {message}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("dmdjax: error: interrupted (files already written are complete; a study resumes with --resume)",
+              file=sys.stderr)
+        return 130
+
+
+#: Exit status of a run that did not converge (a DMD run that stopped, a relaxation).
+NOT_CONVERGED = 3
+
+
+def _describe(err: Exception) -> tuple[int, str]:
+    """(exit status, one-line message) of an error: 3 for non-convergence, 2 otherwise."""
+    from .dmd import DMDError
+    from .relax import RelaxationError
+
+    message = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (DMDError, RelaxationError)):
+        return NOT_CONVERGED, message.split(" Above is the stack outside of JIT")[0]
+    if isinstance(err, OSError) and err.filename is not None and not isinstance(err, FileNotFoundError):
+        return 2, f"cannot write or read {str(err.filename)!r}: {err.strerror or message}"
+    if isinstance(err, (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, OSError)):
+        return 2, message
+    return 2, f"{type(err).__name__}: {message} (run with --debug for the traceback)"
 
 
 if __name__ == "__main__":

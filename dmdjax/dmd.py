@@ -28,7 +28,7 @@ from jaxtyping import Array, Float
 
 from . import io, kinetics
 from .free_energy import VGFreeEnergy
-from .neighbors import NeighborList
+from .neighbors import NeighborList, neighbor_list
 from .relax import _default_tolerance, _dense_hessian, _initial_stiffness, hessian_colouring, relax
 
 
@@ -64,7 +64,10 @@ class Trajectory(eqx.Module):
 
     Attributes:
         time: ``(T,)``; order_parameter: ``(T, N)``; positions: ``(T, N, d)`` Å;
-        stiffness: ``(T, N)`` eV/Å²; free_energy: ``(T,)`` eV; parameters: a dict (static).
+        stiffness: ``(T, N)`` eV/Å²; free_energy: ``(T,)`` eV; parameters: a dict (static);
+        neighbor_builds: ``((index, cutoff), ...)``, where :func:`run` rebuilt its neighbour
+        list: at the positions of output ``index`` (−1: the initial, unrelaxed positions) with
+        that cut-off (Å) — so a resumed run rebuilds the same list.
     """
 
     time: Float[Array, " t"]
@@ -73,11 +76,14 @@ class Trajectory(eqx.Module):
     stiffness: Float[Array, "t n"]
     free_energy: Float[Array, " t"]
     parameters: dict = eqx.field(static=True)
+    neighbor_builds: tuple = eqx.field(static=True, default=())
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the run as ``.npz`` (atomically): arrays ``time``, ``order_parameter``,
-        ``positions``, ``stiffness``, ``free_energy`` and the JSON string ``parameters``."""
+        ``positions``, ``stiffness``, ``free_energy``, ``neighbor_builds`` and the JSON string
+        ``parameters``."""
         arrays = {name: np.asarray(getattr(self, name)) for name in _FIELDS}
+        arrays["neighbor_builds"] = np.asarray(self.neighbor_builds, dtype=float).reshape(-1, 2)
         return io.save_npz(path, arrays, self.parameters)
 
 
@@ -94,13 +100,26 @@ def load_trajectory(path: str | os.PathLike) -> Trajectory:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"trajectory file not found: {str(p)!r}")
-    with np.load(p) as data:
-        missing = [name for name in (*_FIELDS, "parameters") if name not in data.files]
-        if missing:
-            raise ValueError(f"{str(p)!r} is not a dmdjax trajectory: missing {missing}")
-        arrays = [jnp.asarray(data[name]) for name in _FIELDS]
-        parameters = json.loads(str(data["parameters"]))
-    return Trajectory(*arrays, parameters)
+    try:
+        with np.load(p) as data:
+            missing = [name for name in (*_FIELDS, "parameters") if name not in data.files]
+            if missing:
+                raise ValueError(f"{str(p)!r} is not a dmdjax trajectory: missing {missing}")
+            arrays = [np.asarray(data[name]) for name in _FIELDS]
+            parameters = json.loads(str(data["parameters"]))
+            builds = np.asarray(data["neighbor_builds"]) if "neighbor_builds" in data.files else np.zeros((0, 2))
+    except ValueError:
+        raise
+    except Exception as err:  # zipfile.BadZipFile, EOFError, OSError, json errors: a damaged file
+        raise ValueError(f"trajectory {str(p)!r} is damaged or truncated and cannot be read "
+                         f"({type(err).__name__}: {err})") from None
+    times = arrays[0]
+    n = times.shape[0] if times.ndim == 1 else -1
+    if n < 1 or any(a.shape[:1] != (n,) for a in arrays) or not all(np.all(np.isfinite(a)) for a in arrays):
+        raise ValueError(f"trajectory {str(p)!r} is inconsistent: arrays {[a.shape for a in arrays]} "
+                         "(or non-finite values)")
+    return Trajectory(*(jnp.asarray(a) for a in arrays), parameters,
+                      tuple((int(i), float(c)) for i, c in builds.reshape(-1, 2)))
 
 
 def species_rate(vg: VGFreeEnergy, law: KineticLaw, graph: kinetics.BondGraph, positions, stiffness,
@@ -162,7 +181,7 @@ def _switched_rate(vg, values: _LawValues, graph, positions, stiffness, order_pa
     def spin_diffusion_exact():
         if vg.potential.is_embedded:  # refused in run(); a placeholder keeps the switch traceable
             return jnp.full_like(order_parameter, jnp.nan)
-        coupling = kinetics.pair_coupling(vg, positions, stiffness, neighbors, graph)
+        coupling = kinetics.pair_coupling(vg, positions, stiffness, graph)
         divided = kinetics.swap_divided_difference(order_parameter, excess, coupling, graph)
         return kinetics.spin_diffusion(order_parameter, divided, graph, beta, values.tau)
 
@@ -188,7 +207,10 @@ def _species_term(vg, law: _LawValues, graph, neighbors, positions, stiffness, t
         if not relax_each:
             return _switched_rate(vg, law, graph, positions, stiffness, s, neighbors)
         relaxed = relax(vg, positions, s, neighbors, stiffness, tolerance=tolerance, throw=False, colouring=colouring)
-        return _switched_rate(vg, law, graph, relaxed.positions, relaxed.stiffness, s, neighbors)
+        rate = _switched_rate(vg, law, graph, relaxed.positions, relaxed.stiffness, s, neighbors)
+        # No number from a stale list: a relaxation that left the list's reach fails the step.
+        covered = vg.neighbor_fault(relaxed.positions, relaxed.stiffness, neighbors) <= 0
+        return jnp.where(covered, rate, jnp.nan)
 
     return diffrax.ODETerm(vector_field)
 
@@ -303,17 +325,23 @@ def run(
                   "dt0": None if dt0 is None else float(dt0), "max_steps": max_steps, "relax_method": relax_method,
                   "relax_at": relax_at,
                   "n_sites": int(order_parameter.shape[0]), "dtype": jnp.dtype(dtype).name}
-    record = []
+    record, builds = [], []
     if output is not None and Path(output).exists():
         if resume:
-            record = _checkpoint_record(load_trajectory(output), parameters, times, output)
+            checkpoint = load_trajectory(output)
+            record = _checkpoint_record(checkpoint, parameters, times, output)
+            builds = list(checkpoint.neighbor_builds)
         elif not overwrite:
             raise FileExistsError(f"{str(output)!r} exists: pass resume=True to continue it or overwrite=True")
     elif resume:
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {str(output)!r}")
     _check_law(vg, law)
     graph = kinetics.bond_graph(positions, vg.cell, neighbors, kinetic_cutoff, pinned_species=vg.pinned_species)
-    colouring = _colouring(vg, neighbors, relax_method)
+    if builds:  # the list the interrupted run was using
+        index, cutoff = builds[-1]
+        at = positions if index < 0 else record[index][1]
+        neighbors = neighbor_list(at, vg.cell, cutoff, skin=neighbors.skin)
+    lists = _RunNeighbors(vg, neighbors, builds, relax_method)
     values = _law_values(law, dtype)
     dt0 = None if dt0 is None else jnp.asarray(dt0, dtype)  # traced: a new dt0 does not recompile
     tolerance = jnp.asarray(_default_tolerance(dtype) if tolerance is None else tolerance, dtype)  # traced too
@@ -321,13 +349,14 @@ def run(
         t0 = jnp.asarray(times[0], dtype)
         if stiffness is None:
             stiffness = _initial_stiffness(vg, positions, order_parameter, neighbors)
-        _, x0, k0, f0, ok, _ = _advance(vg, values, graph, neighbors, positions, stiffness, order_parameter, t0, t0,
-                                        solver, controller, dt0, max_steps, tolerance, colouring)
+        lists.prepare(positions, stiffness, -1)
+        _, x0, k0, f0, ok, _ = lists.advance(values, graph, positions, stiffness, order_parameter, t0, t0, solver,
+                                             controller, dt0, max_steps, tolerance, True, -1)
         if not bool(ok):
             raise DMDError("DMD could not start: the relaxation of (X, k) at the initial s did not converge "
                            "(check the structure, or loosen tolerance)")
         record = [(order_parameter, x0, k0, f0)]
-        _write(output, times, record, parameters)
+        _write(output, times, record, parameters, builds)
     intervals = range(len(record), times.size)
     if progress:
         from tqdm.auto import tqdm
@@ -336,9 +365,10 @@ def run(
     for index in intervals:
         s0, x0, k0, _ = record[-1]
         t0, t1 = times[index - 1], times[index]
-        s1, x1, k1, f1, ok, steps = _advance(vg, values, graph, neighbors, x0, k0, s0, jnp.asarray(t0, dtype),
-                                             jnp.asarray(t1, dtype), solver, controller, dt0, max_steps, tolerance,
-                                             colouring, relax_at == "evaluation")
+        lists.prepare(x0, k0, len(record) - 1)
+        s1, x1, k1, f1, ok, steps = lists.advance(values, graph, x0, k0, s0, jnp.asarray(t0, dtype),
+                                                  jnp.asarray(t1, dtype), solver, controller, dt0, max_steps,
+                                                  tolerance, relax_at == "evaluation", len(record) - 1)
         bad = ~np.isfinite(np.asarray(s1)) | ((np.abs(np.asarray(s1)) >= 1.0) & ~np.asarray(vg.pinned_species))
         if not bool(ok) or np.any(bad) or not np.isfinite(float(f1)):
             sites = np.flatnonzero(bad).tolist()
@@ -350,13 +380,57 @@ def run(
                 + f"; the last good state is at t = {times[len(record) - 1]:g}"
                 + (f" and is saved in {str(output)!r}" if output is not None else "")
             )
-            error.trajectory = _trajectory(times[: len(record)], record, parameters)
+            error.trajectory = _trajectory(times[: len(record)], record, parameters, builds)
             raise error
         record.append((s1, x1, k1, f1))
-        _write(output, times, record, parameters)
+        _write(output, times, record, parameters, builds)
         if progress:
             intervals.set_postfix(t=f"{t1:g}", F=f"{float(f1):.6g}")
-    return _trajectory(times, record, parameters)
+    return _trajectory(times, record, parameters, builds)
+
+
+class _RunNeighbors:
+    """The neighbour list of a :func:`run` (host side): rebuilt at a recorded state when the
+    atoms moved or k softened so far that less than half the skin is left (Verlet's rule for
+    the VG interaction range), or when an interval failed because its relaxation left the
+    list's reach (then with room for the distance it moved, and the interval is redone).
+    Every rebuild is logged in ``builds`` as (record index, cut-off), which makes a resumed
+    run rebuild the same lists."""
+
+    def __init__(self, vg, neighbors, builds, relax_method):
+        self.vg, self.neighbors, self.builds, self.relax_method = vg, neighbors, builds, relax_method
+        self.colouring = _colouring(vg, neighbors, relax_method)
+
+    def _rebuild(self, positions, cutoff, index):
+        cutoff = float(cutoff)
+        self.neighbors = neighbor_list(positions, self.vg.cell, cutoff, skin=self.neighbors.skin)
+        self.colouring = _colouring(self.vg, self.neighbors, self.relax_method)
+        self.builds.append((int(index), cutoff))
+
+    def prepare(self, positions, stiffness, index):
+        vg, neighbors = self.vg, self.neighbors
+        needed = float(vg.interaction_range(stiffness))
+        if bool(neighbors.overflow) or float(neighbors.reach(positions)) < needed + 0.5 * neighbors.skin:
+            margin = 0.25 * float(vg.reach(stiffness))
+            self._rebuild(positions, vg.cell.within_minimum_image(max(neighbors.cutoff, needed + margin), needed), index)
+
+    def advance(self, values, graph, positions, stiffness, order_parameter, t0, t1, solver, controller, dt0,
+                max_steps, tolerance, relax_each, index):
+        arguments = (values, graph)
+        tail = (positions, stiffness, order_parameter, t0, t1, solver, controller, dt0, max_steps, tolerance)
+        result = _advance(self.vg, *arguments, self.neighbors, *tail, self.colouring, relax_each)
+        s1, x1, k1, f1, ok, _ = result
+        if bool(ok) or not np.all(np.isfinite(np.asarray(x1))):
+            return result
+        fault = float(self.vg.neighbor_fault(x1, k1, self.neighbors))
+        if fault <= 0:
+            return result  # not the list's doing
+        # Room for what this interval moved the atoms (both ends of a pair) and softened k.
+        moved = float(jnp.max(jnp.linalg.norm(self.vg.cell.displacement(x1, positions), axis=-1)))
+        needed = float(self.vg.interaction_range(jnp.minimum(stiffness, k1)))
+        wanted = max(self.neighbors.cutoff, needed + 2.0 * moved + 0.25 * self.neighbors.skin)
+        self._rebuild(positions, self.vg.cell.within_minimum_image(wanted, needed), index)
+        return _advance(self.vg, *arguments, self.neighbors, *tail, self.colouring, relax_each)
 
 
 class Solution(eqx.Module):
@@ -528,6 +602,10 @@ def equilibrium(
     for iteration in range(max_steps + 1):
         relaxed = relax(vg, x, jnp.asarray(s, dtype), neighbors, k, tolerance=relax_tolerance, colouring=colouring)
         x, k = relaxed.positions, relaxed.stiffness
+        if relaxed.neighbors is not neighbors:  # relax rebuilt the list: a new sparsity pattern
+            neighbors = relaxed.neighbors
+            colouring = _colouring(vg, neighbors, relax_method)
+            jacobian_colouring = colouring if colouring is not None else hessian_colouring(vg, neighbors)
         mu, hessian = _potential_jacobian(vg, x, k, jnp.asarray(s, dtype), neighbors,
                                           jacobian_colouring)
         mu, hessian = np.asarray(mu)[free], np.asarray(hessian)[np.ix_(free, free)]
@@ -562,6 +640,9 @@ def _self_consistent(vg, positions, s, neighbors, free, tolerance, max_steps, re
         state = jnp.asarray(s, dtype)
         relaxed = relax(vg, x, state, neighbors, k, tolerance=relax_tolerance, colouring=colouring)
         x, k = relaxed.positions, relaxed.stiffness
+        if relaxed.neighbors is not neighbors:  # relax rebuilt the list
+            neighbors = relaxed.neighbors
+            colouring = None if colouring is None else hessian_colouring(vg, neighbors)
         excess = np.asarray(vg.excess_chemical_potential(x, k, state, neighbors), dtype=float)[free]
         mu = excess + np.arctanh(s[free]) / beta  # μ = μ^ex + β⁻¹ artanh s (VGFreeEnergy.chemical_potential)
         lagrange = mu.mean()
@@ -588,9 +669,9 @@ def _colouring(vg, neighbors, relax_method):
     return hessian_colouring(vg, neighbors) if relax_method == "newton" else None
 
 
-def _write(output, times, record, parameters):
+def _write(output, times, record, parameters, builds=()):
     if output is not None:
-        _trajectory(times[: len(record)], record, parameters).save(output)
+        _trajectory(times[: len(record)], record, parameters, builds).save(output)
 
 
 def _checkpoint_record(checkpoint: Trajectory, parameters, times, output):
@@ -606,7 +687,7 @@ def _checkpoint_record(checkpoint: Trajectory, parameters, times, output):
              checkpoint.free_energy[i]) for i in range(n)]
 
 
-def _trajectory(times, record, parameters) -> Trajectory:
+def _trajectory(times, record, parameters, builds=()) -> Trajectory:
     # Stacked on the host: a device stack would compile once per trajectory length.
     s, x, k, f = (jax.device_put(np.stack([np.asarray(item) for item in items])) for items in zip(*record))
-    return Trajectory(jax.device_put(np.asarray(times)), s, x, k, f, parameters)
+    return Trajectory(jax.device_put(np.asarray(times)), s, x, k, f, parameters, tuple(builds))

@@ -103,6 +103,37 @@ def _site_energies_from_geometry(potential: Potential, geometry: PairGeometry, w
     return assemble_site_energies(potential, radial_from_geometry(potential, geometry), weights, geometry.idx)
 
 
+#: Pairs closer than this fraction of the potential's cut-off are refused at the public boundary
+#: (0.75 Å for the Mendelev Al–Mg potential): coincident or nearly coincident atoms, for which
+#: tabulated potentials return meaningless numbers (3e43 eV and NaN forces at r = 0).
+MIN_DISTANCE_FRACTION = 0.1
+
+
+@eqx.filter_jit
+def _closest_pair(positions, cell, idx):
+    geometry = pair_geometry(positions, cell, idx)
+    distance = masked_distance(geometry.displacement, geometry.mask, jnp.inf)
+    flat = jnp.argmin(distance)
+    return distance.reshape(-1)[flat], flat // idx.shape[1], idx.reshape(-1)[flat]
+
+
+def check_separation(potential: Potential, positions, cell: Cell, neighbors) -> None:
+    """Host side (skipped for traced values): raise ``ValueError`` naming the closest pair if
+    two atoms are closer than :data:`MIN_DISTANCE_FRACTION` × the potential's cut-off."""
+    overflow = neighbors.overflow
+    if not _validate.is_concrete((positions, overflow)) or neighbors.idx.shape[1] == 0 or bool(overflow):
+        return  # traced, no pairs, or an overflowed list (its own error follows)
+    minimum = MIN_DISTANCE_FRACTION * potential.cutoff
+    closest = _closest_pair(positions, cell, neighbors.idx)
+    if not _validate.is_concrete(closest):
+        return  # inside a trace
+    distance, i, j = (np.asarray(v) for v in closest)
+    if distance < minimum:
+        raise ValueError(f"atoms {int(i)} and {int(j)} are {float(distance):.4g} Å apart, closer than the minimum "
+                         f"{minimum:.4g} Å (10 % of the potential's {potential.cutoff:g} Å cut-off): coincident or "
+                         "overlapping atoms (check the structure)")
+
+
 def _check_inputs(potential: Potential, positions, species, cell: Cell, neighbors) -> None:
     if not _validate.is_concrete((positions, species)):
         return
@@ -209,6 +240,7 @@ def evaluate(potential: Potential, system: System, neighbors: _neighbors.Neighbo
     if neighbors is None:
         neighbors = _neighbors.neighbor_list(system.positions, system.cell, potential.cutoff, skin=skin)
     _check_inputs(potential, system.positions, system.species, system.cell, neighbors)
+    check_separation(potential, system.positions, system.cell, neighbors)
     with_stress = system.cell.fully_periodic and system.dim == 3
     return _evaluate(potential, system.positions, system.species, system.cell, neighbors, with_stress)
 

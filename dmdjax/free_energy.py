@@ -28,6 +28,15 @@ quadrature rule (``quadrature``):
 
 Measured errors of each rule against Monte Carlo are in ``docs/quadrature.md``.
 
+Interaction range: a pair contributes as long as one of its quadrature points lies inside the
+cut-off r_c, i.e. while R < r_c + reach with reach = c σ_max, c = √2 max_q |t_q| (4.14 for
+8 Gauss–Hermite nodes, 5.39 for 16) or √d (third-degree), and σ_max² = 2/(β k_min) the largest
+pair variance (k_min: the softest unpinned site). The neighbour list must hold every pair
+closer than :meth:`VGFreeEnergy.interaction_range` = r_c + reach at the current k and T — not
+just r_c + skin — or F, μ and ∇F depend on the skin. :meth:`VGFreeEnergy.neighbor_list` builds
+such a list, host-side calls check it (``ValueError``), and :func:`dmdjax.relax` and
+:func:`dmdjax.dmd.run` rebuild it when k softens or atoms move.
+
 Pinned atoms are clamped (zero variance, no vibrational term; their k is ignored).
 Pinned species sites may hold s = ±1 exactly; their configurational entropy is then a
 constant and their chemical potential is the excess part only.
@@ -48,7 +57,7 @@ from . import _validate
 from ._precision import HIGHEST
 from . import neighbors as _neighbors
 from .cell import Cell
-from .energy import assemble_site_energies, masked_distance, pair_geometry
+from .energy import assemble_site_energies, check_separation, masked_distance, pair_geometry, site_hessian_trace
 from .potentials import Potential
 from .units import BOLTZMANN_EV_PER_K
 
@@ -98,6 +107,15 @@ def quadrature_points(distance: Array, variance: Array, dim: int, rule: str = "g
         r_q = jnp.concatenate(along + across, axis=-1)
         return r_q, jnp.full_like(r_q, 1.0 / (2 * dim))
     raise ValueError(f"quadrature must be one of {QUADRATURE_RULES} in 1-3 D; got {rule!r} in {dim}-D")
+
+
+def reach_factor(dim: int, rule: str = "gauss-hermite", nodes: int = 8) -> float:
+    """c with reach = c σ: how far (in pair standard deviations) the rule's points lie from R."""
+    if rule == "gauss-hermite":
+        return SQRT2 * float(np.max(np.abs(np.polynomial.hermite.hermgauss(nodes)[0])))
+    if rule == "third-degree":
+        return float(np.sqrt(dim))
+    raise ValueError(f"quadrature must be one of {QUADRATURE_RULES}; got {rule!r}")
 
 
 def gaussian_average(
@@ -180,6 +198,64 @@ class VGFreeEnergy(eqx.Module):
         """β = 1/(k_B T), 1/eV."""
         return 1.0 / (BOLTZMANN_EV_PER_K * jnp.asarray(self.temperature))
 
+    def reach(self, stiffness: Float[Array, " n"]) -> Float[Array, ""]:
+        """How far past the cut-off (Å) the pair averages reach at ``stiffness``: c σ_max with
+        σ_max² = 2/(β k_min) over unpinned sites (module docstring). 0 if every atom is pinned."""
+        dtype = jnp.result_type(stiffness)
+        free_stiffness = jnp.where(self.pinned, jnp.inf, jnp.asarray(stiffness, dtype))
+        largest_variance = 2.0 / (self.beta.astype(dtype) * jnp.min(free_stiffness))
+        factor = reach_factor(self.cell.dim, self.quadrature, self.nodes)
+        return factor * jnp.sqrt(jnp.where(jnp.isfinite(largest_variance), largest_variance, jnp.inf))
+
+    def interaction_range(self, stiffness: Float[Array, " n"]) -> Float[Array, ""]:
+        """The cut-off plus :meth:`reach` (Å): every pair closer than this must be listed."""
+        return self.potential.cutoff + self.reach(stiffness)
+
+    def neighbor_fault(self, positions, stiffness, neighbors) -> Float[Array, ""]:
+        """How far (Å) the interaction range exceeds what ``neighbors`` still covers at
+        ``positions`` or half the narrowest periodic width (jit-safe); ≤ 0 when the list is
+        good, > 0 (or inf) when stale or the cell is too small for the Gaussians' reach."""
+        needed = self.interaction_range(stiffness)
+        fault = needed - neighbors.reach(positions)
+        if any(self.cell.pbc):  # one image per pair: the range must fit in half a periodic width
+            inverse = jnp.linalg.inv(self.cell.vectors.astype(needed.dtype))
+            widths = 1.0 / jnp.linalg.norm(inverse, axis=0)
+            half = 0.5 * jnp.min(jnp.where(jnp.asarray(self.cell.pbc), widths, jnp.inf))
+            fault = jnp.maximum(fault, needed - half)
+        return fault
+
+    def neighbor_list(self, positions, stiffness=None, *, skin: float = 0.5, margin: float = 1.25):
+        """A neighbour list for this free energy: ``cutoff`` = the potential's cut-off plus
+        ``margin`` × :meth:`reach` at ``stiffness`` (default: :meth:`initial_stiffness`), so
+        k may soften a little before a rebuild is needed; ``skin`` as in
+        :func:`dmdjax.neighbor_list`. Host side."""
+        if stiffness is None:
+            plain = _neighbors.neighbor_list(positions, self.cell, self.potential.cutoff, skin=skin)
+            order_parameter = jnp.zeros(positions.shape[0], positions.dtype)
+            stiffness = self.initial_stiffness(positions, order_parameter, plain)
+        reach = float(self.reach(stiffness))
+        cutoff = self.cell.within_minimum_image(self.potential.cutoff + margin * reach, self.potential.cutoff + reach)
+        return _neighbors.neighbor_list(positions, self.cell, cutoff, skin=skin)
+
+    def covering_neighbors(self, positions, stiffness, neighbors, *, margin: float = 1.25):
+        """``neighbors`` if it covers :meth:`interaction_range` at (``positions``, ``stiffness``),
+        otherwise a list rebuilt there with ``margin`` × the reach (host side)."""
+        reach = float(self.reach(stiffness))
+        if not np.isfinite(reach):
+            raise ValueError(f"stiffness must be finite and > 0 on unpinned sites; the smallest is "
+                             f"{float(jnp.min(jnp.where(self.pinned, jnp.inf, stiffness)))!r}")
+        return _neighbors.covering(neighbors, positions, self.cell, self.potential.cutoff + reach,
+                                   margin=(margin - 1.0) * reach)
+
+    def initial_stiffness(self, positions, order_parameter, neighbors) -> Float[Array, " n"]:
+        """First guess k_i = tr ∇²_ii V / d at X (mean-field species), floored at 5 % of the
+        largest: atoms at unstable or nearly free sites get the floor; pinned atoms get 1."""
+        weights = self.species_weights(order_parameter.astype(positions.dtype))
+        traces = site_hessian_trace(self.potential, positions, weights, self.cell, neighbors)
+        stiffness = traces / self.cell.dim
+        floor = 0.05 * jnp.max(jnp.where(self.pinned, 0.0, stiffness))
+        return jnp.where(self.pinned, 1.0, jnp.maximum(stiffness, floor))
+
     def species_weights(self, order_parameter: Float[Array, " n"]) -> Float[Array, "n s"]:
         """Mean-field weights ``(N, S)``: c_i on species A, 1 − c_i on species B."""
         c = 0.5 * (1.0 + order_parameter)
@@ -202,6 +278,7 @@ class VGFreeEnergy(eqx.Module):
         if not _validate.is_concrete((positions, stiffness, order_parameter)):
             return
         _validate.finite(positions, "positions")
+        check_separation(self.potential, positions, self.cell, neighbors)
         free = ~np.asarray(self.pinned)
         _validate.stiffness(np.asarray(stiffness)[free], "stiffness (of unpinned atoms)")
         pinned_species = np.asarray(self.pinned_species)
@@ -210,8 +287,28 @@ class VGFreeEnergy(eqx.Module):
         if np.any(~np.isfinite(s_pinned) | (np.abs(s_pinned) > 1)):
             raise ValueError(f"order_parameter of pinned species must lie in [-1, 1]; got {s_pinned.tolist()}")
 
+    def check_neighbors(self, positions, stiffness, neighbors) -> None:
+        """Host side (skipped under jit): raise ``ValueError`` if ``neighbors`` has overflowed or
+        does not cover :meth:`interaction_range` at (``positions``, ``stiffness``)."""
+        overflow, fault = neighbors.overflow, self.neighbor_fault(positions, stiffness, neighbors)
+        if not _validate.is_concrete((self, positions, stiffness, neighbors, overflow, fault)):
+            return  # traced (inside jit, grad or a trace of concrete values)
+        if bool(overflow):
+            raise ValueError(_neighbors.OVERFLOW_MESSAGE)
+        if float(fault) > 0:
+            reach = float(self.reach(stiffness))
+            self.cell.check_minimum_image(self.potential.cutoff + reach)  # cell too small: its own error
+            raise ValueError(_neighbors.stale_message(
+                self.potential.cutoff + reach, neighbors, positions,
+                f"the free energy's interaction range (cut-off {self.potential.cutoff:g} Å + the Gaussians' reach "
+                f"{reach:.4f} Å at T = {float(self.temperature):g} K)")
+                + "; for the VG free energy use vg.neighbor_list(positions, stiffness) or vg.covering_neighbors")
+
     def averaged_radial(self, positions, stiffness, neighbors) -> Float[Array, "n m t s s"]:
-        """Gaussian pair averages of all radial functions on every listed pair, ``(N, M, T, S, S)``."""
+        """Gaussian pair averages of all radial functions on every listed pair, ``(N, M, T, S, S)``.
+
+        ``neighbors``: any pair table with an ``idx`` ``(N, M)`` (a neighbour list or a
+        :class:`~dmdjax.kinetics.BondGraph`)."""
         dtype = positions.dtype
         beta = self.beta.astype(dtype)
         inverse = jnp.where(self.pinned, 0.0, 1.0 / (beta * stiffness.astype(dtype)))  # 1/(βk), Å²
@@ -251,6 +348,7 @@ class VGFreeEnergy(eqx.Module):
     def site_free_energies(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, " n"]:
         """Per-site free energies (eV); they sum to F."""
         self.check(positions, stiffness, order_parameter, neighbors)
+        self.check_neighbors(positions, stiffness, neighbors)
         average = self.average_site_energies(positions, stiffness, order_parameter, neighbors)
         return average + self.entropy_terms(stiffness.astype(positions.dtype), order_parameter.astype(positions.dtype))
 
@@ -261,6 +359,7 @@ class VGFreeEnergy(eqx.Module):
     def average_energy(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, ""]:
         """⟨V⟩ in the species mean field, eV."""
         self.check(positions, stiffness, order_parameter, neighbors)
+        self.check_neighbors(positions, stiffness, neighbors)
         return jnp.sum(self.average_site_energies(positions, stiffness, order_parameter, neighbors))
 
     def chemical_potential(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, " n"]:

@@ -28,7 +28,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     permissions of a newly created one (0666 less the umask), not mkstemp's private 0600.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
     umask = os.umask(0)
     os.umask(umask)
@@ -41,6 +41,46 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+#: Temporary files of :func:`atomic_path` are named ``.<name>.<random>.tmp<suffix>``.
+TEMPORARY_PATTERN = ".*.tmp*"
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and its parents); ``ValueError`` naming the part that is a file."""
+    folder = Path(folder)
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise ValueError(f"cannot create folder {str(folder)!r}: {str(part)!r} is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raise ``ValueError`` before any work if files cannot be created in ``folder`` (or in the
+    nearest existing folder above it): permission denied, a read-only file system, or a file
+    where a folder should be."""
+    folder = Path(folder)
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ValueError(f"cannot write into {str(folder)!r}: {str(part)!r} is a file, not a folder")
+            try:
+                fd, probe = tempfile.mkstemp(prefix=".dmdjax-write-test.", dir=part)
+            except OSError as err:
+                raise ValueError(f"cannot write into {str(part)!r}: {err.strerror}") from None
+            os.close(fd)
+            os.unlink(probe)
+            return
+
+
+def remove_temporary_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`atomic_path` left in ``folder``."""
+    stale = [p for p in Path(folder).rglob(TEMPORARY_PATTERN) if p.is_file()]
+    for p in stale:
+        p.unlink()
+    return stale
 
 
 def read_structure(path: str | os.PathLike, species_names: Sequence[str] | None = None, index=-1):
@@ -60,6 +100,82 @@ def read_structure(path: str | os.PathLike, species_names: Sequence[str] | None 
     except Exception as err:  # ASE raises many types for malformed files
         raise ValueError(f"could not read structure {str(p)!r}: {err}") from err
     return from_ase(atoms, species_names=species_names), atoms
+
+
+#: Per-atom concentration columns are named ``c_<species>`` (e.g. ``c_Al``, ``c_Mg``).
+CONCENTRATION_PREFIX = "c_"
+#: The frame key that names the species of a legacy per-atom ``c`` column.
+LEGACY_CONCENTRATION_KEY = "c_species"
+
+
+def concentration_arrays(concentration, species: Sequence[str]) -> dict:
+    """Per-atom columns ``{"c_A": c, "c_B": 1 − c}`` for the two species of the mean field,
+    ``species = (A, B)``: the self-describing convention of every file dmdjax writes."""
+    a, b = species
+    c = np.asarray(concentration, dtype=float)
+    if a == b:
+        return {f"{CONCENTRATION_PREFIX}{a}": np.ones_like(c)}
+    return {f"{CONCENTRATION_PREFIX}{a}": c, f"{CONCENTRATION_PREFIX}{b}": 1.0 - c}
+
+
+def read_concentrations(atoms, species_names: Sequence[str], path="the structure"):
+    """The species concentrations a structure file carries, or None if it carries none.
+
+    Columns ``c_<species>`` name their species; a legacy column ``c`` is read only with the
+    frame key ``c_species`` naming its species. One column on a two-species potential stands
+    for c of that species (the other holds 1 − c); two columns must sum to 1 on every atom.
+
+    Returns:
+        ``(c, (A, B))``: the concentration ``(N,)`` of species A and the species pair (A, B)
+        of the mean field (A, B in the potential's order), or None.
+
+    Raises:
+        ValueError: ambiguous input (a bare ``c``, ``c`` beside ``c_X`` columns), an unknown
+            species, more than two species, values outside [0, 1] or columns not summing to 1.
+    """
+    columns = {name[len(CONCENTRATION_PREFIX):]: np.asarray(values, dtype=float)
+               for name, values in atoms.arrays.items() if name.startswith(CONCENTRATION_PREFIX)}
+    if "c" in atoms.arrays:
+        if columns:
+            raise ValueError(f"{path} has both a per-atom 'c' and columns {sorted('c_' + k for k in columns)}: "
+                             "ambiguous; keep only the c_<species> columns")
+        named = atoms.info.get(LEGACY_CONCENTRATION_KEY)
+        if named is None:
+            raise ValueError(f"{path}: the per-atom 'c' does not say which species it counts (dmdjax wrote the Mg "
+                             f"fraction there before 0.1.1); name the column c_<species> (e.g. c_Mg) or add the "
+                             f"frame key {LEGACY_CONCENTRATION_KEY}=<species>")
+        columns = {str(named): np.asarray(atoms.arrays["c"], dtype=float)}
+    if not columns:
+        return None
+    unknown = [name for name in columns if name not in species_names]
+    if unknown:
+        raise ValueError(f"{path}: concentration of species {unknown} not in the potential's species "
+                         f"{list(species_names)}")
+    n = len(atoms)
+    for name, values in columns.items():
+        bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+        if values.shape != (n,) or np.any(bad):
+            where = np.flatnonzero(bad)[:5].tolist() if values.shape == (n,) else "shape"
+            raise ValueError(f"{path}: c_{name} must hold {n} concentrations in [0, 1]; bad at atoms {where}")
+    ordered = [name for name in species_names if name in columns]
+    if len(ordered) > 2:
+        raise ValueError(f"{path}: concentrations of {ordered}: the mean field takes two species")
+    if len(ordered) == 1:
+        others = [name for name in species_names if name != ordered[0]]
+        if len(others) > 1:
+            raise ValueError(f"{path}: only c_{ordered[0]} is given and the potential has species "
+                             f"{list(species_names)}: name the second species' column too")
+        if not others:
+            return columns[ordered[0]], (ordered[0], ordered[0])
+        a, b = sorted((ordered[0], others[0]), key=list(species_names).index)
+        c_a = columns[ordered[0]] if a == ordered[0] else 1.0 - columns[ordered[0]]
+        return c_a, (a, b)
+    a, b = ordered
+    total = columns[a] + columns[b]
+    if np.max(np.abs(total - 1.0)) > 1e-6:
+        worst = int(np.argmax(np.abs(total - 1.0)))
+        raise ValueError(f"{path}: c_{a} + c_{b} must be 1 on every atom; atom {worst} has {total[worst]!r}")
+    return columns[a], (a, b)
 
 
 def write_extxyz(
@@ -125,21 +241,62 @@ def open_study_folder(output: str | os.PathLike, run: Mapping, *, overwrite: boo
     import jax
 
     output = Path(output)
-    if output.exists() and any(output.iterdir()) and not (overwrite or resume):
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output {str(output)!r} is a file, not a folder")
+    occupied = output.exists() and any(output.iterdir())
+    if occupied and not (overwrite or resume):
         hint = "pass overwrite=True (--overwrite)" if resume is None else \
             "pass --resume to continue its run or --overwrite"
         raise FileExistsError(f"output folder {str(output)!r} is not empty: {hint}")
-    output.mkdir(parents=True, exist_ok=True)
+    check_writable(output)
     device = jax.devices()[0]
     description = {**run, "device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
                    "python": platform.python_version(), "dtype": "float64" if jax.config.jax_enable_x64 else "float32"}
+    if resume:
+        previous = _resumable_run(output, description)
+        remove_temporary_files(output)
+        return previous  # run.json stays as the run wrote it
+    make_folder(output)
+    remove_temporary_files(output)
     write_json(output / "run.json", description)
     return description
+
+
+#: run.json keys that must agree for a run to be resumed (the machine may differ).
+RESUME_KEYS = ("study", "parameters", "dtype")
+
+
+def _resumable_run(output: Path, description: Mapping) -> dict:
+    """The ``run.json`` of the run in ``output``, checked to be the run ``description`` asks for."""
+    path = output / "run.json"
+    if not path.is_file():
+        raise ValueError(f"--resume: {str(output)!r} holds no dmdjax run (no run.json)")
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--resume: {str(path)!r} is damaged and cannot be read ({err})") from None
+    if previous.get("study") != description.get("study"):
+        raise ValueError(f"--resume: {str(output)!r} holds a run of {previous.get('study')!r}, "
+                         f"not of {description.get('study')!r}")
+    expected = json.loads(json.dumps({key: description.get(key) for key in RESUME_KEYS}, default=_json_default))
+    changed = []
+    for key in RESUME_KEYS:
+        old, new = previous.get(key), expected[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [f"{name}: {old.get(name)!r} -> {new.get(name)!r}" for name in sorted(set(old) | set(new))
+                        if old.get(name) != new.get(name)]
+        elif old != new:
+            changed.append(f"{key}: {old!r} -> {new!r}")
+    if changed:
+        raise ValueError(f"--resume: the settings differ from the run in {str(output)!r} ({'; '.join(changed)}); "
+                         "resume with its settings, or start a new run with --overwrite")
+    return {**previous, **{k: v for k, v in description.items() if k not in RESUME_KEYS}}
 
 
 def write_study_summary(output: str | os.PathLike, summary: Mapping) -> dict:
     """Write ``summary.json`` in ``output`` with ``files``: every file there, itself included."""
     output = Path(output)
+    remove_temporary_files(output)
     files = {str(f.relative_to(output)) for f in output.rglob("*") if f.is_file()} | {"summary.json"}
     summary = {**summary, "files": sorted(files)}
     write_json(output / "summary.json", summary)

@@ -144,7 +144,7 @@ def swap_divided_difference(
     return gradient_divided_difference(excess_chemical_potential, graph) - coupling * (s_j - order_parameter[:, None])
 
 
-def pair_coupling(vg, positions, stiffness, neighbors, graph: BondGraph) -> Float[Array, "n m"]:
+def pair_coupling(vg, positions, stiffness, graph: BondGraph) -> Float[Array, "n m"]:
     """J_ij = ∂²V̌/∂s_i∂s_j on bonds for a pair potential (eV): ¼(⟨φ_AA⟩ − 2⟨φ_AB⟩ + ⟨φ_BB⟩)_ij.
 
     V̌ (the mean-field ⟨V⟩ at fixed X, k) is then multilinear in s, and
@@ -160,7 +160,8 @@ def pair_coupling(vg, positions, stiffness, neighbors, graph: BondGraph) -> Floa
             "the exact swap divided difference needs a pair potential (V̌ multilinear in s); "
             "use gradient_divided_difference for EAM"
         )
-    averaged = vg.averaged_radial(positions, stiffness, neighbors)[:, :, PAIR]
+    # On the bonds' own pair table: the neighbour list may have been rebuilt since the graph.
+    averaged = vg.averaged_radial(positions, stiffness, graph)[:, :, PAIR]
     dw = vg.weight_derivative(positions.dtype)
     return jnp.where(graph.mask, jnp.einsum("a,nmab,b->nm", dw, averaged, dw, precision=HIGHEST), 0.0)
 

@@ -13,6 +13,12 @@ Overflow never passes silently:
 * :func:`refresh` (host side) updates and re-allocates when that happens;
 * every energy that takes a neighbour list checks the flag with ``equinox.error_if``,
   so an overflowed list raises instead of giving a wrong energy.
+
+A list also goes stale when atoms move: it holds every pair closer than ``cutoff + skin``
+*where it was built*, so after atoms moved by up to δ it still holds every pair closer than
+``cutoff + skin − 2δ`` (:meth:`NeighborList.reach`). Every evaluation checks that this covers
+its interaction range (the potential's cut-off; for the VG free energy the cut-off plus the
+Gaussians' reach, :meth:`dmdjax.free_energy.VGFreeEnergy.interaction_range`).
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ class NeighborList(eqx.Module):
         origin: origin of the search cell, ``(d,)``, Å.
         out_of_range: True when an atom left the padded search region.
         pbc: periodic flags of the simulation cell.
-        cutoff, skin: interaction cut-off and Verlet skin, Å.
+        cutoff, skin: interaction cut-off and Verlet skin, Å. Periodic widths must be at least
+            2 × cutoff (each pair interacts through one image); the skin may reach further.
     """
 
     state: Any  # jax_md.partition.NeighborList
@@ -71,6 +78,30 @@ class NeighborList(eqx.Module):
     def overflow(self) -> Bool[Array, ""]:
         """True when the list cannot be trusted (see the module docstring)."""
         return (self.state.did_buffer_overflow != 0) | self.out_of_range
+
+    @property
+    def search_range(self) -> float:
+        """``cutoff + skin``, Å: the list holds every pair this close where it was built."""
+        return self.cutoff + self.skin
+
+    def max_displacement(self, positions: Float[Array, "n d"]) -> Float[Array, ""]:
+        """Largest distance (Å) an atom moved since the list was (re)built (jit-safe).
+
+        Periodic directions use the minimum image; an atom that left the padded search
+        region of a free direction counts as infinitely far.
+        """
+        fractional, outside = self._fractional(positions)
+        delta = (fractional - self.state.reference_position.astype(fractional.dtype)) / self.search_scale
+        periodic = jnp.asarray(self.pbc)
+        delta = jnp.where(periodic, delta - jnp.round(delta), delta)
+        vectors = jnp.linalg.inv(self.search_inverse.astype(positions.dtype))
+        moved = jnp.max(jnp.linalg.norm(jnp.matmul(delta, vectors, precision=HIGHEST), axis=-1))
+        return jnp.where(outside | self.out_of_range, jnp.inf, moved)
+
+    def reach(self, positions: Float[Array, "n d"]) -> Float[Array, ""]:
+        """The largest interaction range (Å) the list still covers at ``positions``:
+        ``cutoff + skin − 2 max_displacement`` (every pair closer than it is listed)."""
+        return self.search_range - 2.0 * self.max_displacement(positions)
 
     def _fractional(self, positions: Float[Array, "n d"]) -> tuple[Array, Array]:
         f = jnp.matmul(positions - self.origin.astype(positions.dtype), self.search_inverse.astype(positions.dtype),
@@ -127,7 +158,7 @@ def neighbor_list(
         capacity_multiplier: spare capacity over the current maximal neighbour count.
 
     Raises:
-        ValueError: bad arguments, or a periodic cell narrower than twice ``cutoff + skin``.
+        ValueError: bad arguments, or a periodic cell narrower than twice ``cutoff``.
     """
     positions_np = np.asarray(positions)
     _validate.shape(positions_np, (None, cell.dim), "positions")
@@ -140,7 +171,9 @@ def neighbor_list(
         raise ValueError(f"capacity_multiplier must be >= 1; got {capacity_multiplier!r}")
 
     search_range = float(cutoff) + float(skin)
-    cell.check_minimum_image(search_range)
+    # Each neighbour is listed once, at its minimum image: the interaction range (the cut-off)
+    # must fit in half a periodic width; the skin may reach past it.
+    cell.check_minimum_image(float(cutoff))
     vectors, origin = _search_cell(positions_np, cell, search_range)
     gram = vectors @ vectors.T
     box = np.linalg.cholesky(gram).T  # upper triangular, box.T @ box = gram
@@ -201,12 +234,44 @@ def refresh(neighbors: NeighborList, positions: Float[Array, "n d"], cell: Cell,
     return updated
 
 
+def covering(neighbors: NeighborList, positions: Float[Array, "n d"], cell: Cell, interaction_range: float,
+             *, margin: float = 0.0) -> NeighborList:
+    """``neighbors`` if it still covers ``interaction_range`` (Å) at ``positions`` and has not
+    overflowed; otherwise a list rebuilt there (host side) with the same skin and
+    ``cutoff = max(neighbors.cutoff, interaction_range + margin)``."""
+    interaction_range = float(interaction_range)
+    if not bool(neighbors.overflow) and float(neighbors.reach(positions)) >= interaction_range:
+        return neighbors
+    cutoff = max(neighbors.cutoff, interaction_range + margin)
+    return neighbor_list(positions, cell, cell.within_minimum_image(cutoff, interaction_range), skin=neighbors.skin)
+
+
+def stale_message(interaction_range, neighbors: NeighborList, positions, what: str = "the interaction range") -> str:
+    """The error for a list that no longer covers ``interaction_range`` at ``positions``."""
+    moved = float(neighbors.max_displacement(positions))
+    return (f"stale neighbour list: {what} is {float(interaction_range):.4f} Å, but atoms moved up to "
+            f"{moved:.4f} Å since the list was built, so it only covers cutoff + skin - 2 x {moved:.4f} = "
+            f"{float(neighbors.reach(positions)):.4f} Å (cutoff {neighbors.cutoff:g} Å, skin {neighbors.skin:g} Å); "
+            "rebuild it at the current positions (dmdjax.neighbor_list or dmdjax.neighbors.covering)")
+
+
 def gather(values: Array, idx: Int[Array, "n m"], fill=0) -> Array:
     """``values[idx]`` for a Dense list: shape ``idx.shape + values.shape[1:]``, ``fill`` on padding slots."""
     pad = jnp.full((1,) + values.shape[1:], fill, dtype=values.dtype)
     return jnp.concatenate([values, pad], axis=0)[idx]
 
 
-def check(value, neighbors: NeighborList):
-    """Return ``value``, raising (also under jit) if ``neighbors`` overflowed."""
-    return eqx.error_if(value, neighbors.overflow, OVERFLOW_MESSAGE)
+def check(value, neighbors: NeighborList, positions=None, interaction_range: float | None = None):
+    """Return ``value``, raising (also under jit) if ``neighbors`` overflowed, or — given
+    ``positions`` and ``interaction_range`` (Å) — if it no longer covers that range there."""
+    value = eqx.error_if(value, neighbors.overflow, OVERFLOW_MESSAGE)
+    if positions is None:
+        return value
+    return eqx.error_if(value, neighbors.reach(positions) < interaction_range, STALE_MESSAGE)
+
+
+STALE_MESSAGE = (
+    "stale neighbour list: atoms moved more than skin/2 since it was built, so pairs within the interaction "
+    "range may be missing; rebuild it at the current positions (dmdjax.neighbor_list or "
+    "dmdjax.neighbors.refresh outside jit)"
+)

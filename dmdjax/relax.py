@@ -30,7 +30,7 @@ import optax
 import optax.tree_utils as otu
 from jaxtyping import Array, Bool, Float, Int
 
-from .energy import site_hessian_trace
+from . import _validate
 from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList
 
@@ -43,8 +43,12 @@ class RelaxResult(eqx.Module):
         stiffness: relaxed stiffnesses k*, ``(N,)`` eV/Å² (pinned atoms: their input value).
         free_energy: F(X*, k*, s), eV.
         iterations: L-BFGS iterations taken.
-        gradient_norm: final max |∂F/∂X| (eV/Å) and |k ∂F/∂k| (eV) over unpinned atoms.
-        converged: ``gradient_norm <= tolerance`` and F finite.
+        gradient_norm: final max |∂F/∂X| (eV/Å) and |k ∂F/∂k| (eV) over unpinned atoms
+            (inf when Newton's method ended where the Hessian is not positive definite).
+        converged: ``gradient_norm <= tolerance``, F finite and ``neighbors`` covering the
+            free energy's interaction range at the result.
+        neighbors: the neighbour list the result was computed with and is valid for: the
+            list passed in, or one :func:`relax` rebuilt because atoms moved or k softened.
     """
 
     positions: Float[Array, "n d"]
@@ -53,18 +57,16 @@ class RelaxResult(eqx.Module):
     iterations: Int[Array, ""]
     gradient_norm: Float[Array, ""]
     converged: Bool[Array, ""]
+    neighbors: NeighborList | None = None
 
 
 def initial_stiffness(vg: VGFreeEnergy, positions, order_parameter, neighbors: NeighborList) -> Float[Array, " n"]:
     """First guess k_i = tr ∇²_ii V / d at X (mean-field species), floored at 5 % of the largest.
 
-    Atoms at unstable or nearly free sites (negative or tiny curvature) get the floor.
+    Atoms at unstable or nearly free sites (negative or tiny curvature) get the floor
+    (:meth:`~dmdjax.free_energy.VGFreeEnergy.initial_stiffness`).
     """
-    weights = vg.species_weights(order_parameter.astype(positions.dtype))
-    traces = site_hessian_trace(vg.potential, positions, weights, vg.cell, neighbors)
-    stiffness = traces / vg.cell.dim
-    floor = 0.05 * jnp.max(jnp.where(vg.pinned, 0.0, stiffness))
-    return jnp.where(vg.pinned, 1.0, jnp.maximum(stiffness, floor))
+    return vg.initial_stiffness(positions, order_parameter, neighbors)
 
 
 def _default_tolerance(dtype) -> float:
@@ -132,13 +134,19 @@ def hessian_colouring(vg: VGFreeEnergy, neighbors: NeighborList) -> HessianColou
                             jnp.asarray(cols, jnp.int32), int(colour.max()) + 1)
 
 
+#: Hessian-vector products evaluated at once for Newton's dense Hessian (bounds its memory).
+HESSIAN_BLOCK = 32
+
+
 def _dense_hessian(gradient, y, colouring: HessianColouring):
     """∇²F as a dense ``(N(d+1), N(d+1))`` matrix from compressed Hessian-vector products."""
     n, width = y.shape
     directions = (colouring.colour[None, :, None] == jnp.arange(colouring.n_colours)[:, None, None])
     directions = directions[:, None] & (jnp.arange(width)[None, :, None, None] == jnp.arange(width))
     directions = directions.astype(y.dtype).reshape(-1, n, width)  # (C·(d+1), N, d+1)
-    products = jax.vmap(lambda v: jax.jvp(gradient, (y,), (v,))[1])(directions)
+    # In blocks of HESSIAN_BLOCK products: all at once, a 108-atom EAM cluster (432 products)
+    # needed 7.7 GB.
+    products = jax.lax.map(lambda v: jax.jvp(gradient, (y,), (v,))[1], directions, batch_size=HESSIAN_BLOCK)
     products = products.reshape(colouring.n_colours, width, n, width)  # [c, q, r, p]
     values = products[colouring.colour[colouring.cols], :, colouring.rows, :]  # (P, q, p)
     hessian = jnp.zeros((n, width, n, width), y.dtype)
@@ -148,7 +156,16 @@ def _dense_hessian(gradient, y, colouring: HessianColouring):
 
 def _newton(objective, y0, pinned, colouring, tolerance, max_steps):
     """Damped Newton on the flat unknowns z = (X, log k) per atom, ``(N, d+1)``, with an
-    Armijo backtracking line search; steps that are not descent directions fall back to −∇F."""
+    Armijo backtracking line search on F.
+
+    Negative-curvature safeguard: where the Hessian is not positive semi-definite (the Cholesky
+    factorisation of H + 10⁻¹⁰ max|H_ii| I fails; the shift admits the exact zero modes of
+    rigid motions) the step is the saddle-free Newton step −Σ_q (v_qᵀg)/|λ_q| v_q plus a
+    unit move along the eigenvector of the lowest eigenvalue, oriented downhill; the run only
+    stops at a point whose gradient is below ``tolerance`` *and* whose last Hessian was
+    positive definite, so it cannot report a saddle as converged. Steps that are not descent
+    directions fall back to −∇F.
+    """
     n, d = y0[0].shape
     to_flat = lambda y: jnp.concatenate([y[0], y[1][:, None]], axis=1)
     to_tree = lambda z: (z[:, :d], z[:, d])
@@ -160,16 +177,33 @@ def _newton(objective, y0, pinned, colouring, tolerance, max_steps):
         return jnp.where(free, gradient(z).reshape(-1), 0.0)
 
     def cond(carry):
-        _, g, iteration, value = carry
-        return (iteration < max_steps) & (jnp.max(jnp.abs(g)) > tolerance) & jnp.isfinite(value)
+        _, g, iteration, value, positive = carry
+        return (iteration < max_steps) & ((jnp.max(jnp.abs(g)) > tolerance) | ~positive) & jnp.isfinite(value)
 
     def body(carry):
-        z, g, iteration, value = carry
+        z, g, iteration, value, _ = carry
         hessian = _dense_hessian(gradient, z, colouring)
         hessian = jnp.where(free[:, None] & free[None, :], hessian, 0.0) + jnp.diag(~free)
-        step = jnp.linalg.solve(hessian, -g)
+        hessian = 0.5 * (hessian + hessian.T)
+        # Positive (semi-)definite up to rounding: free clusters have six exact zero modes.
+        shift = 1e-10 * jnp.maximum(jnp.max(jnp.abs(jnp.diag(hessian))), 1.0)
+        factor = jnp.linalg.cholesky(hessian + shift * jnp.eye(g.size, dtype=g.dtype))
+        positive = jnp.all(jnp.isfinite(factor))
+
+        def newton_step():
+            return jax.scipy.linalg.cho_solve((factor, True), -g)
+
+        def curvature_step():
+            eigenvalues, vectors = jnp.linalg.eigh(hessian)
+            floor = jnp.maximum(1e-8 * jnp.max(jnp.abs(eigenvalues)), jnp.finfo(g.dtype).tiny)
+            step = -vectors @ ((vectors.T @ g) / jnp.maximum(jnp.abs(eigenvalues), floor))
+            lowest = vectors[:, 0]
+            downhill = jnp.where(jnp.dot(lowest, g) > 0, -lowest, lowest)
+            return step + downhill
+
+        step = jax.lax.cond(positive, newton_step, curvature_step)
         slope = jnp.dot(g, step)
-        descent = jnp.isfinite(slope) & (slope < 0)
+        descent = jnp.isfinite(slope) & (slope <= 0)
         step = jnp.where(descent, step, -g / jnp.maximum(jnp.max(jnp.abs(jnp.diag(hessian))), 1.0))
         slope = jnp.where(descent, slope, jnp.dot(g, step))
 
@@ -178,8 +212,9 @@ def _newton(objective, y0, pinned, colouring, tolerance, max_steps):
             return alpha / 2, flat_objective(z + (alpha / 2) * step.reshape(n, d + 1))
 
         # Armijo, with F's rounding level as slack: near the minimum the decrease of F is
-        # below rounding while Newton still halves the gradient's digits.
-        rounding = 64 * jnp.finfo(z.dtype).eps * jnp.abs(value)
+        # below rounding while Newton still halves the gradient's digits. Off the convex
+        # region F must really decrease (no slack), so a saddle is left, not approached.
+        rounding = jnp.where(positive, 64 * jnp.finfo(z.dtype).eps * jnp.abs(value), 0.0)
 
         def too_long(state):
             alpha, trial = state
@@ -187,12 +222,20 @@ def _newton(objective, y0, pinned, colouring, tolerance, max_steps):
 
         alpha, new_value = jax.lax.while_loop(too_long, shorter,
                                               (jnp.ones((), z.dtype), flat_objective(z + step.reshape(n, d + 1))))
-        z = z + alpha * step.reshape(n, d + 1)
-        return z, masked_gradient(z), iteration + 1, new_value  # the gradient is carried, not recomputed
+        moved = (alpha > 1e-10) | positive  # no acceptable step off the convex region: stay
+        z = jnp.where(moved, z + alpha * step.reshape(n, d + 1), z)
+        new_value = jnp.where(moved, new_value, value)
+        # The gradient is carried, not recomputed.
+        return z, masked_gradient(z), iteration + 1, new_value, positive
 
     z0 = to_flat(y0)
-    z, g, iterations, _ = jax.lax.while_loop(cond, body, (z0, masked_gradient(z0), jnp.asarray(0), flat_objective(z0)))
-    return to_tree(z), iterations, jnp.max(jnp.abs(g))
+    # The curvature is not known at the start: at least one Hessian is looked at, so a start at a
+    # saddle (zero gradient by symmetry) is left, not reported as converged.
+    carry = (z0, masked_gradient(z0), jnp.asarray(0), flat_objective(z0), jnp.asarray(False))
+    z, g, iterations, _, positive = jax.lax.while_loop(cond, body, carry)
+    # A run that ended at a point of negative curvature is not converged: report it by the norm.
+    norm = jnp.where(positive, jnp.max(jnp.abs(g)), jnp.inf)
+    return to_tree(z), iterations, norm
 
 
 @eqx.filter_custom_jvp
@@ -295,6 +338,8 @@ def relax(
     vg.check(positions, jnp.ones_like(order_parameter) if stiffness is None else stiffness, order_parameter,
              neighbors)
     tolerance = _default_tolerance(positions.dtype) if tolerance is None else tolerance
+    if _validate.is_concrete(tolerance) and not (np.isfinite(tolerance) and tolerance > 0):
+        raise ValueError(f"tolerance must be finite and > 0; got {tolerance!r}")
     if method is None:
         method = "lbfgs" if colouring is None else "newton"
     if method not in ("lbfgs", "newton"):
@@ -304,30 +349,70 @@ def relax(
     if method == "lbfgs":
         colouring = None
     if stiffness is None:
-        stiffness = _initial_stiffness(vg, positions, order_parameter, neighbors)
+        stiffness = (_initial_stiffness if _validate.is_concrete((vg, positions, order_parameter, neighbors))
+                     else initial_stiffness)(vg, positions, order_parameter, neighbors)
     # The tolerance is traced: runs that differ only in it share one compiled relaxation.
-    return _relax(vg, positions, order_parameter, neighbors, stiffness, jnp.asarray(tolerance, positions.dtype),
-                  max_steps, memory, throw, colouring)
+    tolerance = jnp.asarray(tolerance, positions.dtype)
+    if not _validate.is_concrete((vg, positions, order_parameter, stiffness, neighbors)):
+        # Inside jit: a result from a list that does not cover it is reported as not converged.
+        # Called unjitted: a nested jit would compare jax-md's list metadata (which holds an array)
+        # with that of another list inside this trace, which JAX cannot do.
+        return _relax_traced(vg, positions, order_parameter, neighbors, stiffness, tolerance, max_steps, memory,
+                             throw, colouring)
+    # Host side: rebuild the list where atoms moved too far or k softened, and relax again from there.
+    anchor, iterations = positions, 0
+    for _ in range(MAX_REBUILDS + 1):
+        covering = vg.covering_neighbors(positions, stiffness, neighbors)
+        if method == "newton" and covering is not neighbors:  # more pairs: a new sparsity pattern
+            colouring = hessian_colouring(vg, covering)
+        neighbors = covering
+        result = _relax(vg, anchor, order_parameter, neighbors, stiffness, tolerance, max_steps, memory, False,
+                        colouring, positions)
+        iterations += int(result.iterations)
+        if not np.all(np.isfinite(np.asarray(result.positions))) or float(
+                vg.neighbor_fault(result.positions, result.stiffness, neighbors)) <= 0:
+            break
+        positions, stiffness = result.positions, result.stiffness
+    result = eqx.tree_at(lambda r: r.iterations, result, jnp.asarray(iterations, result.iterations.dtype))
+    if throw and not bool(result.converged):
+        raise RelaxationError(f"{NOT_CONVERGED}; last gradient norm {float(result.gradient_norm):.3g} after "
+                              f"{iterations} iterations, tolerance {float(tolerance):.3g}")
+    return result
+
+
+class RelaxationError(eqx.EquinoxRuntimeError):
+    """:func:`relax` with ``throw=True`` did not converge (raised on the host; under ``jit`` the
+    same condition raises through ``equinox.error_if``)."""
+
+
+#: How often :func:`relax` rebuilds the neighbour list and relaxes again before it gives up.
+MAX_REBUILDS = 4
+NOT_CONVERGED = ("relaxation of (X, k) did not converge: gradient norm above the tolerance after max_steps "
+                 "iterations, a saddle point (Newton), a non-finite free energy, or atoms that moved beyond the "
+                 "neighbour list (check the structure, raise max_steps or loosen tolerance)")
 
 
 _initial_stiffness = eqx.filter_jit(initial_stiffness)
 
 
-@eqx.filter_jit
-def _relax(vg, positions, order_parameter, neighbors, stiffness, tolerance, max_steps, memory, throw, colouring=None):
+def _relax_traced(vg, positions, order_parameter, neighbors, stiffness, tolerance, max_steps, memory, throw, colouring=None,
+           start=None):
+    """The relaxation from (``start``, ``stiffness``) (default ``positions``); pinned atoms stay at
+    ``positions``. Not converged where ``neighbors`` does not cover the result."""
     dtype = positions.dtype
-    y0 = (positions, jnp.log(jnp.where(vg.pinned, 1.0, stiffness.astype(dtype))))
+    start = positions if start is None else start
+    y0 = (start, jnp.log(jnp.where(vg.pinned, 1.0, stiffness.astype(dtype))))
     y, iterations, norm = _argmin((vg, order_parameter), _constant(y0), _constant(positions),
-                                         _constant(neighbors), tolerance, max_steps, memory, colouring)
+                                  _constant(neighbors), tolerance, max_steps, memory, colouring)
     relaxed_positions = jnp.where(vg.pinned[:, None], positions, y[0])
     relaxed_stiffness = jnp.where(vg.pinned, stiffness.astype(dtype), jnp.exp(y[1]))
     free_energy = vg(relaxed_positions, relaxed_stiffness, order_parameter, neighbors)
     norm = jax.lax.stop_gradient(norm)
-    converged = (norm <= tolerance) & jnp.isfinite(free_energy)
+    covered = jax.lax.stop_gradient(vg.neighbor_fault(relaxed_positions, relaxed_stiffness, neighbors) <= 0)
+    converged = (norm <= tolerance) & jnp.isfinite(free_energy) & covered
     if throw:
-        relaxed_positions = eqx.error_if(
-            relaxed_positions, ~converged,
-            "relaxation of (X, k) did not converge: gradient norm above the tolerance after max_steps "
-            "iterations, or a non-finite free energy (check the structure, raise max_steps or loosen tolerance)",
-        )
-    return RelaxResult(relaxed_positions, relaxed_stiffness, free_energy, iterations, norm, converged)
+        relaxed_positions = eqx.error_if(relaxed_positions, ~converged, NOT_CONVERGED)
+    return RelaxResult(relaxed_positions, relaxed_stiffness, free_energy, iterations, norm, converged, neighbors)
+
+
+_relax = eqx.filter_jit(_relax_traced)

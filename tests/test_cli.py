@@ -74,7 +74,7 @@ def test_free_energy_json_matches_api(tmp_path, capsys, mendelev):
     rng = np.random.default_rng(0)
     concentration = np.clip((np.array(atoms.get_chemical_symbols()) == "Al") + rng.normal(0, 0.1, len(atoms)),
                             0.05, 0.95)
-    atoms.new_array("c", concentration)
+    atoms.new_array("c_Al", concentration)
     path = tmp_path / "almg_c.xyz"
     ase.io.write(path, atoms, format="extxyz")
     out_xyz = tmp_path / "relaxed.xyz"
@@ -85,17 +85,17 @@ def test_free_energy_json_matches_api(tmp_path, capsys, mendelev):
     assert data["converged"] and data["iterations"] > 0
     back = ase.io.read(path)
     system = dj.from_ase(back, species_names=mendelev.species)
-    s = jnp.asarray(2 * back.arrays["c"] - 1)
+    s = jnp.asarray(2 * back.arrays["c_Al"] - 1)
     vg = dj.VGFreeEnergy(mendelev, system.cell, 400.0, system.n_atoms)
     nbrs = dj.neighbor_list(system.positions, system.cell, mendelev.cutoff, skin=0.5)
     result = dj.relax(vg, system.positions, s, nbrs)
     assert data["free_energy"] == pytest.approx(float(result.free_energy), rel=1e-10)
     np.testing.assert_allclose(data["stiffness"], np.asarray(result.stiffness), rtol=1e-6)
-    mu = vg.chemical_potential(result.positions, result.stiffness, s, nbrs)
+    mu = vg.chemical_potential(result.positions, result.stiffness, s, result.neighbors)
     np.testing.assert_allclose(data["chemical_potential"], np.asarray(mu), atol=1e-6)
     frame = ase.io.read(out_xyz)
     np.testing.assert_allclose(frame.arrays["k"], data["stiffness"], rtol=1e-8)
-    np.testing.assert_allclose(frame.arrays["c"], back.arrays["c"], atol=1e-8)
+    np.testing.assert_allclose(frame.arrays["c_Al"], back.arrays["c_Al"], atol=1e-8)
 
 
 def test_free_energy_flag_errors(tmp_path, capsys):

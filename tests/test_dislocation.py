@@ -80,7 +80,7 @@ def test_frames_open_in_ase(study):
     trajectory = dmd.load_trajectory(output / "trajectory.npz")
     assert len(frames) == 3
     for frame, s in zip(frames, np.asarray(trajectory.order_parameter)):
-        np.testing.assert_allclose(frame.arrays["c"], 0.5 * (1 - s), atol=1e-8)  # extxyz keeps 8 decimals
+        np.testing.assert_allclose(frame.arrays["c_Mg"], 0.5 * (1 - s), atol=1e-8)  # extxyz keeps 8 decimals
         assert set(frame.arrays) >= {"pressure_elastic", "pressure_relaxed", "clamped", "k", "site_free_energy"}
     assert tuple(frames[0].pbc) == (False, False, True)
 

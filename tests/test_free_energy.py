@@ -84,8 +84,8 @@ def test_third_degree_rule_is_cheap_but_off():
     assert abs(float(default / exact) - 1) < 1e-5
 
 
-def _alloy_state(mendelev, seed=0):
-    atoms = random_alloy(repeats=(4, 4, 4), noise=0.05, fraction=0.3, seed=seed)
+def _alloy_state(mendelev, seed=0, repeats=(4, 4, 4)):
+    atoms = random_alloy(repeats=repeats, noise=0.05, fraction=0.3, seed=seed)
     system = dj.from_ase(atoms, species_names=mendelev.species)
     nbrs = dj.neighbor_list(system.positions, system.cell, mendelev.cutoff, skin=0.5)
     return system, nbrs
@@ -109,12 +109,13 @@ def test_stiff_limit_and_pure_species_reproduce_the_plain_potential(mendelev):
 
 
 def test_gradient_matches_finite_differences(mendelev):
-    system, nbrs = _alloy_state(mendelev, seed=1)
+    system, nbrs = _alloy_state(mendelev, seed=1, repeats=(5, 5, 5))  # soft k reach 0.99 Å: a wider cell
     n = system.n_atoms
     rng = np.random.default_rng(0)
     k = jnp.asarray(rng.uniform(1.5, 3.0, n))
     s = jnp.asarray(rng.uniform(-0.8, 0.8, n))
     vg = dj.VGFreeEnergy(mendelev, system.cell, 500.0, n)
+    nbrs = vg.neighbor_list(system.positions, k, skin=nbrs.skin)  # k down to 1.5: the Gaussians reach 0.99 Å
     f = jax.jit(lambda x, k, s: vg(x, k, s, nbrs))
     gx, gk, gs = jax.grad(f, argnums=(0, 1, 2))(system.positions, k, s)
     h = 1e-6

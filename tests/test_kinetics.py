@@ -25,7 +25,7 @@ def _laws(chain, nbrs, graph, s, mu_ex, beta=20.0):
     mu = mu_ex + jnp.arctanh(s) / beta
     vg = dj.VGFreeEnergy(LJ, chain.cell, 1 / (beta * dj.BOLTZMANN_EV_PER_K), chain.n_atoms)
     k = jnp.full(chain.n_atoms, 40.0)
-    coupling = kinetics.pair_coupling(vg, chain.positions, k, nbrs, graph)
+    coupling = kinetics.pair_coupling(vg, chain.positions, k, graph)
     return {
         "K1": kinetics.gradient_flow(s, mu, graph, 0.7),
         "K1-mobility": kinetics.gradient_flow(s, mu, graph, lambda a, b: (1 - a * a) * (1 - b * b)),
@@ -65,7 +65,7 @@ def test_swap_divided_difference_is_exact_and_finite_at_equal_s():
     k = jnp.full(chain.n_atoms, 40.0)
     average = lambda s: vg.average_energy(chain.positions, k, s, nbrs)  # noqa: E731
     mu_ex = jax.grad(average)(s)
-    coupling = kinetics.pair_coupling(vg, chain.positions, k, nbrs, graph)
+    coupling = kinetics.pair_coupling(vg, chain.positions, k, graph)
     divided = kinetics.swap_divided_difference(s, mu_ex, coupling, graph)
     assert bool(jnp.all(jnp.isfinite(divided)))
     idx, mask = np.asarray(graph.idx), np.asarray(graph.mask)

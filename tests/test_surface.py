@@ -64,7 +64,7 @@ def test_frames_open_in_ase(study):
     assert len(frames) == 3
     trajectory = dmd.load_trajectory(output / "trajectory.npz")
     for frame, s, time in zip(frames, np.asarray(trajectory.order_parameter), np.asarray(trajectory.time)):
-        np.testing.assert_allclose(frame.arrays["c"], 0.5 * (1 - s), rtol=1e-6)  # extxyz keeps 8 digits
+        np.testing.assert_allclose(frame.arrays["c_Mg"], 0.5 * (1 - s), rtol=1e-6)  # extxyz keeps 8 digits
         assert np.all(frame.arrays["k"] > 0) and np.all(np.isfinite(frame.arrays["site_free_energy"]))
         assert frame.info["time"] == pytest.approx(time)
     assert frames[-1].info["total_free_energy"] == pytest.approx(float(trajectory.free_energy[-1]))

@@ -79,6 +79,14 @@ def save_times(p) -> np.ndarray:
     return scaled / arrhenius_rate(p)
 
 
+def check_checkpoint(output, resume: bool) -> None:
+    """With ``resume``, read the run's checkpoint ``trajectory.npz`` before any computation, so a
+    damaged or truncated one is refused at once (``ValueError`` naming the file)."""
+    checkpoint = Path(output) / "trajectory.npz"
+    if resume and checkpoint.exists():
+        dmd.load_trajectory(checkpoint)
+
+
 def run_kinetics(p, vg, positions, neighbors, output, *, resume: bool, overwrite: bool, progress: bool):
     """The K3 run of a study from the uniform nominal composition, checkpointed in
     ``output/trajectory.npz`` (``resume`` continues it); returns ``(trajectory, resumed_from)``,
@@ -96,7 +104,7 @@ def run_kinetics(p, vg, positions, neighbors, output, *, resume: bool, overwrite
 def write_frames(path, vg, template, trajectory, neighbors, rate, arrays=None) -> None:
     """One extended-XYZ frame per output time of ``trajectory`` on the atoms of ``template``.
 
-    Per atom: ``c`` (Mg fraction), ``k`` (eV/Å²), ``site_free_energy`` (the site's term of F,
+    Per atom: ``c_Al``, ``c_Mg`` (concentrations), ``k`` (eV/Å²), ``site_free_energy`` (the site's term of F,
     eV) and the entries of ``arrays`` (fixed per-atom arrays); per frame: ``time`` (run
     units), ``time_rate_units`` (Γ₀t) and ``total_free_energy`` (eV). (Not ``energy`` or
     ``free_energy``: ASE's reader moves those names into a calculator.)
@@ -104,10 +112,11 @@ def write_frames(path, vg, template, trajectory, neighbors, rate, arrays=None) -
     frames, per_atom, info = [], [], []
     for index in range(trajectory.time.shape[0]):
         x, k, s = trajectory.positions[index], trajectory.stiffness[index], trajectory.order_parameter[index]
+        neighbors = vg.covering_neighbors(x, k, neighbors)  # rebuilt where the run had to rebuild its list
         energy = vg.site_free_energies(x, k, s, neighbors)
         frames.append(eqx.tree_at(lambda system: system.positions, template, x))
-        per_atom.append({"c": mg_fraction(s), "k": np.asarray(k), "site_free_energy": np.asarray(energy),
-                         **(arrays or {})})
+        per_atom.append({**io.concentration_arrays(1.0 - mg_fraction(s), SPECIES), "k": np.asarray(k),
+                         "site_free_energy": np.asarray(energy), **(arrays or {})})
         info.append({"time": float(trajectory.time[index]), "time_rate_units": float(trajectory.time[index]) * rate,
                      "total_free_energy": float(trajectory.free_energy[index])})
     io.write_extxyz(path, frames, per_atom, info)

@@ -117,15 +117,24 @@ class ChainParameters:
         coerced = {}
         for name, value in changes.items():
             default = getattr(self, name)
-            if isinstance(default, tuple):
-                value = tuple(float(v) if isinstance(default[0], float) else int(v)
-                              for v in (value.split(",") if isinstance(value, str) else value))
-            elif name == "mobility":
-                value = None if value in (None, "none", "None") else float(value)
-            elif isinstance(default, int):
-                value = int(value)
-            elif isinstance(default, float):
-                value = float(value)
+            try:
+                if isinstance(default, tuple):
+                    value = tuple(float(v) if isinstance(default[0], float) else int(v)
+                                  for v in (value.split(",") if isinstance(value, str) else value))
+                elif name == "mobility":
+                    value = None if value in (None, "none", "None") else float(value)
+                elif isinstance(default, bool) or not isinstance(default, (int, float)):
+                    pass
+                elif isinstance(default, int):
+                    if isinstance(value, float) and not value.is_integer():
+                        raise ValueError
+                    value = int(value)
+                else:
+                    value = float(value)
+            except (TypeError, ValueError):
+                kind = ("a comma-separated list of numbers" if isinstance(default, tuple)
+                        else "an integer" if isinstance(default, int) else "a number")
+                raise ValueError(f"chain parameter {name} must be {kind}; got {value!r}") from None
             coerced[name] = value
         return dataclasses.replace(self, **coerced)._checked()
 
@@ -168,10 +177,28 @@ def load_parameters(path: str | os.PathLike, base: ChainParameters | None = None
     """Parameters from a TOML file (keys as in :class:`ChainParameters`), over ``base``."""
     import tomllib
 
-    with open(path, "rb") as fh:
-        values = tomllib.load(fh)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {str(path)!r}")
+    text = path.read_text()
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"config file {str(path)!r}: {err}") from None
     values = values.get("chain", values)
-    return (base or ChainParameters()).replace(**values)
+    base = base or ChainParameters()
+    try:
+        return base.replace(**values)
+    except ValueError as err:
+        message = str(err)
+    for name, value in values.items():  # the key at fault, and its line
+        try:
+            base.replace(**{name: value})
+        except ValueError as err:
+            lines = [number for number, line in enumerate(text.splitlines(), 1) if line.split("=")[0].strip() == name]
+            where = f", line {lines[0]}" if lines else ""
+            raise ValueError(f"config file {str(path)!r}{where}: {err}") from None
+    raise ValueError(f"config file {str(path)!r}: {message}")
 
 
 class ChainModel(NamedTuple):

@@ -18,7 +18,9 @@ Outputs: ``sweep.npz`` (``values``, ``time``, ``k1`` and ``k2``: s_i(t) ``(B, T,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import time
 from pathlib import Path
 
@@ -73,8 +75,28 @@ def swept_parameters(p: ChainParameters, name: str, value: float) -> ChainParame
     return p.replace(**{name: value})
 
 
+@contextlib.contextmanager
+def _heartbeat(label: str, log, every: float):
+    """Log ``label: still running after N s`` every ``every`` seconds until the block ends (a
+    batched solve is one call: there is no step count to show while it runs)."""
+    done = threading.Event()
+    start = time.perf_counter()
+
+    def beat():
+        while not done.wait(every):
+            log(f"  {label}: still running after {time.perf_counter() - start:.0f} s")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def run_chain_sweep(p: ChainParameters, name: str, values, output, *, overwrite: bool = False,
-                    log=print) -> dict:
+                    log=print, progress: bool = True, heartbeat: float = 30.0) -> dict:
     """K1 and K2 on the ``p.n_sites`` chain for every value of ``name``, to ``p.t_end``, as batches.
 
     ``summary.json`` keys: ``study`` ("chain-sweep"), ``parameter``, ``values``, ``batch``,
@@ -84,6 +106,8 @@ def run_chain_sweep(p: ChainParameters, name: str, values, output, *, overwrite:
     ``k1_mobility``, ``num_steps`` and ``sigma_conservation`` (max |Σs(t) − Σs(0)|) per law,
     ``interface_width`` per law at ``t_end`` (Å, :func:`~dmdjax.studies.chain.interface` at the
     lattice sites), ``k1_k2_max_abs_diff`` (max over sites and times of |s_K1 − s_K2|).
+
+    With ``progress``, each batched call logs a line every ``heartbeat`` seconds while it runs.
 
     Raises:
         FileExistsError: ``output`` exists and is not empty, unless ``overwrite``.
@@ -121,7 +145,9 @@ def run_chain_sweep(p: ChainParameters, name: str, values, output, *, overwrite:
     solutions = {}
     for law, stacked in laws.items():
         tick = time.perf_counter()
-        solutions[law] = jax.block_until_ready(solve(stacked, batch))
+        log(f"  {law}: {len(values)} runs as one batched call (compiling, then up to 100000 steps each)...")
+        with _heartbeat(law, log, heartbeat) if progress else contextlib.nullcontext():
+            solutions[law] = jax.block_until_ready(solve(stacked, batch))
         walls[law] = time.perf_counter() - tick
         failed = values[~np.asarray(solutions[law].ok)]
         if failed.size:

@@ -50,8 +50,8 @@ from ..neighbors import neighbor_list
 from ..potentials import resolve_potential_path
 from ..systems import System, from_ase
 from ..units import BOLTZMANN_EV_PER_K
-from .alloy import (SPECIES, arrhenius_rate, conservation, group_means, load_alloy_potential, mg_fraction,
-                     run_kinetics, save_times, summary_header, time_line, validate_parameters, write_frames)
+from .alloy import (SPECIES, arrhenius_rate, check_checkpoint, conservation, group_means, load_alloy_potential,
+                     mg_fraction, run_kinetics, save_times, summary_header, time_line, validate_parameters, write_frames)
 
 EV_PER_A3_PER_GPA = 1.0 / 160.21766208  # 1 GPa in eV/Å³
 NEIGHBOR_SKIN = 0.5  # Å
@@ -221,16 +221,20 @@ def mean_field_misfit_volume(potential, p: DislocationParameters, bulk_modulus: 
     excess = []
     for sign in (-1.0, 1.0):
         crystal = fcc(p.lattice_constant * (1.0 + sign * strain), (4, 4, 4), "Al")
-        neighbors = neighbor_list(crystal.positions, crystal.cell, potential.cutoff, skin=NEIGHBOR_SKIN)
         vg = VGFreeEnergy(potential, crystal.cell, p.temperature, crystal.n_atoms, species=SPECIES)
         s = jnp.full(crystal.n_atoms, 1.0 - 2.0 * p.concentration, crystal.positions.dtype)
 
         def uniform(k):
             return jnp.full(crystal.n_atoms, k, crystal.positions.dtype)
 
+        # The list covers the Gaussians' reach for every k the search visits (k >= softest).
+        softest = 0.5
+        neighbors = vg.neighbor_list(crystal.positions, uniform(softest), skin=NEIGHBOR_SKIN, margin=1.0)
         free_energy = jax.jit(lambda k: vg(crystal.positions, uniform(k), s, neighbors))
-        best = minimize_scalar(lambda k: float(free_energy(k)), bounds=(0.05, 50.0), method="bounded",
+        best = minimize_scalar(lambda k: float(free_energy(k)), bounds=(softest, 50.0), method="bounded",
                                options={"xatol": 1e-10})
+        if best.x < 1.01 * softest:
+            raise RuntimeError(f"misfit reference: the uniform stiffness reached the search bound {softest} eV/Å²")
         excess.append(float(jnp.mean(vg.excess_chemical_potential(crystal.positions, uniform(best.x), s,
                                                                    neighbors))))
     per_gpa = 2.0 * (excess[1] - excess[0]) / (3.0 * bulk_modulus * 2.0 * strain)  # eV/GPa
@@ -311,6 +315,7 @@ def run_dislocation_study(p: DislocationParameters, output, *, resume: bool = Fa
                          f"cut-off {potential.cutoff} Å + skin {NEIGHBOR_SKIN} Å: use length >= {shortest}")
     run = io.open_study_folder(output, {"study": "alloy dislocation", "parameters": dataclasses.asdict(p),
                                         "rate": p.rate}, overwrite=overwrite, resume=resume)
+    check_checkpoint(output, resume)
     start, walls = time.perf_counter(), {}
 
     constants = elastic_constants(p.potential, p.lattice_constant)

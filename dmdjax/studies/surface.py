@@ -25,7 +25,8 @@ checkpoint: ``--resume`` continues it), ``frames.extxyz`` (one frame per output 
 ``c`` = Mg concentration, ``k`` eV/Å², ``site_free_energy`` eV; per frame ``time``,
 ``time_rate_units``, ``total_free_energy``; ASE and OVITO read
 it), ``profiles.npz`` (``time``, ``time_rate_units``, ``layer_x`` Å, ``layer_c`` (T, L)),
-``isotherm.npz``, ``run.json``, ``summary.json`` (keys in :func:`run_surface_study`) and
+``isotherm.npz``, ``statics.json`` and ``isotherm.json`` (the finished stages: ``--resume``
+reuses them instead of recomputing), ``run.json``, ``summary.json`` (keys in :func:`run_surface_study`) and
 ``fig_surface.png``.
 """
 
@@ -44,8 +45,8 @@ from ..free_energy import VGFreeEnergy
 from ..neighbors import neighbor_list
 from ..systems import System, fcc
 from ..units import BOLTZMANN_EV_PER_K
-from .alloy import (SPECIES, arrhenius_rate, conservation, group_means, load_alloy_potential, mg_fraction,
-                     run_kinetics, save_times, summary_header, time_line, validate_parameters, write_frames)
+from .alloy import (SPECIES, arrhenius_rate, check_checkpoint, conservation, group_means, load_alloy_potential,
+                     mg_fraction, run_kinetics, save_times, summary_header, time_line, validate_parameters, write_frames)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +176,8 @@ def mean_field_segregation(vg: VGFreeEnergy, positions, layers: np.ndarray, neig
 
     s = jnp.full(positions.shape[0], 1.0 - 2.0 * concentration, positions.dtype)
     relaxed = relax(vg, positions, s, neighbors)
-    excess = group_means(vg.excess_chemical_potential(relaxed.positions, relaxed.stiffness, s, neighbors), layers)
+    excess = vg.excess_chemical_potential(relaxed.positions, relaxed.stiffness, s, relaxed.neighbors)
+    excess = group_means(excess, layers)
     return float(2.0 * (excess[int(layers.max()) // 2] - excess[0]))
 
 
@@ -209,6 +211,7 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
     potential = load_alloy_potential(p.potential)
     run = io.open_study_folder(output, {"study": "alloy surface", "parameters": dataclasses.asdict(p),
                                         "rate": p.rate}, overwrite=overwrite, resume=resume)
+    check_checkpoint(output, resume)
     start, walls = time.perf_counter(), {}
     slab, layers = build_slab(p)
     n_layers = int(layers.max()) + 1
@@ -218,23 +221,27 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
         f"Γ₀ = {p.rate:.4g} per unit time; {run['device']}, {run['dtype']}")
 
     tick = time.perf_counter()
-    statics = segregation_energies(potential, slab, layers, neighbors)
-    cold = VGFreeEnergy(potential, slab.cell, p.low_temperature, slab.n_atoms, species=SPECIES)
-    energies = {"relaxed": statics["relaxed"], "unrelaxed": statics["unrelaxed"],
-                "mean_field": mean_field_segregation(vg, slab.positions, layers, neighbors),
-                "mean_field_low_temperature": mean_field_segregation(cold, slab.positions, layers, neighbors)}
+    energies = _stage(output / "statics.json", resume)
+    if energies is None:
+        statics = segregation_energies(potential, slab, layers, neighbors)
+        cold = VGFreeEnergy(potential, slab.cell, p.low_temperature, slab.n_atoms, species=SPECIES)
+        energies = {"relaxed": statics["relaxed"], "unrelaxed": statics["unrelaxed"],
+                    "mean_field": mean_field_segregation(vg, slab.positions, layers, neighbors),
+                    "mean_field_low_temperature": mean_field_segregation(cold, slab.positions, layers, neighbors)}
+        io.write_json(output / "statics.json", energies)
     walls["statics"] = time.perf_counter() - tick
     log("E_seg (eV): relaxed {relaxed:+.4f}, unrelaxed {unrelaxed:+.4f}; DMD ΔG {mean_field:+.4f} at T, "
         "{mean_field_low_temperature:+.4f} at T → 0".format(**energies))
 
     tick = time.perf_counter()
     nominal = list(p.isotherm)
-    steps = range(len(nominal))
+    isotherm_rows = _stage(output / "isotherm.json", resume)
+    steps = range(0 if isotherm_rows is not None else len(nominal))
     if progress:
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc="isotherm", unit="composition")
-    isotherm_rows, isotherm_layers = [], []
+    isotherm_layers, isotherm_rows = [], isotherm_rows or []
     for index in steps:
         s = jnp.full(slab.n_atoms, 1.0 - 2.0 * nominal[index], slab.positions.dtype)
         state = dmd.equilibrium(vg, slab.positions, s, neighbors, method="self-consistent", tolerance=1e-7)
@@ -246,7 +253,9 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
                               "langmuir_mclean_mean_field": float(langmuir_mclean(bulk, energies["mean_field"],
                                                                                   p.temperature)),
                               "residual_ev": state.residual})
-    io.save_npz(output / "isotherm.npz", {"nominal": np.array(nominal), "layer_c": np.array(isotherm_layers)})
+    if isotherm_layers:
+        io.save_npz(output / "isotherm.npz", {"nominal": np.array(nominal), "layer_c": np.array(isotherm_layers)})
+        io.write_json(output / "isotherm.json", isotherm_rows)
     walls["isotherm"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -277,6 +286,18 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
     summary = io.write_study_summary(output, summary)
     log(format_summary(summary, output))
     return summary
+
+
+def _stage(path: Path, resume: bool):
+    """A finished stage's results (``statics.json``, ``isotherm.json``) when resuming, else None."""
+    if not (resume and path.is_file()):
+        return None
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"--resume: {str(path)!r} is damaged ({err}); start again with --overwrite") from None
 
 
 def format_summary(summary: dict, output: Path) -> str:
