@@ -9,14 +9,15 @@ from .energy import evaluate, forces, potential_energy, site_energies, stress
 from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList, neighbor_list
 from .potentials import EAM, HarmonicBond, LennardJones, Morse, TabulatedPair, load_eam
-from .relax import RelaxResult, initial_stiffness, relax
+from .relax import RelaxationError, RelaxResult, initial_stiffness, relax
 from .systems import System, from_ase, make_system, to_ase
 from .units import BOLTZMANN_EV_PER_K, beta_from_temperature
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BOLTZMANN_EV_PER_K", "Cell", "dmd", "EAM", "HarmonicBond", "LennardJones", "Morse", "NeighborList", "RelaxResult",
+    "BOLTZMANN_EV_PER_K", "Cell", "dmd", "EAM", "HarmonicBond", "LennardJones", "Morse", "NeighborList", "RelaxationError",
+    "RelaxResult",
     "System", "TabulatedPair", "VGFreeEnergy", "beta_from_temperature", "cell", "energy", "ensemble", "evaluate", "forces",
     "free_energy", "from_ase", "initial_stiffness", "io", "kinetics", "load_eam", "make_cell", "make_system",
     "neighbor_list", "neighbors", "potential_energy", "potentials", "relax", "site_energies", "spin_diffusion", "stress", "systems",

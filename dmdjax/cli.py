@@ -325,10 +325,10 @@ def _add_alloy(sub) -> None:
         description="DMD of Mg segregation to the (100) surfaces of an Al-Mg slab (dmdjax.studies.surface): "
         "molecular-statics segregation energy, the Langmuir-McLean check at dilute compositions, the K3 run "
         "(checkpointed: --resume continues it), extended-XYZ frames, profiles, figure, summary.json. "
-        "Defaults: Al-6% Mg, 600 K, nu = 10, Q = 0.77 eV, a = 4.108 A, 10x4x4 cells (CPU size); the published "
+        "Defaults: Al-6% Mg, 600 K, nu = 10, Q = 0.77 eV, a = 4.108 A, 10x5x5 cells (CPU size); the published "
         "example is --cells 20,8,8.")
     s.add_argument("--cells", type=_cells, default=None, metavar="NX,NY,NZ",
-                   help="slab size in cubic cells, x free (default 10,4,4; NY, NZ >= 4)")
+                   help="slab size in cubic cells, x free (default 10,5,5; NY, NZ >= 5)")
     s.add_argument("--isotherm", type=_fractions, default=None, metavar="C1,C2,...",
                    help="nominal Mg fractions of the Langmuir-McLean check (default 0.001,0.002,0.005,0.01,0.02)")
     _add_alloy_options(s, "surface", surface.SurfaceParameters())

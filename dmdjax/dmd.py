@@ -275,7 +275,10 @@ def run(
         positions, order_parameter: the initial state (X is relaxed first).
         stiffness: initial k (warm start). Passing a recorded state (s, X, k) of a trajectory
             resumes that run exactly: its relaxation is already converged.
-        neighbors: neighbour list for the whole run (positions move little in DMD).
+        neighbors: the starting neighbour list (its skin is kept). The run rebuilds it at an
+            output state when less than half the skin is left for the free energy's
+            interaction range, and redoes an interval whose relaxation left it; the rebuilds
+            are recorded in ``Trajectory.neighbor_builds`` (``docs/reliability.md``).
         law: :class:`GradientFlow`, :class:`SpinDiffusion` or :class:`MasterEquation`.
         save_times: increasing output times; the first is the start time.
         kinetic_cutoff: bond length for exchanges, Å.
@@ -489,6 +492,11 @@ def solve(
         solver, rtol, atol, stepsize_controller, dt0, max_steps: as in :func:`run` (default
             Tsit5 with a ``PIDController(rtol, atol)``; a ``ConstantStepSize`` with ``dt0`` makes
             the steps, and so the derivatives of the discrete map, independent of the parameters).
+        neighbors: must cover the free energy's interaction range at every state the run
+            visits (nothing can be rebuilt inside one solve): e.g.
+            ``vg.neighbor_list(positions, stiffness, skin=...)`` with a skin above twice the
+            distance atoms move. A right-hand side from a list that does not cover its state is
+            NaN, so the solve fails (``ok`` False) rather than returning a wrong trajectory.
         tolerance: relaxation tolerance; colouring: a :func:`~dmdjax.relax.hessian_colouring`
             selects Newton's method for the relaxation (L-BFGS otherwise).
 

@@ -317,7 +317,12 @@ def relax(
         vg: the :class:`~dmdjax.free_energy.VGFreeEnergy`.
         positions: initial (or warm-start) mean positions, ``(N, d)`` Å; pinned atoms stay.
         order_parameter: s, ``(N,)``, held fixed.
-        neighbors: a neighbour list valid for the positions visited (cut-off + skin).
+        neighbors: a neighbour list. On the host, :func:`relax` rebuilds it where it does not
+            cover the free energy's interaction range (cut-off + the Gaussians' reach) at the
+            start or at the result, and relaxes again from there; the list the result is valid
+            for is ``RelaxResult.neighbors``. Inside ``jit``/``grad`` it cannot: give a list
+            that covers the states visited (e.g. a previous result's ``neighbors``), or the
+            result is ``converged=False``.
         stiffness: warm-start k ``(N,)`` eV/Å²; default :func:`initial_stiffness`.
         tolerance: convergence threshold on max |∇F| over (X, log k); default 1e-6
             (float64) or 1e-3 (float32).
@@ -325,7 +330,8 @@ def relax(
         memory: L-BFGS history length.
         throw: raise (also under jit, via ``equinox.error_if``) when not converged.
         method: ``"lbfgs"`` (the default; any size) or ``"newton"`` (the default when a
-            ``colouring`` is given): damped Newton with the
+            ``colouring`` is given): damped Newton, safeguarded against negative curvature
+            (it never stops at a saddle), with the
             dense Hessian from compressed Hessian-vector products (:func:`hessian_colouring`)
             — a few iterations where L-BFGS needs hundreds (ill-conditioned chains: the
             condition number grows as N²), at O((N(d+1))³) per iteration: for systems up to
@@ -334,6 +340,10 @@ def relax(
 
     Returns:
         A :class:`RelaxResult`. Differentiable (implicitly) in ``vg`` and ``order_parameter``.
+
+    Raises:
+        RelaxationError: ``throw`` and not converged (inside ``jit``: ``equinox.error_if``).
+        ValueError: bad inputs, e.g. a tolerance that is not > 0 or coincident atoms.
     """
     vg.check(positions, jnp.ones_like(order_parameter) if stiffness is None else stiffness, order_parameter,
              neighbors)

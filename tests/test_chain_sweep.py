@@ -94,3 +94,17 @@ def test_ensemble_stack_and_sharding():
     with pytest.raises(ValueError, match="at least one"):
         ensemble.stack([])
     assert ensemble.batch_sharding(4) is None  # a single CPU device in the test process
+
+
+def test_sweep_reports_progress_while_it_runs(tmp_path):
+    """A batched call is one call: while it runs the sweep logs a line every `heartbeat` seconds
+    (it once ran five minutes without a word)."""
+    p = chain.ChainParameters.quick().replace(n_sites=8, t_end=20, n_frames=3)
+    lines = []
+    chain_sweep.run_chain_sweep(p, "beta", [16.0, 25.0], tmp_path / "sweep", log=lines.append, heartbeat=0.05)
+    assert any("K1: 2 runs as one batched call" in line for line in lines)
+    assert any("K2: still running after" in line for line in lines)
+    quiet = []
+    chain_sweep.run_chain_sweep(p, "beta", [16.0, 25.0], tmp_path / "quiet", log=quiet.append, heartbeat=0.05,
+                                progress=False)
+    assert not any("still running" in line for line in quiet)

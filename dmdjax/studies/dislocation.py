@@ -220,7 +220,7 @@ def mean_field_misfit_volume(potential, p: DislocationParameters, bulk_modulus: 
 
     excess = []
     for sign in (-1.0, 1.0):
-        crystal = fcc(p.lattice_constant * (1.0 + sign * strain), (4, 4, 4), "Al")
+        crystal = fcc(p.lattice_constant * (1.0 + sign * strain), (5, 5, 5), "Al")  # holds k >= 0.5 reach
         vg = VGFreeEnergy(potential, crystal.cell, p.temperature, crystal.n_atoms, species=SPECIES)
         s = jnp.full(crystal.n_atoms, 1.0 - 2.0 * p.concentration, crystal.positions.dtype)
 
