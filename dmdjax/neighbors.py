@@ -261,17 +261,6 @@ def gather(values: Array, idx: Int[Array, "n m"], fill=0) -> Array:
     return jnp.concatenate([values, pad], axis=0)[idx]
 
 
-def check(value, neighbors: NeighborList, positions=None, interaction_range: float | None = None):
-    """Return ``value``, raising (also under jit) if ``neighbors`` overflowed, or — given
-    ``positions`` and ``interaction_range`` (Å) — if it no longer covers that range there."""
-    value = eqx.error_if(value, neighbors.overflow, OVERFLOW_MESSAGE)
-    if positions is None:
-        return value
-    return eqx.error_if(value, neighbors.reach(positions) < interaction_range, STALE_MESSAGE)
-
-
-STALE_MESSAGE = (
-    "stale neighbour list: atoms moved more than skin/2 since it was built, so pairs within the interaction "
-    "range may be missing; rebuild it at the current positions (dmdjax.neighbor_list or "
-    "dmdjax.neighbors.refresh outside jit)"
-)
+def check(value, neighbors: NeighborList):
+    """Return ``value``, raising (also under jit) if ``neighbors`` overflowed."""
+    return eqx.error_if(value, neighbors.overflow, OVERFLOW_MESSAGE)
