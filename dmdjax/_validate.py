@@ -16,7 +16,7 @@ def is_concrete(x) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
 
 
-def _first_bad(values: np.ndarray, bad: np.ndarray) -> str:
+def first_bad(values: np.ndarray, bad: np.ndarray) -> str:
     idx = np.argwhere(bad)[0]
     where = "" if values.ndim == 0 else f" at index {tuple(int(i) for i in idx)}"
     return f"{values[tuple(idx)].item()!r}{where}"
@@ -29,7 +29,7 @@ def positive(value, name: str, unit: str) -> None:
     v = np.asarray(value, dtype=float)
     bad = ~np.isfinite(v) | (v <= 0)
     if np.any(bad):
-        raise ValueError(f"{name} must be finite and > 0{unit}; got {_first_bad(v, bad)}")
+        raise ValueError(f"{name} must be finite and > 0{unit}; got {first_bad(v, bad)}")
 
 
 def temperature(value, name: str = "temperature") -> None:
@@ -44,7 +44,7 @@ def order_parameter(value, name: str = "order_parameter") -> None:
     bad = ~np.isfinite(v) | (v <= -1) | (v >= 1)
     if np.any(bad):
         raise ValueError(
-            f"{name} must lie strictly inside (-1, 1); got {_first_bad(v, bad)} "
+            f"{name} must lie strictly inside (-1, 1); got {first_bad(v, bad)} "
             "(use pinned species for sites that are exactly one species)"
         )
 
@@ -59,7 +59,7 @@ def finite(value, name: str) -> None:
     v = np.asarray(value)
     bad = ~np.isfinite(v)
     if np.any(bad):
-        raise ValueError(f"{name} must be finite; got {_first_bad(v, bad)}")
+        raise ValueError(f"{name} must be finite; got {first_bad(v, bad)}")
 
 
 def shape(value, expected: tuple, name: str) -> None:

@@ -114,23 +114,22 @@ def _run_free_energy(args, potential, system, atoms) -> int:
                          nodes=args.nodes)
     nbrs = dj.neighbor_list(system.positions, system.cell, potential.cutoff, skin=args.skin)
     dj.energy.check_separation(potential, system.positions, system.cell, nbrs)  # before k is guessed from V
-    stiffness = None
     if "k" in atoms.arrays:  # a state written by dmdjax: its stiffnesses (the warm start of --relax)
         stiffness = jnp.asarray(np.asarray(atoms.arrays["k"], dtype=float), system.positions.dtype)
-        vg.check(system.positions, stiffness, order_parameter, nbrs)
+        state = dj.DMDState(system.positions, stiffness, order_parameter)
+        vg.check(state, nbrs)
+    else:
+        state = vg.initial_state(system.positions, order_parameter, nbrs)
     if args.relax:
-        result = dj.relax(vg, system.positions, order_parameter, nbrs, stiffness, tolerance=args.tolerance,
-                          throw=False)
-        positions, stiffness, nbrs = result.positions, result.stiffness, result.neighbors
+        result = dj.relax(vg, state, nbrs, tolerance=args.tolerance, throw=False)
+        state, nbrs = result.state, result.neighbors
         iterations, converged, norm = int(result.iterations), bool(result.converged), float(result.gradient_norm)
     else:
-        positions = system.positions
-        if stiffness is None:
-            stiffness = dj.initial_stiffness(vg, positions, order_parameter, nbrs)
         iterations, converged, norm = 0, False, float("nan")
-    nbrs = vg.covering_neighbors(positions, stiffness, nbrs)  # the Gaussians' reach at k and T
-    free_energy = float(vg(positions, stiffness, order_parameter, nbrs))
-    mu = np.asarray(vg.chemical_potential(positions, stiffness, order_parameter, nbrs))
+    positions, stiffness = state.positions, state.stiffness
+    nbrs = vg.covering_neighbors(state, nbrs)  # the Gaussians' reach at k and T
+    free_energy = float(vg(state, nbrs))
+    mu = np.asarray(vg.chemical_potential(state, nbrs))
     if args.output:
         frame = dj.System(positions, system.species, system.cell, system.pinned, system.species_names)
         dj.io.write_extxyz(args.output, frame,

@@ -99,7 +99,8 @@ def radial_from_geometry(potential: Potential, geometry: PairGeometry) -> Float[
     return potential.radial(masked_distance(geometry.displacement, geometry.mask, 2.0 * potential.cutoff))
 
 
-def _site_energies_from_geometry(potential: Potential, geometry: PairGeometry, weights) -> Array:
+def site_energies_from_geometry(potential: Potential, geometry: PairGeometry, weights) -> Array:
+    """Site energies ``(N,)`` eV from a :class:`PairGeometry` and species weights ``(N, S)``."""
     return assemble_site_energies(potential, radial_from_geometry(potential, geometry), weights, geometry.idx)
 
 
@@ -178,7 +179,7 @@ def site_energies(
         )
     weights = as_weights(species, potential.n_species, positions.dtype)
     geometry = pair_geometry(positions, cell, neighbors.idx)
-    return _neighbors.check(_site_energies_from_geometry(potential, geometry, weights), neighbors)
+    return _neighbors.check(site_energies_from_geometry(potential, geometry, weights), neighbors)
 
 
 def potential_energy(potential: Potential, positions, species, cell: Cell, neighbors) -> Float[Array, ""]:
@@ -201,7 +202,7 @@ def virial_derivative(potential: Potential, positions, species, cell: Cell, neig
         deformation = jnp.eye(cell.dim, dtype=positions.dtype) + strain
         displacement = jnp.matmul(geometry.displacement, deformation.T, precision=HIGHEST)
         strained = geometry._replace(displacement=displacement)
-        return jnp.sum(_site_energies_from_geometry(potential, strained, weights))
+        return jnp.sum(site_energies_from_geometry(potential, strained, weights))
 
     derivative = jax.grad(strained_energy)(jnp.zeros((cell.dim, cell.dim), positions.dtype))
     return _neighbors.check(0.5 * (derivative + derivative.T), neighbors)
@@ -242,11 +243,14 @@ def evaluate(potential: Potential, system: System, neighbors: _neighbors.Neighbo
     _check_inputs(potential, system.positions, system.species, system.cell, neighbors)
     check_separation(potential, system.positions, system.cell, neighbors)
     with_stress = system.cell.fully_periodic and system.dim == 3
-    return _evaluate(potential, system.positions, system.species, system.cell, neighbors, with_stress)
+    return evaluate_arrays(potential, system.positions, system.species, system.cell, neighbors, with_stress)
 
 
 @eqx.filter_jit
-def _evaluate(potential, positions, species, cell, neighbors, with_stress: bool) -> EnergyForcesStress:
+def evaluate_arrays(potential, positions, species, cell, neighbors, with_stress: bool = False) -> EnergyForcesStress:
+    """:func:`evaluate`'s compiled kernel on arrays, without its checks: positions ``(N, d)`` Å,
+    species ``(N,)`` indices into ``potential.species``; one compilation per shape serves every
+    species array and position (molecular statics loops)."""
     energies, vjp = jax.vjp(lambda x: site_energies(potential, x, species, cell, neighbors), positions)
     (gradient,) = vjp(jnp.ones_like(energies))
     sigma = full_to_voigt(stress(potential, positions, species, cell, neighbors)) if with_stress else None

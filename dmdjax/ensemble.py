@@ -12,7 +12,7 @@ Example (B temperatures of one DMD run)::
     sharding = ensemble.batch_sharding(len(temperatures))
     if sharding is not None:
         vgs = jax.device_put(vgs, sharding)
-    s = eqx.filter_jit(jax.vmap(lambda v: dmd.solve(v, law, graph, nbrs, x, k, s0, times).order_parameter))(vgs)
+    s = eqx.filter_jit(jax.vmap(lambda v: dmd.solve(v, state, nbrs, law, graph, times).order_parameter))(vgs)
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .relax import _max_abs
 
 
 class FitResult(eqx.Module):
@@ -89,7 +89,7 @@ def fit(
         bar = tqdm(total=max_steps, desc="fit", unit="step")
     taken = 0
     while True:
-        if float(_max_abs(gradient)) <= gradient_tolerance or history[-1] <= loss_tolerance:
+        if max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree_util.tree_leaves(gradient)) <= gradient_tolerance or history[-1] <= loss_tolerance:
             converged = True
             break
         if taken == max_steps:

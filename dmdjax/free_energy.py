@@ -57,9 +57,10 @@ from . import _validate
 from ._precision import HIGHEST
 from . import neighbors as _neighbors
 from .cell import Cell
+from .state import DMDState
 from .energy import assemble_site_energies, check_separation, masked_distance, pair_geometry, site_hessian_trace
 from .potentials import Potential
-from .units import BOLTZMANN_EV_PER_K
+from .units import beta_from_temperature
 
 QUADRATURE_RULES = ("gauss-hermite", "third-degree")
 # Python floats (weakly typed) so that float32 inputs stay float32.
@@ -129,7 +130,7 @@ def gaussian_average(
 class VGFreeEnergy(eqx.Module):
     """The VG free energy (F1) of a system, as a callable pytree.
 
-    ``vg(positions, stiffness, order_parameter, neighbors)`` returns F in eV.
+    ``vg(state, neighbors)`` returns F in eV for a :class:`~dmdjax.DMDState` (X, k, s).
 
     Attributes:
         potential: the interatomic potential.
@@ -196,7 +197,7 @@ class VGFreeEnergy(eqx.Module):
     @property
     def beta(self) -> Float[Array, ""]:
         """β = 1/(k_B T), 1/eV."""
-        return 1.0 / (BOLTZMANN_EV_PER_K * jnp.asarray(self.temperature))
+        return beta_from_temperature(self.temperature)
 
     def reach(self, stiffness: Float[Array, " n"]) -> Float[Array, ""]:
         """How far past the cut-off (Å) the pair averages reach at ``stiffness``: c σ_max with
@@ -211,12 +212,12 @@ class VGFreeEnergy(eqx.Module):
         """The cut-off plus :meth:`reach` (Å): every pair closer than this must be listed."""
         return self.potential.cutoff + self.reach(stiffness)
 
-    def neighbor_fault(self, positions, stiffness, neighbors) -> Float[Array, ""]:
-        """How far (Å) the interaction range exceeds what ``neighbors`` still covers at
-        ``positions`` or half the narrowest periodic width (jit-safe); ≤ 0 when the list is
-        good, > 0 (or inf) when stale or the cell is too small for the Gaussians' reach."""
-        needed = self.interaction_range(stiffness)
-        fault = needed - neighbors.reach(positions)
+    def neighbor_fault(self, state: DMDState, neighbors) -> Float[Array, ""]:
+        """How far (Å) the interaction range at the state's k exceeds what ``neighbors`` still
+        covers at its positions, or half the narrowest periodic width (jit-safe); ≤ 0 when the
+        list is good, > 0 (or inf) when stale or the cell is too small for the Gaussians' reach."""
+        needed = self.interaction_range(state.stiffness)
+        fault = needed - neighbors.reach(state.positions)
         if any(self.cell.pbc):  # one image per pair: the range must fit in half a periodic width
             inverse = jnp.linalg.inv(self.cell.vectors.astype(needed.dtype))
             widths = 1.0 / jnp.linalg.norm(inverse, axis=0)
@@ -237,15 +238,23 @@ class VGFreeEnergy(eqx.Module):
         cutoff = self.cell.within_minimum_image(self.potential.cutoff + margin * reach, self.potential.cutoff + reach)
         return _neighbors.neighbor_list(positions, self.cell, cutoff, skin=skin)
 
-    def covering_neighbors(self, positions, stiffness, neighbors, *, margin: float = 1.25):
-        """``neighbors`` if it covers :meth:`interaction_range` at (``positions``, ``stiffness``),
-        otherwise a list rebuilt there with ``margin`` × the reach (host side)."""
+    def covering_neighbors(self, state: DMDState, neighbors, *, margin: float = 1.25):
+        """``neighbors`` if it covers :meth:`interaction_range` at ``state``, otherwise a list
+        rebuilt at its positions with ``margin`` × the reach (host side)."""
+        positions, stiffness = state.positions, state.stiffness
         reach = float(self.reach(stiffness))
         if not np.isfinite(reach):
             raise ValueError(f"stiffness must be finite and > 0 on unpinned sites; the smallest is "
                              f"{float(jnp.min(jnp.where(self.pinned, jnp.inf, stiffness)))!r}")
         return _neighbors.covering(neighbors, positions, self.cell, self.potential.cutoff + reach,
                                    margin=(margin - 1.0) * reach)
+
+    def initial_state(self, positions, order_parameter, neighbors) -> DMDState:
+        """The state (X, :meth:`initial_stiffness`, s): the usual start of :func:`dmdjax.relax`."""
+        order_parameter = jnp.asarray(order_parameter, positions.dtype)
+        concrete = _validate.is_concrete((self, positions, order_parameter, neighbors))
+        guess = _initial_stiffness_jit if concrete else VGFreeEnergy.initial_stiffness
+        return DMDState(positions, guess(self, positions, order_parameter, neighbors), order_parameter)
 
     def initial_stiffness(self, positions, order_parameter, neighbors) -> Float[Array, " n"]:
         """First guess k_i = tr ∇²_ii V / d at X (mean-field species), floored at 5 % of the
@@ -263,8 +272,14 @@ class VGFreeEnergy(eqx.Module):
         weights = jnp.zeros(order_parameter.shape + (self.potential.n_species,), order_parameter.dtype)
         return weights.at[:, a].add(c).at[:, b].add(1.0 - c)
 
-    def check(self, positions, stiffness, order_parameter, neighbors) -> None:
-        """Host-side validation of concrete inputs (skipped under jit)."""
+    def check(self, state: DMDState, neighbors) -> None:
+        """Host-side validation of a state for this free energy (value checks skipped under jit):
+        N and d, positions apart, k > 0 on unpinned atoms, s strictly inside (−1, 1) except on
+        pinned species (there in [−1, 1]); ``ValueError`` naming the bad value."""
+        if not isinstance(state, DMDState):
+            raise TypeError(f"expected a dmdjax.DMDState (positions, stiffness, order_parameter); got "
+                            f"{type(state).__name__}")
+        positions, stiffness, order_parameter = state.positions, state.stiffness, state.order_parameter
         n = self.pinned.shape[0]
         _validate.shape(positions, (n, self.cell.dim), "positions")
         _validate.shape(stiffness, (n,), "stiffness")
@@ -287,10 +302,11 @@ class VGFreeEnergy(eqx.Module):
         if np.any(~np.isfinite(s_pinned) | (np.abs(s_pinned) > 1)):
             raise ValueError(f"order_parameter of pinned species must lie in [-1, 1]; got {s_pinned.tolist()}")
 
-    def check_neighbors(self, positions, stiffness, neighbors) -> None:
+    def check_neighbors(self, state: DMDState, neighbors) -> None:
         """Host side (skipped under jit): raise ``ValueError`` if ``neighbors`` has overflowed or
-        does not cover :meth:`interaction_range` at (``positions``, ``stiffness``)."""
-        overflow, fault = neighbors.overflow, self.neighbor_fault(positions, stiffness, neighbors)
+        does not cover :meth:`interaction_range` at ``state``."""
+        positions, stiffness = state.positions, state.stiffness
+        overflow, fault = neighbors.overflow, self.neighbor_fault(state, neighbors)
         if not _validate.is_concrete((self, positions, stiffness, neighbors, overflow, fault)):
             return  # traced (inside jit, grad or a trace of concrete values)
         if bool(overflow):
@@ -317,8 +333,9 @@ class VGFreeEnergy(eqx.Module):
         variance = inverse[:, None] + _neighbors.gather(inverse, neighbors.idx)
         return gaussian_average(self.potential, distance, variance, self.cell.dim, self.quadrature, self.nodes)
 
-    def average_site_energies(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, " n"]:
+    def average_site_energies(self, state: DMDState, neighbors) -> Float[Array, " n"]:
         """Site terms of ⟨V⟩ in the species mean field (eV); they sum to ⟨V⟩."""
+        positions, stiffness, order_parameter = state.positions, state.stiffness, state.order_parameter
         averaged = self.averaged_radial(positions, stiffness, neighbors)
         weights = self.species_weights(order_parameter.astype(positions.dtype))
         return _neighbors.check(assemble_site_energies(self.potential, averaged, weights, neighbors.idx), neighbors)
@@ -345,30 +362,38 @@ class VGFreeEnergy(eqx.Module):
         vibrational = 0.5 * self.cell.dim * (jnp.log(beta * k_safe / (2 * np.pi)) - 1.0) / beta
         return configurational + jnp.where(self.pinned, 0.0, vibrational)
 
-    def site_free_energies(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, " n"]:
+    def site_free_energies(self, state: DMDState, neighbors) -> Float[Array, " n"]:
         """Per-site free energies (eV); they sum to F."""
-        self.check(positions, stiffness, order_parameter, neighbors)
-        self.check_neighbors(positions, stiffness, neighbors)
-        average = self.average_site_energies(positions, stiffness, order_parameter, neighbors)
-        return average + self.entropy_terms(stiffness.astype(positions.dtype), order_parameter.astype(positions.dtype))
+        self.check(state, neighbors)
+        self.check_neighbors(state, neighbors)
+        dtype = state.positions.dtype
+        average = self.average_site_energies(state, neighbors)
+        return average + self.entropy_terms(state.stiffness.astype(dtype), state.order_parameter.astype(dtype))
 
-    def __call__(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, ""]:
-        """F(X, k, s) in eV (F1). Shapes: X ``(N, d)`` Å, k ``(N,)`` eV/Å², s ``(N,)``."""
-        return jnp.sum(self.site_free_energies(positions, stiffness, order_parameter, neighbors))
+    def __call__(self, state: DMDState, neighbors) -> Float[Array, ""]:
+        """F(X, k, s) in eV (F1) of ``state``: X ``(N, d)`` Å, k ``(N,)`` eV/Å², s ``(N,)``."""
+        return jnp.sum(self.site_free_energies(state, neighbors))
 
-    def average_energy(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, ""]:
+    def average_energy(self, state: DMDState, neighbors) -> Float[Array, ""]:
         """⟨V⟩ in the species mean field, eV."""
-        self.check(positions, stiffness, order_parameter, neighbors)
-        self.check_neighbors(positions, stiffness, neighbors)
-        return jnp.sum(self.average_site_energies(positions, stiffness, order_parameter, neighbors))
+        self.check(state, neighbors)
+        self.check_neighbors(state, neighbors)
+        return jnp.sum(self.average_site_energies(state, neighbors))
 
-    def chemical_potential(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, " n"]:
-        """μ_i = ∂F/∂s_i = β⁻¹ artanh(s_i) + μ_i^ex (eV); excess part only on pinned species."""
-        return jax.grad(lambda s: self(positions, stiffness, s, neighbors))(order_parameter)
+    def chemical_potential(self, state: DMDState, neighbors) -> Float[Array, " n"]:
+        """μ_i = ∂F/∂s_i = β⁻¹ artanh(s_i) + μ_i^ex (eV), ``(N,)``; excess part only on pinned species."""
+        self.check(state, neighbors)
+        x, k = state.positions, state.stiffness
+        return jax.grad(lambda s: self(DMDState(x, k, s), neighbors))(state.order_parameter)
 
-    def excess_chemical_potential(self, positions, stiffness, order_parameter, neighbors) -> Float[Array, " n"]:
-        """μ_i^ex = ∂⟨V⟩/∂s_i (eV)."""
-        return jax.grad(lambda s: self.average_energy(positions, stiffness, s, neighbors))(order_parameter)
+    def excess_chemical_potential(self, state: DMDState, neighbors) -> Float[Array, " n"]:
+        """μ_i^ex = ∂⟨V⟩/∂s_i (eV), ``(N,)``."""
+        self.check(state, neighbors)
+        x, k = state.positions, state.stiffness
+        return jax.grad(lambda s: self.average_energy(DMDState(x, k, s), neighbors))(state.order_parameter)
+
+
+_initial_stiffness_jit = eqx.filter_jit(VGFreeEnergy.initial_stiffness)
 
 
 def _mask(value, n: int, name: str) -> Array:

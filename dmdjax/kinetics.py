@@ -19,9 +19,10 @@ Bonds touching a pinned-species site carry no flux.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Union
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
@@ -29,7 +30,9 @@ from jaxtyping import Array, Bool, Float, Int
 from ._precision import HIGHEST
 from .cell import Cell
 from .energy import masked_distance, pair_geometry
+from . import _validate
 from .neighbors import NeighborList, gather
+from .state import DMDState
 
 
 class BondGraph(eqx.Module):
@@ -144,7 +147,7 @@ def swap_divided_difference(
     return gradient_divided_difference(excess_chemical_potential, graph) - coupling * (s_j - order_parameter[:, None])
 
 
-def pair_coupling(vg, positions, stiffness, graph: BondGraph) -> Float[Array, "n m"]:
+def pair_coupling(vg, state: DMDState, graph: BondGraph) -> Float[Array, "n m"]:
     """J_ij = ∂²V̌/∂s_i∂s_j on bonds for a pair potential (eV): ¼(⟨φ_AA⟩ − 2⟨φ_AB⟩ + ⟨φ_BB⟩)_ij.
 
     V̌ (the mean-field ⟨V⟩ at fixed X, k) is then multilinear in s, and
@@ -161,8 +164,8 @@ def pair_coupling(vg, positions, stiffness, graph: BondGraph) -> Float[Array, "n
             "use gradient_divided_difference for EAM"
         )
     # On the bonds' own pair table: the neighbour list may have been rebuilt since the graph.
-    averaged = vg.averaged_radial(positions, stiffness, graph)[:, :, PAIR]
-    dw = vg.weight_derivative(positions.dtype)
+    averaged = vg.averaged_radial(state.positions, state.stiffness, graph)[:, :, PAIR]
+    dw = vg.weight_derivative(state.positions.dtype)
     return jnp.where(graph.mask, jnp.einsum("a,nmab,b->nm", dw, averaged, dw, precision=HIGHEST), 0.0)
 
 
@@ -187,3 +190,134 @@ def master_equation(
     flux = (1.0 + s_j) * (1.0 - s_i) * jnp.exp(-beta * difference) - (1.0 + s_i) * (1.0 - s_j) * jnp.exp(
         beta * difference)
     return 0.5 * rate * graph.divergence(flux)
+
+
+# --- The kinetic laws as parameter objects (what dmdjax.dmd integrates) -----------------------
+
+
+class GradientFlow(eqx.Module):
+    """(K1) ṡ_i = Σ_j M_ij (μ_j − μ_i) (:func:`gradient_flow`); ``mobility`` a constant k_c > 0
+    (per eV per unit time) or a symmetric callable ``M(s_i, s_j)``."""
+
+    mobility: Union[float, Callable] = 1.0
+
+    def __check_init__(self):
+        if not callable(self.mobility):
+            _validate.positive(self.mobility, "GradientFlow.mobility", " (1/(eV·time))")
+
+
+class SpinDiffusion(eqx.Module):
+    """(K2) mean-field spin-diffusion (:func:`spin_diffusion`) with time scale ``tau`` > 0;
+    ``variant`` "exact" (:func:`swap_divided_difference`, pair potentials) or "gradient"
+    (:func:`gradient_divided_difference`)."""
+
+    tau: float = 1.0
+    variant: str = eqx.field(static=True, default="exact")
+
+    def __check_init__(self):
+        _validate.positive(self.tau, "SpinDiffusion.tau", " (time)")
+        if self.variant not in ("exact", "gradient"):
+            raise ValueError(f"SpinDiffusion.variant must be 'exact' or 'gradient'; got {self.variant!r}")
+
+
+class MasterEquation(eqx.Module):
+    """(K3) master equation (:func:`master_equation`), ``attempt_frequency`` ν > 0 (per unit
+    time) and ``activation_energy`` Q (eV, finite)."""
+
+    attempt_frequency: float = 1.0
+    activation_energy: float = 0.0
+
+    def __check_init__(self):
+        _validate.positive(self.attempt_frequency, "MasterEquation.attempt_frequency", " (1/time)")
+        _validate.finite(self.activation_energy, "MasterEquation.activation_energy")
+
+
+KineticLaw = Union[GradientFlow, SpinDiffusion, MasterEquation]
+
+
+def check_law(vg, law: KineticLaw) -> None:
+    """``TypeError`` for an unknown law, ``NotImplementedError`` for the exact K2 with EAM."""
+    if not isinstance(law, (GradientFlow, SpinDiffusion, MasterEquation)):
+        raise TypeError(f"law must be GradientFlow, SpinDiffusion or MasterEquation; got {type(law).__name__}")
+    if isinstance(law, SpinDiffusion) and law.variant == "exact" and vg.potential.is_embedded:
+        raise NotImplementedError("SpinDiffusion(variant='exact') needs a pair potential (V̌ multilinear in s); "
+                                  "use variant='gradient' for EAM")
+
+
+def describe_law(law: KineticLaw) -> dict:
+    """The law's name and parameters as JSON-ready values (run records and checkpoints)."""
+    values = {}
+    for name, value in vars(law).items():
+        if isinstance(value, (int, float, str)):
+            values[name] = value
+        elif callable(value):
+            values[name] = getattr(value, "__name__", repr(value))
+        else:
+            values[name] = np.asarray(value).tolist()
+    return {"law": type(law).__name__, "law_parameters": values}
+
+
+class LawParameters(eqx.Module):
+    """Any kinetic law as one pytree: the branch index and every numeric parameter traced, so
+    that all laws (and all parameter values) share one compiled solver per system shape.
+    Built by :func:`law_parameters`."""
+
+    branch: Array
+    mobility: Array
+    tau: Array
+    attempt_frequency: Array
+    activation_energy: Array
+    mobility_function: Callable | None = eqx.field(static=True, default=None)
+
+
+_BRANCHES = {"K1": 0, "K2-exact": 1, "K2-gradient": 2, "K3": 3}
+
+
+def law_parameters(law: KineticLaw, dtype) -> LawParameters:
+    """``law`` as a :class:`LawParameters` of ``dtype``."""
+    one = lambda value=1.0: jnp.asarray(value, dtype)
+    if isinstance(law, GradientFlow):
+        function = law.mobility if callable(law.mobility) else None
+        return LawParameters(jnp.asarray(_BRANCHES["K1"]), one(1.0 if function else law.mobility), one(), one(),
+                             one(), function)
+    if isinstance(law, SpinDiffusion):
+        return LawParameters(jnp.asarray(_BRANCHES[f"K2-{law.variant}"]), one(), one(law.tau), one(), one())
+    if isinstance(law, MasterEquation):
+        return LawParameters(jnp.asarray(_BRANCHES["K3"]), one(), one(), one(law.attempt_frequency),
+                             one(law.activation_energy))
+    raise TypeError(f"law must be GradientFlow, SpinDiffusion or MasterEquation; got {type(law).__name__}")
+
+
+def species_rate(vg, state: DMDState, neighbors: NeighborList, law: KineticLaw | LawParameters,
+                 graph: BondGraph) -> Float[Array, " n"]:
+    """ds/dt of ``law`` at the state (X, k, s) (relaxed, for DMD), ``(N,)`` per unit time;
+    ``vg`` the :class:`~dmdjax.VGFreeEnergy` whose μ drives it, ``neighbors`` its list.
+
+    With a :class:`LawParameters` the law is chosen by a traced index (``lax.switch``: only
+    the chosen branch runs), so one compiled function serves every law."""
+    if not isinstance(law, LawParameters):
+        check_law(vg, law)
+        law = law_parameters(law, state.dtype)
+    positions, order_parameter = state.positions, state.order_parameter
+    beta = vg.beta.astype(positions.dtype)
+    excess = vg.excess_chemical_potential(state, neighbors)
+
+    def gradient_flow_rate():
+        mu = vg.chemical_potential(state, neighbors)
+        mobility = law.mobility if law.mobility_function is None else law.mobility_function
+        return gradient_flow(order_parameter, mu, graph, mobility)
+
+    def spin_diffusion_exact():
+        if vg.potential.is_embedded:  # refused by check_law; a placeholder keeps the switch traceable
+            return jnp.full_like(order_parameter, jnp.nan)
+        divided = swap_divided_difference(order_parameter, excess, pair_coupling(vg, state, graph), graph)
+        return spin_diffusion(order_parameter, divided, graph, beta, law.tau)
+
+    def spin_diffusion_gradient():
+        return spin_diffusion(order_parameter, gradient_divided_difference(excess, graph), graph, beta, law.tau)
+
+    def master_equation_rate():
+        return master_equation(order_parameter, excess, graph, beta, law.attempt_frequency, law.activation_energy)
+
+    return jax.lax.switch(law.branch, [gradient_flow_rate, spin_diffusion_exact, spin_diffusion_gradient,
+                                       master_equation_rate])

@@ -33,31 +33,42 @@ from jaxtyping import Array, Bool, Float, Int
 from . import _validate
 from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList
+from .state import DMDState
 
 
 class RelaxResult(eqx.Module):
     """Outcome of :func:`relax`.
 
     Attributes:
-        positions: relaxed mean positions X*, ``(N, d)`` Å.
-        stiffness: relaxed stiffnesses k*, ``(N,)`` eV/Å² (pinned atoms: their input value).
+        state: the relaxed :class:`~dmdjax.DMDState` (X*, k*, s): k* ``(N,)`` eV/Å² on pinned
+            atoms is their input value; s is the input's.
         free_energy: F(X*, k*, s), eV.
-        iterations: L-BFGS iterations taken.
+        iterations: iterations taken (L-BFGS or Newton).
         gradient_norm: final max |∂F/∂X| (eV/Å) and |k ∂F/∂k| (eV) over unpinned atoms
             (inf when Newton's method ended where the Hessian is not positive definite).
         converged: ``gradient_norm <= tolerance``, F finite and ``neighbors`` covering the
             free energy's interaction range at the result.
         neighbors: the neighbour list the result was computed with and is valid for: the
             list passed in, or one :func:`relax` rebuilt because atoms moved or k softened.
+
+    ``result.positions`` and ``result.stiffness`` are shortcuts for ``result.state.positions``
+    and ``result.state.stiffness``.
     """
 
-    positions: Float[Array, "n d"]
-    stiffness: Float[Array, " n"]
+    state: DMDState
     free_energy: Float[Array, ""]
     iterations: Int[Array, ""]
     gradient_norm: Float[Array, ""]
     converged: Bool[Array, ""]
     neighbors: NeighborList | None = None
+
+    @property
+    def positions(self) -> Float[Array, "n d"]:
+        return self.state.positions
+
+    @property
+    def stiffness(self) -> Float[Array, " n"]:
+        return self.state.stiffness
 
 
 def initial_stiffness(vg: VGFreeEnergy, positions, order_parameter, neighbors: NeighborList) -> Float[Array, " n"]:
@@ -69,8 +80,21 @@ def initial_stiffness(vg: VGFreeEnergy, positions, order_parameter, neighbors: N
     return vg.initial_stiffness(positions, order_parameter, neighbors)
 
 
-def _default_tolerance(dtype) -> float:
+def default_tolerance(dtype) -> float:
+    """The default relaxation tolerance on max |∇F| over (X, log k): 1e-6 in float64, 1e-3 in float32."""
     return 1e-6 if jnp.dtype(dtype) == jnp.float64 else 1e-3
+
+
+RELAX_METHODS = ("lbfgs", "newton")
+
+
+def check_method(method: str, colouring=None) -> None:
+    """``ValueError`` unless ``method`` is one of :data:`RELAX_METHODS` and a ``colouring`` is
+    given only with ``"newton"``."""
+    if method not in RELAX_METHODS:
+        raise ValueError(f"method must be one of {RELAX_METHODS}; got {method!r}")
+    if colouring is not None and method != "newton":
+        raise ValueError(f"a Hessian colouring is for method='newton'; got method={method!r} with a colouring")
 
 
 def _objective(y, params, anchor, neighbors):
@@ -78,7 +102,7 @@ def _objective(y, params, anchor, neighbors):
     positions, log_stiffness = y
     positions = jnp.where(vg.pinned[:, None], anchor, positions)
     stiffness = jnp.exp(jnp.where(vg.pinned, 0.0, log_stiffness))
-    return vg(positions, stiffness, order_parameter, neighbors)
+    return vg(DMDState(positions, stiffness, order_parameter), neighbors)
 
 
 def _mask_pinned(tree, pinned):
@@ -138,7 +162,7 @@ def hessian_colouring(vg: VGFreeEnergy, neighbors: NeighborList) -> HessianColou
 HESSIAN_BLOCK = 32
 
 
-def _dense_hessian(gradient, y, colouring: HessianColouring):
+def dense_hessian(gradient, y, colouring: HessianColouring):
     """∇²F as a dense ``(N(d+1), N(d+1))`` matrix from compressed Hessian-vector products."""
     n, width = y.shape
     directions = (colouring.colour[None, :, None] == jnp.arange(colouring.n_colours)[:, None, None])
@@ -182,7 +206,7 @@ def _newton(objective, y0, pinned, colouring, tolerance, max_steps):
 
     def body(carry):
         z, g, iteration, value, _ = carry
-        hessian = _dense_hessian(gradient, z, colouring)
+        hessian = dense_hessian(gradient, z, colouring)
         hessian = jnp.where(free[:, None] & free[None, :], hessian, 0.0) + jnp.diag(~free)
         hessian = 0.5 * (hessian + hessian.T)
         # Positive (semi-)definite up to rounding: free clusters have six exact zero modes.
@@ -299,71 +323,67 @@ def _argmin_jvp(primals, tangents):
 
 def relax(
     vg: VGFreeEnergy,
-    positions: Float[Array, "n d"],
-    order_parameter: Float[Array, " n"],
+    state: DMDState,
     neighbors: NeighborList,
-    stiffness: Float[Array, " n"] | None = None,
     *,
+    method: str = "lbfgs",
     tolerance: float | None = None,
     max_steps: int = 2000,
     memory: int = 20,
     throw: bool = True,
-    method: str | None = None,
     colouring: HessianColouring | None = None,
 ) -> RelaxResult:
     """Minimise F(X, k, s) over (X, k) at fixed s.
 
     Arguments:
         vg: the :class:`~dmdjax.free_energy.VGFreeEnergy`.
-        positions: initial (or warm-start) mean positions, ``(N, d)`` Å; pinned atoms stay.
-        order_parameter: s, ``(N,)``, held fixed.
+        state: the start (or warm start) (X, k, s): X ``(N, d)`` Å (pinned atoms stay), k
+            ``(N,)`` eV/Å², s ``(N,)`` held fixed. A cold start is
+            ``vg.initial_state(positions, order_parameter, neighbors)`` (k from
+            :func:`initial_stiffness`).
         neighbors: a neighbour list. On the host, :func:`relax` rebuilds it where it does not
             cover the free energy's interaction range (cut-off + the Gaussians' reach) at the
             start or at the result, and relaxes again from there; the list the result is valid
             for is ``RelaxResult.neighbors``. Inside ``jit``/``grad`` it cannot: give a list
             that covers the states visited (e.g. a previous result's ``neighbors``), or the
             result is ``converged=False``.
-        stiffness: warm-start k ``(N,)`` eV/Å²; default :func:`initial_stiffness`.
-        tolerance: convergence threshold on max |∇F| over (X, log k); default 1e-6
-            (float64) or 1e-3 (float32).
-        max_steps: iteration limit.
-        memory: L-BFGS history length.
-        throw: raise (also under jit, via ``equinox.error_if``) when not converged.
-        method: ``"lbfgs"`` (the default; any size) or ``"newton"`` (the default when a
-            ``colouring`` is given): damped Newton, safeguarded against negative curvature
-            (it never stops at a saddle), with the
+        method: ``"lbfgs"`` (the default; any size) or ``"newton"``: damped Newton,
+            safeguarded against negative curvature (it never stops at a saddle), with the
             dense Hessian from compressed Hessian-vector products (:func:`hessian_colouring`)
             — a few iterations where L-BFGS needs hundreds (ill-conditioned chains: the
             condition number grows as N²), at O((N(d+1))³) per iteration: for systems up to
             a few thousand unknowns.
-        colouring: for ``"newton"`` inside ``jit``, precomputed :func:`hessian_colouring`.
+        tolerance: convergence threshold on max |∇F| over (X, log k); default
+            :func:`default_tolerance` (1e-6 in float64, 1e-3 in float32).
+        max_steps: iteration limit.
+        memory: L-BFGS history length.
+        throw: raise (also under jit, via ``equinox.error_if``) when not converged.
+        colouring: ``"newton"`` only: a precomputed :func:`hessian_colouring` of ``neighbors``
+            (needed inside ``jit``, where it cannot be computed; built on the host otherwise).
 
     Returns:
-        A :class:`RelaxResult`. Differentiable (implicitly) in ``vg`` and ``order_parameter``.
+        A :class:`RelaxResult`. Differentiable (implicitly) in ``vg`` and the state's s.
 
     Raises:
         RelaxationError: ``throw`` and not converged (inside ``jit``: ``equinox.error_if``).
-        ValueError: bad inputs, e.g. a tolerance that is not > 0 or coincident atoms.
+        ValueError: bad inputs, e.g. a tolerance that is not > 0, an unknown method or
+            coincident atoms.
     """
-    vg.check(positions, jnp.ones_like(order_parameter) if stiffness is None else stiffness, order_parameter,
-             neighbors)
-    tolerance = _default_tolerance(positions.dtype) if tolerance is None else tolerance
+    vg.check(state, neighbors)
+    check_method(method, colouring)
+    positions, stiffness, order_parameter = state.positions, state.stiffness, state.order_parameter
+    tolerance = default_tolerance(positions.dtype) if tolerance is None else tolerance
     if _validate.is_concrete(tolerance) and not (np.isfinite(tolerance) and tolerance > 0):
         raise ValueError(f"tolerance must be finite and > 0; got {tolerance!r}")
-    if method is None:
-        method = "lbfgs" if colouring is None else "newton"
-    if method not in ("lbfgs", "newton"):
-        raise ValueError(f"method must be 'lbfgs' or 'newton'; got {method!r}")
+    traced = not _validate.is_concrete((vg, state, neighbors))
     if method == "newton" and colouring is None:
+        if traced:
+            raise ValueError("relax(method='newton') inside jit needs colouring=hessian_colouring(vg, neighbors), "
+                             "computed outside")
         colouring = hessian_colouring(vg, neighbors)
-    if method == "lbfgs":
-        colouring = None
-    if stiffness is None:
-        stiffness = (_initial_stiffness if _validate.is_concrete((vg, positions, order_parameter, neighbors))
-                     else initial_stiffness)(vg, positions, order_parameter, neighbors)
     # The tolerance is traced: runs that differ only in it share one compiled relaxation.
     tolerance = jnp.asarray(tolerance, positions.dtype)
-    if not _validate.is_concrete((vg, positions, order_parameter, stiffness, neighbors)):
+    if traced:
         # Inside jit: a result from a list that does not cover it is reported as not converged.
         # Called unjitted: a nested jit would compare jax-md's list metadata (which holds an array)
         # with that of another list inside this trace, which JAX cannot do.
@@ -372,7 +392,7 @@ def relax(
     # Host side: rebuild the list where atoms moved too far or k softened, and relax again from there.
     anchor, iterations = positions, 0
     for _ in range(MAX_REBUILDS + 1):
-        covering = vg.covering_neighbors(positions, stiffness, neighbors)
+        covering = vg.covering_neighbors(DMDState(positions, stiffness, order_parameter), neighbors)
         if method == "newton" and covering is not neighbors:  # more pairs: a new sparsity pattern
             colouring = hessian_colouring(vg, covering)
         neighbors = covering
@@ -380,7 +400,7 @@ def relax(
                         colouring, positions)
         iterations += int(result.iterations)
         if not np.all(np.isfinite(np.asarray(result.positions))) or float(
-                vg.neighbor_fault(result.positions, result.stiffness, neighbors)) <= 0:
+                vg.neighbor_fault(result.state, neighbors)) <= 0:
             break
         positions, stiffness = result.positions, result.stiffness
     result = eqx.tree_at(lambda r: r.iterations, result, jnp.asarray(iterations, result.iterations.dtype))
@@ -402,9 +422,6 @@ NOT_CONVERGED = ("relaxation of (X, k) did not converge: gradient norm above the
                  "neighbour list (check the structure, raise max_steps or loosen tolerance)")
 
 
-_initial_stiffness = eqx.filter_jit(initial_stiffness)
-
-
 def _relax_traced(vg, positions, order_parameter, neighbors, stiffness, tolerance, max_steps, memory, throw, colouring=None,
            start=None):
     """The relaxation from (``start``, ``stiffness``) (default ``positions``); pinned atoms stay at
@@ -416,13 +433,15 @@ def _relax_traced(vg, positions, order_parameter, neighbors, stiffness, toleranc
                                   _constant(neighbors), tolerance, max_steps, memory, colouring)
     relaxed_positions = jnp.where(vg.pinned[:, None], positions, y[0])
     relaxed_stiffness = jnp.where(vg.pinned, stiffness.astype(dtype), jnp.exp(y[1]))
-    free_energy = vg(relaxed_positions, relaxed_stiffness, order_parameter, neighbors)
+    relaxed = DMDState(relaxed_positions, relaxed_stiffness, order_parameter)
+    free_energy = vg(relaxed, neighbors)
     norm = jax.lax.stop_gradient(norm)
-    covered = jax.lax.stop_gradient(vg.neighbor_fault(relaxed_positions, relaxed_stiffness, neighbors) <= 0)
+    covered = jax.lax.stop_gradient(vg.neighbor_fault(relaxed, neighbors) <= 0)
     converged = (norm <= tolerance) & jnp.isfinite(free_energy) & covered
     if throw:
-        relaxed_positions = eqx.error_if(relaxed_positions, ~converged, NOT_CONVERGED)
-    return RelaxResult(relaxed_positions, relaxed_stiffness, free_energy, iterations, norm, converged, neighbors)
+        relaxed = eqx.tree_at(lambda r: r.positions, relaxed, eqx.error_if(relaxed_positions, ~converged,
+                                                                             NOT_CONVERGED))
+    return RelaxResult(relaxed, free_energy, iterations, norm, converged, neighbors)
 
 
 _relax = eqx.filter_jit(_relax_traced)

@@ -49,14 +49,15 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _validate, io, kinetics
 from .cell import Cell
-from .energy import (_site_energies_from_geometry, assemble_site_energies, masked_distance, pair_geometry,
+from .energy import (site_energies_from_geometry, assemble_site_energies, masked_distance, pair_geometry,
                      radial_from_geometry)
 from .ensemble import batch_sharding
 from ._precision import HIGHEST
 from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList, gather
 from .potentials import Potential
-from .units import BOLTZMANN_EV_PER_K
+from .state import DMDState
+from .units import beta_from_temperature, temperature_from_beta
 
 MODES = ("joint", "scale-separated", "frozen")
 RATE_AVERAGES = ("basin", "gaussian")
@@ -92,6 +93,11 @@ class SamplerState(eqx.Module):
     accepted: Int[Array, ""]
     displaced: Bool[Array, ""]
     key: PRNGKeyArray
+
+    @property
+    def gaussian_state(self) -> DMDState:
+        """``"gaussian"`` mode: the VG state (X*, k*, σ) the exchange rates are averaged over."""
+        return DMDState(self.positions, self.stiffness, self.spins)
 
 
 class SpinDiffusionSampler(eqx.Module):
@@ -131,7 +137,7 @@ class SpinDiffusionSampler(eqx.Module):
     def energy(self, positions, spins) -> Float[Array, ""]:
         """V(x, σ), eV."""
         geometry = pair_geometry(positions, self.cell, self.neighbor_idx)
-        return jnp.sum(_site_energies_from_geometry(self.potential, geometry, spin_weights(spins)))
+        return jnp.sum(site_energies_from_geometry(self.potential, geometry, spin_weights(spins)))
 
     def force(self, positions, spins) -> Float[Array, "n d"]:
         """−∇_x V(x, σ), eV/Å. Pair potentials: analytic row sums over the full neighbour list
@@ -223,8 +229,7 @@ class SpinDiffusionSampler(eqx.Module):
     def _relax(self, state: SamplerState) -> SamplerState:
         from .relax import relax
 
-        vg = self.free_energy
-        result = relax(vg, state.positions, state.spins, self.neighbors, state.stiffness, throw=False)
+        result = relax(self.free_energy, state.gaussian_state, self.neighbors, throw=False)
         moved = jnp.max(jnp.abs(result.positions - self.reference_positions)) > 0.5 * self.skin
         return eqx.tree_at(lambda s: (s.positions, s.stiffness, s.displaced), state,
                            (result.positions, result.stiffness, state.displaced | moved | ~result.converged))
@@ -297,9 +302,7 @@ class SpinDiffusionSampler(eqx.Module):
             fast_time_debt=jnp.zeros((), dtype), candidates=jnp.zeros((), jnp.int32),
             accepted=jnp.zeros((), jnp.int32), displaced=jnp.zeros((), bool), key=key)
         if self.mode == "scale-separated" and self.rate_average == "gaussian":
-            from .relax import initial_stiffness
-
-            stiffness = initial_stiffness(self.free_energy, positions, state.spins, self.neighbors)
+            stiffness = self.free_energy.initial_stiffness(positions, state.spins, self.neighbors)
             state = self._relax(eqx.tree_at(lambda s: s.stiffness, state, stiffness))
         return state
 
@@ -434,7 +437,7 @@ def spin_diffusion_sampler(
     return SpinDiffusionSampler(
         potential=potential, cell=cell, neighbors=neighbors, reference_positions=positions,
         bonds=jnp.asarray(bonds, jnp.int32), pinned=jnp.asarray(pinned),
-        beta=jnp.asarray(1.0 / (BOLTZMANN_EV_PER_K * temperature), dtype), tau=jnp.asarray(tau, dtype),
+        beta=jnp.asarray(beta_from_temperature(temperature), dtype), tau=jnp.asarray(tau, dtype),
         epsilon=jnp.asarray(epsilon, dtype), langevin_step=jnp.asarray(langevin_step, dtype),
         mode=mode, rate_average=rate_average, basin_steps=basin_steps, free_energy=free_energy,
         # "frozen": x never moves, so the radial values of every listed pair are a table.
@@ -467,12 +470,15 @@ class SamplerTrajectory(eqx.Module):
 
 
 @eqx.filter_jit
-def _init_replicas(sampler, keys, positions, spins):
+def init_replicas(sampler, keys, positions, spins):
+    """``sampler.init`` over a batch of replicas (compiled): keys ``(B, 2)``, positions
+    ``(B, N, d)``, spins ``(B, N)``."""
     return jax.vmap(sampler.init)(keys, positions, spins)
 
 
 @eqx.filter_jit
-def _advance_replicas(sampler, states, time):
+def advance_replicas(sampler, states, time):
+    """``sampler.advance`` of every replica in ``states`` (leading axis B) to ``time`` (compiled)."""
     return jax.vmap(sampler.advance, in_axes=(0, None))(states, time)
 
 
@@ -532,10 +538,10 @@ def sample(
     sharding = batch_sharding(n_replicas, "replica")
     if sharding is not None:
         keys, spins, x0 = (jax.device_put(a, sharding) for a in (keys, spins, x0))
-    states = _init_replicas(sampler, keys, x0, spins)
+    states = init_replicas(sampler, keys, x0, spins)
     parameters = {"model": "spin-diffusion", "mode": sampler.mode,
                   "rate_average": sampler.rate_average if sampler.mode == "scale-separated" else None,
-                  "basin_steps": sampler.basin_steps, "temperature": float(1.0 / (BOLTZMANN_EV_PER_K * sampler.beta)),
+                  "basin_steps": sampler.basin_steps, "temperature": float(temperature_from_beta(sampler.beta)),
                   "tau": float(sampler.tau), "epsilon": float(sampler.epsilon),
                   "langevin_step": float(sampler.langevin_step), "n_bonds": int(sampler.bonds.shape[0]),
                   "n_replicas": n_replicas, "n_sites": n, "dtype": jnp.dtype(dtype).name,
@@ -547,7 +553,7 @@ def sample(
 
         intervals = tqdm(intervals, desc=f"spin-diffusion ({n_replicas} replicas)", unit="interval")
     for index in intervals:
-        states = _advance_replicas(sampler, states, jnp.asarray(times[index], dtype))
+        states = advance_replicas(sampler, states, jnp.asarray(times[index], dtype))
         if bool(jnp.any(states.displaced)):
             raise RuntimeError(
                 f"spin-diffusion: in ({times[index - 1]:g}, {times[index]:g}] an atom of replica(s) "

@@ -7,7 +7,7 @@ Energy in eV, length in Å, temperature in K, stress in eV/Å³ (multiply by
 
 from __future__ import annotations
 
-import numpy as np
+import jax.numpy as jnp
 
 from . import _validate
 
@@ -20,17 +20,40 @@ EV_PER_A3_TO_GPA = 160.21766208
 
 
 def beta_from_temperature(temperature):
-    """Inverse temperature β = 1/(k_B T) in 1/eV.
+    """Inverse temperature β = 1/(k_B T) in 1/eV — the one place dmdjax converts T to β.
 
     Arguments:
-        temperature: T in K, a positive scalar or array (Python or NumPy value;
-            validated, so not for use on traced values).
+        temperature: T in K, a positive scalar or array; traced values are allowed (inside
+            ``jit``/``grad``; then not validated), concrete ones are validated.
 
     Returns:
-        β with the shape of ``temperature``.
+        β with the shape (and floating dtype) of ``temperature``.
 
     Raises:
-        ValueError: if any T is not finite or not positive.
+        ValueError: if a concrete T is not finite or not positive.
     """
     _validate.temperature(temperature)
-    return 1.0 / (BOLTZMANN_EV_PER_K * np.asarray(temperature, dtype=float))
+    return 1.0 / (BOLTZMANN_EV_PER_K * _as_float(temperature))
+
+
+def thermal_energy(temperature):
+    """k_B T in eV (the inverse of :func:`beta_from_temperature`); validated like it."""
+    _validate.temperature(temperature)
+    return BOLTZMANN_EV_PER_K * _as_float(temperature)
+
+
+def temperature_from_thermal_energy(kt):
+    """T = k_B T / k_B in K, for inputs given as k_B T in eV (the chain study's ``kt``)."""
+    _validate.positive(kt, "k_B T", " eV")
+    return _as_float(kt) / BOLTZMANN_EV_PER_K
+
+
+def temperature_from_beta(beta):
+    """T = 1/(k_B β) in K, the inverse of :func:`beta_from_temperature`."""
+    _validate.positive(beta, "beta", " (1/eV)")
+    return 1.0 / (BOLTZMANN_EV_PER_K * _as_float(beta))
+
+
+def _as_float(value):
+    value = jnp.asarray(value)
+    return value if jnp.issubdtype(value.dtype, jnp.floating) else value.astype(float)

@@ -53,13 +53,13 @@ def jax_rate(mode, n_replicas, dtype, horizon, prng="threefry2x32", repeats=1):
     spins = jnp.where(jnp.arange(N_SITES) < N_SITES // 2, 1.0, -1.0).astype(dtype)
     keys = jax.random.split(jax.random.key(0, impl=prng), n_replicas)
     x0 = jnp.broadcast_to(sampler.reference_positions, (n_replicas,) + sampler.reference_positions.shape)
-    states = sd._init_replicas(sampler, keys, x0, jnp.broadcast_to(spins, (n_replicas, N_SITES)))
-    warm = sd._advance_replicas(sampler, states, jnp.asarray(horizon / 10, dtype))  # compile
+    states = sd.init_replicas(sampler, keys, x0, jnp.broadcast_to(spins, (n_replicas, N_SITES)))
+    warm = sd.advance_replicas(sampler, states, jnp.asarray(horizon / 10, dtype))  # compile
     jax.block_until_ready(warm)
     best = None
     for _ in range(repeats):  # the same call from the same state; the fastest counts (shared machines)
         start = time.perf_counter()
-        final = sd._advance_replicas(sampler, warm, jnp.asarray(horizon, dtype))
+        final = sd.advance_replicas(sampler, warm, jnp.asarray(horizon, dtype))
         jax.block_until_ready(final)
         seconds = time.perf_counter() - start
         best = seconds if best is None else min(best, seconds)

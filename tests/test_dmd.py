@@ -17,36 +17,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import dmd_chain
 import dmdjax as dj
 from dmdjax import dmd, kinetics
 
-KT = 0.2
 TAU = 0.1
 KINETIC_CUTOFF = 1.4
 TIMES = np.array([0.0, 1.0, 5.0, 20.0, 60.0, 120.0])
-SETUP = textwrap.dedent(
-    """
-    import jax, jax.numpy as jnp, dmdjax as dj
-    jax.config.update("jax_enable_x64", True)
-    LJ = dj.LennardJones([[1.0, 0.9], [0.9, 0.9]], [[1.0, 1.05], [1.05, 1.1]], species=("A", "B"), cutoff=2.6)
-    n = 6
-    chain = dj.systems.chain(n, 1.05, pinned=[0])
-    vg = dj.VGFreeEnergy(LJ, chain.cell, {kt} / dj.BOLTZMANN_EV_PER_K, n, pinned=chain.pinned,
-                          pinned_species=chain.pinned)
-    # The chain stretches by up to 0.85 Å as it relaxes and the species move, more when hotter:
-    # a 4 Å skin lists every pair of the 6 sites, so the pure solve (which cannot rebuild a list
-    # inside jit) stays valid at every temperature the tests use.
-    nbrs = vg.neighbor_list(chain.positions, skin=4.0)
-    s0 = (jnp.linspace(0.5, -0.5, n) + 0.1).at[0].set(1.0)  # the pinned site is pure A
-    """
-).format(kt=KT)
+KT = dmd_chain.KT
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
 def setup():
-    namespace = {}
-    exec(SETUP, namespace)
-    return namespace
+    return {"vg": dmd_chain.VG, "chain": dmd_chain.CHAIN, "nbrs": dmd_chain.NEIGHBORS, "s0": dmd_chain.S0,
+            "state": dmd_chain.STATE}
 
 
 OPTIONS = dict(rtol=1e-9, atol=1e-11, tolerance=1e-11, max_steps=20000)
@@ -62,14 +47,14 @@ LAWS = {
 def trajectories(setup):
     out = {}
     for name, (law, solver) in LAWS.items():
-        out[name] = dmd.run(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], law, TIMES,
+        out[name] = dmd.run(setup["vg"], setup["state"], setup["nbrs"], law, TIMES,
                             kinetic_cutoff=KINETIC_CUTOFF, solver=solver, **OPTIONS)
     return out
 
 
 @pytest.fixture(scope="module")
 def minimiser(setup):
-    return dmd.equilibrium(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], relax_tolerance=1e-11)
+    return dmd.equilibrium(setup["vg"], setup["state"], setup["nbrs"], relax_tolerance=1e-11)
 
 
 @pytest.mark.parametrize("name", list(LAWS))
@@ -93,7 +78,7 @@ def test_implicit_solver_agrees(trajectories, setup):
     """Kvaerno5 (for stiff cases; its Jacobian goes through the (X, k) relaxation by the
     implicit function theorem, in forward mode) gives the explicit solver's state."""
     law, _ = LAWS["K3"]
-    implicit = dmd.run(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], law, TIMES[:2],
+    implicit = dmd.run(setup["vg"], setup["state"], setup["nbrs"], law, TIMES[:2],
                        kinetic_cutoff=KINETIC_CUTOFF, solver=diffrax.Kvaerno5(), **OPTIONS)
     np.testing.assert_allclose(np.asarray(implicit.order_parameter[1]),
                                np.asarray(trajectories["K3"].order_parameter[1]), atol=1e-7)
@@ -102,7 +87,7 @@ def test_implicit_solver_agrees(trajectories, setup):
 def _bonds(setup, state, index):
     nbrs, vg = setup["nbrs"], setup["vg"]
     graph = kinetics.bond_graph(state.positions[index], vg.cell, nbrs, KINETIC_CUTOFF, vg.pinned_species)
-    mu = vg.chemical_potential(state.positions[index], state.stiffness[index], state.order_parameter[index], nbrs)
+    mu = vg.chemical_potential(state.state[index], nbrs)
     difference = np.asarray(graph.neighbor_values(mu) - mu[:, None])
     return graph, difference, np.asarray(graph.mask)
 
@@ -122,14 +107,14 @@ def test_long_time_state_is_the_constrained_minimiser(trajectories, minimiser, s
 def test_self_consistent_equilibrium_is_the_newton_one(minimiser, setup):
     """equilibrium(method="self-consistent") (fixed point of s = tanh(β(λ − μ^ex)), no Jacobian)
     reaches Newton's constrained minimiser."""
-    state = dmd.equilibrium(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], relax_tolerance=1e-11,
+    state = dmd.equilibrium(setup["vg"], setup["state"], setup["nbrs"], relax_tolerance=1e-11,
                             method="self-consistent")
     assert state.residual < 1e-10 and state.iterations > 1
     np.testing.assert_allclose(np.asarray(state.order_parameter), np.asarray(minimiser.order_parameter), atol=1e-8)
     assert float(state.free_energy) == pytest.approx(float(minimiser.free_energy), abs=1e-10)
     assert float(jnp.sum(state.order_parameter)) == pytest.approx(float(jnp.sum(setup["s0"])), abs=1e-12)
     with pytest.raises(ValueError, match="method must be"):
-        dmd.equilibrium(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], method="fixed")
+        dmd.equilibrium(setup["vg"], setup["state"], setup["nbrs"], method="fixed")
 
 
 def test_relaxing_at_output_times_only_converges_to_the_quasistatic_run(trajectories, setup):
@@ -141,7 +126,7 @@ def test_relaxing_at_output_times_only_converges_to_the_quasistatic_run(trajecto
     errors = []
     for n_intervals in (4, 8, 16):
         times = np.linspace(0.0, 5.0, n_intervals + 1)
-        run = dmd.run(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], law, times,
+        run = dmd.run(setup["vg"], setup["state"], setup["nbrs"], law, times,
                       kinetic_cutoff=KINETIC_CUTOFF, relax_at="interval", **OPTIONS)
         s = np.asarray(run.order_parameter)
         assert np.max(np.abs(s.sum(axis=1) - s[0].sum())) < 1e-12
@@ -151,8 +136,8 @@ def test_relaxing_at_output_times_only_converges_to_the_quasistatic_run(trajecto
     assert errors[0] > 1e-5  # the lag is real
     assert 1.6 < errors[0] / errors[1] < 2.5 and 1.6 < errors[1] / errors[2] < 2.5
     with pytest.raises(ValueError, match="relax_at"):
-        dmd.run(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], law, times,
-                kinetic_cutoff=KINETIC_CUTOFF, relax_at="never")
+        dmd.run(setup["vg"], setup["state"], setup["nbrs"], law, times,
+                kinetic_cutoff=KINETIC_CUTOFF, relax_at="evaluation")
 
 
 def test_exact_spin_diffusion_fixed_point(trajectories, minimiser, setup):
@@ -162,7 +147,7 @@ def test_exact_spin_diffusion_fixed_point(trajectories, minimiser, setup):
     vg, nbrs = setup["vg"], setup["nbrs"]
     graph, mu_difference, mask = _bonds(setup, trajectory, -1)
     s = trajectory.order_parameter[-1]
-    coupling = kinetics.pair_coupling(vg, trajectory.positions[-1], trajectory.stiffness[-1], graph)
+    coupling = kinetics.pair_coupling(vg, trajectory.state[-1], graph)
     predicted = -np.asarray(coupling * (graph.neighbor_values(s) - s[:, None]))
     np.testing.assert_allclose(mu_difference[mask], predicted[mask], atol=1e-9)
     assert np.max(np.abs(predicted[mask])) > 1e-4  # the J term is really there
@@ -177,15 +162,15 @@ def test_spin_diffusion_linearises_to_gradient_flow():
     n = 8
     ring = dj.systems.chain(n, 1.05, periodic=True)
     nbrs = dj.neighbor_list(ring.positions, ring.cell, potential.cutoff, skin=0.4)
-    vg = dj.VGFreeEnergy(potential, ring.cell, KT / dj.BOLTZMANN_EV_PER_K, n)
+    vg = dj.VGFreeEnergy(potential, ring.cell, dj.units.temperature_from_thermal_energy(KT), n)
     graph = kinetics.bond_graph(ring.positions, ring.cell, nbrs, KINETIC_CUTOFF)
     pattern = jnp.cos(2 * jnp.pi * jnp.arange(n) / n) + 0.3 * jnp.sin(4 * jnp.pi * jnp.arange(n) / n)
     pattern = pattern - pattern.mean()
     errors = []
     for amplitude in (0.1, 0.05, 0.025):
         s = amplitude * pattern
-        relaxed = dj.relax(vg, ring.positions, s, nbrs, tolerance=1e-12)
-        rates = [dmd.species_rate(vg, law, graph, relaxed.positions, relaxed.stiffness, s, nbrs)
+        relaxed = dj.relax(vg, vg.initial_state(ring.positions, s, nbrs), nbrs, tolerance=1e-12)
+        rates = [dmd.species_rate(vg, relaxed.state, nbrs, law, graph)
                  for law in (dmd.SpinDiffusion(TAU, "gradient"), dmd.GradientFlow(1.0 / KT / (2 * TAU)))]
         errors.append(float(jnp.max(jnp.abs(rates[0] - rates[1])) / jnp.max(jnp.abs(rates[1]))))
     ratios = np.array(errors[:-1]) / np.array(errors[1:])
@@ -195,7 +180,7 @@ def test_spin_diffusion_linearises_to_gradient_flow():
 
 def _euler_run(setup, mobility, dt0, output=None):
     """Forward Euler with a constant step (the last step of an interval is cut at the output time)."""
-    return dmd.run(setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], dmd.GradientFlow(mobility),
+    return dmd.run(setup["vg"], setup["state"], setup["nbrs"], dmd.GradientFlow(mobility),
                    [0.0, 1e-3, 1.0], kinetic_cutoff=KINETIC_CUTOFF, solver=diffrax.Euler(),
                    stepsize_controller=diffrax.ConstantStepSize(), dt0=dt0, max_steps=16, output=output)
 
@@ -219,19 +204,21 @@ def test_forced_bad_step_is_reported_and_the_last_good_state_saved(setup, tmp_pa
         _euler_run(setup, 100.0, 1e-4)
 
 
-CHILD = SETUP + "OPTIONS = dict(rtol=1e-9, atol=1e-11, tolerance=1e-11, max_steps=20000)\n" + textwrap.dedent(
+CHILD = textwrap.dedent(
     """
     import sys, time
+    sys.path.insert(0, sys.argv[2])
+    from dmd_chain import NEIGHBORS, STATE, VG
     from dmdjax import dmd
-    write = dmd._write
+    save = dmd.Trajectory.save
 
-    def slow_write(*args):  # a slow run: time for the parent to kill it between checkpoints
-        write(*args)
+    def slow_save(*args):  # a slow run: time for the parent to kill it between checkpoints
+        save(*args)
         time.sleep(1.0)
 
-    dmd._write = slow_write
-    dmd.run(vg, chain.positions, s0, nbrs, dmd.SpinDiffusion(0.1, "exact"), [0, 0.5, 1, 1.5, 2, 2.5, 3],
-            kinetic_cutoff=1.4, output=sys.argv[1], **OPTIONS)
+    dmd.Trajectory.save = slow_save
+    dmd.run(VG, STATE, NEIGHBORS, dmd.SpinDiffusion(0.1, "exact"), [0, 0.5, 1, 1.5, 2, 2.5, 3],
+            kinetic_cutoff=1.4, output=sys.argv[1], rtol=1e-9, atol=1e-11, tolerance=1e-11, max_steps=20000)
     """
 )
 
@@ -240,7 +227,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
     """SIGKILL a run after two checkpoints; resuming from the file gives the same final state
     bit for bit (float64, CPU) as the run that was never interrupted."""
     output = tmp_path / "run.npz"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(output)], env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(output), TESTS], env={**os.environ, "JAX_PLATFORMS": "cpu"})
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and child.poll() is None:
@@ -255,7 +242,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
     written = dmd.load_trajectory(output).time.shape[0]
     assert 3 <= written < 7
     law, times = dmd.SpinDiffusion(0.1, "exact"), [0, 0.5, 1, 1.5, 2, 2.5, 3]
-    arguments = (setup["vg"], setup["chain"].positions, setup["s0"], setup["nbrs"], law, times)
+    arguments = (setup["vg"], setup["state"], setup["nbrs"], law, times)
     with pytest.raises(FileExistsError, match="resume=True"):
         dmd.run(*arguments, kinetic_cutoff=KINETIC_CUTOFF, output=output, **OPTIONS)
     with pytest.raises(ValueError, match=r"different parameters: \['kinetic_cutoff'\]"):
@@ -284,7 +271,7 @@ def test_gradients_through_a_whole_run_match_finite_differences(setup):
     from dmdjax.relax import hessian_colouring
 
     colouring = hessian_colouring(vg, nbrs)  # Newton relaxations
-    start = dj.relax(vg, chain.positions, s0, nbrs, tolerance=1e-12)
+    start = dj.relax(vg, setup["state"], nbrs, tolerance=1e-12)
     graph = kinetics.bond_graph(chain.positions, vg.cell, nbrs, KINETIC_CUTOFF, pinned_species=vg.pinned_species)
     times = jnp.linspace(0.0, 1.0, 5)
     weights = jnp.asarray(np.random.default_rng(0).normal(size=(5, 6)))
@@ -294,9 +281,9 @@ def test_gradients_through_a_whole_run_match_finite_differences(setup):
         epsilon_ab, tau, temperature = theta
         model = eqx.tree_at(lambda v: (v.potential.epsilon, v.temperature), vg,
                             (vg.potential.epsilon + (epsilon_ab - vg.potential.epsilon[0, 1]) * swap, temperature))
-        solution = dmd.solve(model, dmd.SpinDiffusion(tau, "exact"), graph, nbrs, start.positions, start.stiffness,
-                             s0, times, stepsize_controller=diffrax.ConstantStepSize(), dt0=0.05, tolerance=1e-12,
-                             colouring=colouring)
+        solution = dmd.solve(model, start.state, nbrs, dmd.SpinDiffusion(tau, "exact"), graph, times,
+                             stepsize_controller=diffrax.ConstantStepSize(), dt0=0.05, tolerance=1e-12,
+                             relax_method="newton", colouring=colouring)
         return jnp.sum(weights * solution.order_parameter), solution.ok
 
     theta = jnp.array([0.9, TAU, float(vg.temperature)])
@@ -318,14 +305,14 @@ def test_a_vmapped_batch_equals_separate_runs(setup):
     import jax
 
     vg, chain, nbrs, s0 = setup["vg"], setup["chain"], setup["nbrs"], setup["s0"]
-    start = dj.relax(vg, chain.positions, s0, nbrs, tolerance=1e-12)
+    start = dj.relax(vg, setup["state"], nbrs, tolerance=1e-12)
     graph = kinetics.bond_graph(chain.positions, vg.cell, nbrs, KINETIC_CUTOFF, pinned_species=vg.pinned_species)
     times = jnp.linspace(0.0, 2.0, 5)
 
     def run(temperature):
         model = eqx.tree_at(lambda v: v.temperature, vg, temperature)
-        return dmd.solve(model, dmd.SpinDiffusion(TAU, "exact"), graph, nbrs, start.positions, start.stiffness, s0,
-                         times, rtol=1e-9, atol=1e-11, tolerance=1e-12).order_parameter
+        return dmd.solve(model, start.state, nbrs, dmd.SpinDiffusion(TAU, "exact"), graph, times, rtol=1e-9,
+                         atol=1e-11, tolerance=1e-12).order_parameter
 
     temperatures = float(vg.temperature) * jnp.array([0.8, 1.0, 1.5])
     batch = eqx.filter_jit(jax.vmap(run))(temperatures)
@@ -338,20 +325,23 @@ def test_a_vmapped_batch_equals_separate_runs(setup):
 def test_a_sharded_batch_equals_the_unsharded_one(tmp_path):
     """4 CPU devices faked by XLA: the batch of 4 temperatures sharded over them (jax.sharding)
     gives the unsharded batch's trajectories (to rounding: 9e-12 seen)."""
-    script = SETUP + textwrap.dedent(
-        """
-        import equinox as eqx, numpy as np
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {TESTS!r})
+        from dmd_chain import CHAIN as chain, NEIGHBORS as nbrs, STATE as state, VG as vg
+        import equinox as eqx, jax, jax.numpy as jnp, numpy as np, dmdjax as dj
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
         from dmdjax import dmd, kinetics
         assert len(jax.devices()) == 4
-        start = dj.relax(vg, chain.positions, s0, nbrs, tolerance=1e-12)
+        start = dj.relax(vg, state, nbrs, tolerance=1e-12)
         graph = kinetics.bond_graph(chain.positions, vg.cell, nbrs, 1.4, pinned_species=vg.pinned_species)
         times = jnp.linspace(0.0, 1.0, 3)
 
         def run(temperature):
             model = eqx.tree_at(lambda v: v.temperature, vg, temperature)
-            return dmd.solve(model, dmd.SpinDiffusion(0.1, "exact"), graph, nbrs, start.positions, start.stiffness,
-                             s0, times, rtol=1e-9, atol=1e-11, tolerance=1e-12).order_parameter
+            return dmd.solve(model, start.state, nbrs, dmd.SpinDiffusion(0.1, "exact"), graph, times, rtol=1e-9,
+                             atol=1e-11, tolerance=1e-12).order_parameter
 
         temperatures = float(vg.temperature) * jnp.linspace(0.7, 1.4, 4)
         batch = eqx.filter_jit(jax.vmap(run))
@@ -369,3 +359,48 @@ def test_a_sharded_batch_equals_the_unsharded_one(tmp_path):
     result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max difference" in result.stdout
+
+
+EQUAL_TIMES = np.array([0.0, 0.5, 2.0, 6.0])
+
+
+@pytest.mark.parametrize("relax_at", ["rhs", "interval"])
+@pytest.mark.parametrize("name", ["K1", "K2-exact", "K3"])
+def test_run_and_solve_give_the_same_trajectory(setup, name, relax_at):
+    """The host loop (dmd.run) and the pure driver (dmd.solve) share the interval function: the
+    same trajectory (states and F) to 1e-12 in float64, for every law and both relax_at."""
+    law, _ = LAWS[name]
+    options = dict(rtol=1e-9, atol=1e-11, tolerance=1e-11, relax_at=relax_at)
+    ran = dmd.run(setup["vg"], setup["state"], setup["nbrs"], law, EQUAL_TIMES, kinetic_cutoff=KINETIC_CUTOFF,
+                  **options)
+    assert ran.neighbor_builds == ()  # no rebuild: the two drivers see the same list
+    graph = kinetics.bond_graph(setup["chain"].positions, setup["vg"].cell, setup["nbrs"], KINETIC_CUTOFF,
+                                pinned_species=setup["vg"].pinned_species)
+    solved = dmd.solve(setup["vg"], setup["state"], setup["nbrs"], law, graph, EQUAL_TIMES, throw=True, **options)
+    assert bool(solved.ok) and np.all(np.asarray(solved.valid))
+    worst = 0.0
+    for name_ in ("order_parameter", "positions", "stiffness", "free_energy"):
+        difference = np.max(np.abs(np.asarray(getattr(ran, name_)) - np.asarray(getattr(solved, name_))))
+        worst = max(worst, difference)
+        assert difference <= 1e-12, (name_, difference)
+    print(f"{name} relax_at={relax_at}: max |run − solve| = {worst:.2e}")
+    s = np.asarray(solved.order_parameter)
+    assert np.max(np.abs(s[-1] - s[0])) > 1e-3  # the species moved
+
+
+def test_solve_throw_raises_the_run_error(setup):
+    """A step that throws s out of (−1, 1): dmd.solve(throw=True) raises the DMDError that
+    dmd.run raises, with the same message; without throw it flags the solution."""
+    law = dmd.GradientFlow(100.0)
+    times = [0.0, 1e-3, 1.0]
+    options = dict(solver=diffrax.Euler(), stepsize_controller=diffrax.ConstantStepSize(), dt0=1.0, max_steps=16)
+    with pytest.raises(dmd.DMDError) as from_run:
+        dmd.run(setup["vg"], setup["state"], setup["nbrs"], law, times, kinetic_cutoff=KINETIC_CUTOFF, **options)
+    graph = kinetics.bond_graph(setup["chain"].positions, setup["vg"].cell, setup["nbrs"], KINETIC_CUTOFF,
+                                pinned_species=setup["vg"].pinned_species)
+    with pytest.raises(dmd.DMDError) as from_solve:
+        dmd.solve(setup["vg"], setup["state"], setup["nbrs"], law, graph, times, throw=True, **options)
+    assert str(from_solve.value) == str(from_run.value)
+    assert str(from_solve.value).startswith("DMD stopped in (0.001, 1]: s left (-1, 1)")
+    flagged = dmd.solve(setup["vg"], setup["state"], setup["nbrs"], law, graph, times, **options)
+    assert not bool(flagged.ok) and np.asarray(flagged.valid).tolist() == [True, True, False]

@@ -40,7 +40,7 @@ def test_harmonic_tether_closed_form():
                          pinned_species=system.pinned)
     nbrs = dj.neighbor_list(system.positions, system.cell, potential.cutoff, skin=0.2)
     start = system.positions.at[1::2].add(0.03)
-    result = dj.relax(vg, start, order_parameter, nbrs, tolerance=1e-10)
+    result = dj.relax(vg, vg.initial_state(start, order_parameter, nbrs), nbrs, tolerance=1e-10)
     c = 0.5 * (1 + s_free)
     kappa = c * kappa_ab + (1 - c) * kappa_bb
     rest = (c * kappa_ab * rest_ab + (1 - c) * kappa_bb * rest_bb) / kappa
@@ -97,7 +97,7 @@ def test_stiff_limit_and_pure_species_reproduce_the_plain_potential(mendelev):
     order_parameter = jnp.where(system.species == 0, 1.0, -1.0)  # Al: s = +1
     vg = dj.VGFreeEnergy(mendelev, system.cell, 300.0, n, pinned_species=np.ones(n, bool))
     plain = float(dj.potential_energy(mendelev, system.positions, system.species, system.cell, nbrs))
-    average = float(vg.average_energy(system.positions, jnp.full(n, 1e12), order_parameter, nbrs))
+    average = float(vg.average_energy(dj.DMDState(system.positions, jnp.full(n, 1e12), order_parameter), nbrs))
     assert abs(average - plain) < 1e-9 * abs(plain)
     # Pair potential, 1-D chain.
     chain = dj.systems.chain(12, 1.1, species=[0] * 6 + [1] * 6, species_names=("A", "B"))
@@ -105,7 +105,8 @@ def test_stiff_limit_and_pure_species_reproduce_the_plain_potential(mendelev):
     vg = dj.VGFreeEnergy(LJ, chain.cell, 300.0, 12, pinned_species=np.ones(12, bool))
     s = jnp.where(chain.species == 0, 1.0, -1.0)
     plain = float(dj.potential_energy(LJ, chain.positions, chain.species, chain.cell, nb))
-    assert abs(float(vg.average_energy(chain.positions, jnp.full(12, 1e12), s, nb)) - plain) < 1e-9 * abs(plain)
+    average = float(vg.average_energy(dj.DMDState(chain.positions, jnp.full(12, 1e12), s), nb))
+    assert abs(average - plain) < 1e-9 * abs(plain)
 
 
 def test_gradient_matches_finite_differences(mendelev):
@@ -116,7 +117,7 @@ def test_gradient_matches_finite_differences(mendelev):
     s = jnp.asarray(rng.uniform(-0.8, 0.8, n))
     vg = dj.VGFreeEnergy(mendelev, system.cell, 500.0, n)
     nbrs = vg.neighbor_list(system.positions, k, skin=nbrs.skin)  # k down to 1.5: the Gaussians reach 0.99 Å
-    f = jax.jit(lambda x, k, s: vg(x, k, s, nbrs))
+    f = jax.jit(lambda x, k, s: vg(dj.DMDState(x, k, s), nbrs))
     gx, gk, gs = jax.grad(f, argnums=(0, 1, 2))(system.positions, k, s)
     h = 1e-6
     for i in rng.choice(n, 4, replace=False):
@@ -127,8 +128,8 @@ def test_gradient_matches_finite_differences(mendelev):
         fd = (f(system.positions, k, s.at[i].add(h)) - f(system.positions, k, s.at[i].add(-h))) / (2 * h)
         assert abs(float(fd - gs[i])) < 1e-6
     # μ = β⁻¹ artanh(s) + μ^ex
-    mu = vg.chemical_potential(system.positions, k, s, nbrs)
-    mu_ex = vg.excess_chemical_potential(system.positions, k, s, nbrs)
+    mu = vg.chemical_potential(dj.DMDState(system.positions, k, s), nbrs)
+    mu_ex = vg.excess_chemical_potential(dj.DMDState(system.positions, k, s), nbrs)
     np.testing.assert_allclose(np.asarray(mu), np.asarray(gs), atol=1e-12)
     np.testing.assert_allclose(np.asarray(mu - mu_ex), np.arctanh(np.asarray(s)) / float(vg.beta), atol=1e-10)
 
@@ -145,12 +146,13 @@ def test_jit_vmap_over_states_and_temperatures_float32():
     single = [float(eqx.tree_at(lambda v: v.temperature, vg, t)(chain.positions, k, s, nb)) for t in temperatures]
     np.testing.assert_allclose(np.asarray(batched), single, rtol=1e-12)
     states = jnp.stack([s, 0.5 * s, -s])
-    batched = jax.vmap(lambda ss: vg(chain.positions, k, ss, nb))(states)
-    np.testing.assert_allclose(np.asarray(batched), [float(vg(chain.positions, k, ss, nb)) for ss in states],
+    batched = jax.vmap(lambda ss: vg(dj.DMDState(chain.positions, k, ss), nb))(states)
+    np.testing.assert_allclose(np.asarray(batched),
+                               [float(vg(dj.DMDState(chain.positions, k, ss), nb)) for ss in states],
                                rtol=1e-12)
-    f32 = vg(chain.positions.astype(jnp.float32), k.astype(jnp.float32), s.astype(jnp.float32), nb)
+    f32 = vg(dj.DMDState(chain.positions.astype(jnp.float32), k.astype(jnp.float32), s.astype(jnp.float32)), nb)
     assert f32.dtype == jnp.float32
-    f64 = float(vg(chain.positions, k, s, nb))
+    f64 = float(vg(dj.DMDState(chain.positions, k, s), nb))
     assert abs(float(f32) - f64) < 1e-5 * abs(f64)
 
 
@@ -179,7 +181,7 @@ def test_bad_input(kwargs, message):
     if "shape" in kwargs:
         k = k[:7]
     with pytest.raises(ValueError, match=message):
-        vg(jnp.asarray(x), jnp.asarray(k), jnp.asarray(s), nb)
+        vg(dj.DMDState(jnp.asarray(x), jnp.asarray(k), jnp.asarray(s)), nb)
 
 
 def test_bad_temperature_and_quadrature():

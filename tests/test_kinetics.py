@@ -23,9 +23,9 @@ def _chain(n=12, seed=0):
 
 def _laws(chain, nbrs, graph, s, mu_ex, beta=20.0):
     mu = mu_ex + jnp.arctanh(s) / beta
-    vg = dj.VGFreeEnergy(LJ, chain.cell, 1 / (beta * dj.BOLTZMANN_EV_PER_K), chain.n_atoms)
+    vg = dj.VGFreeEnergy(LJ, chain.cell, dj.units.temperature_from_beta(beta), chain.n_atoms)
     k = jnp.full(chain.n_atoms, 40.0)
-    coupling = kinetics.pair_coupling(vg, chain.positions, k, graph)
+    coupling = kinetics.pair_coupling(vg, dj.DMDState(chain.positions, k, s), graph)
     return {
         "K1": kinetics.gradient_flow(s, mu, graph, 0.7),
         "K1-mobility": kinetics.gradient_flow(s, mu, graph, lambda a, b: (1 - a * a) * (1 - b * b)),
@@ -61,11 +61,11 @@ def test_swap_divided_difference_is_exact_and_finite_at_equal_s():
     chain, nbrs, graph, s, _ = _chain(seed=2)
     s = s.at[4].set(s[5])  # one bond with s_i = s_j: the limit, no division
     beta = 20.0
-    vg = dj.VGFreeEnergy(LJ, chain.cell, 1 / (beta * dj.BOLTZMANN_EV_PER_K), chain.n_atoms)
+    vg = dj.VGFreeEnergy(LJ, chain.cell, dj.units.temperature_from_beta(beta), chain.n_atoms)
     k = jnp.full(chain.n_atoms, 40.0)
-    average = lambda s: vg.average_energy(chain.positions, k, s, nbrs)  # noqa: E731
+    average = lambda s: vg.average_energy(dj.DMDState(chain.positions, k, s), nbrs)  # noqa: E731
     mu_ex = jax.grad(average)(s)
-    coupling = kinetics.pair_coupling(vg, chain.positions, k, graph)
+    coupling = kinetics.pair_coupling(vg, dj.DMDState(chain.positions, k, s), graph)
     divided = kinetics.swap_divided_difference(s, mu_ex, coupling, graph)
     assert bool(jnp.all(jnp.isfinite(divided)))
     idx, mask = np.asarray(graph.idx), np.asarray(graph.mask)

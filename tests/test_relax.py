@@ -17,7 +17,7 @@ def test_harmonic_chain_relaxed_stiffness_is_exact():
     nbrs = dj.neighbor_list(chain.positions, chain.cell, potential.cutoff, skin=0.3)
     vg = dj.VGFreeEnergy(potential, chain.cell, 200.0, n, pinned=chain.pinned)
     start = chain.positions + 0.04 * np.random.default_rng(0).normal(size=(n, 1)) * (np.arange(n) > 0)[:, None]
-    result = dj.relax(vg, start, jnp.zeros(n), nbrs, stiffness=jnp.full(n, 3.0), tolerance=1e-12)
+    result = dj.relax(vg, dj.DMDState(start, jnp.full(n, 3.0), jnp.zeros(n)), nbrs, tolerance=1e-12)
     expected = np.r_[2 * kappa * np.ones(n - 2), kappa]
     np.testing.assert_allclose(np.asarray(result.stiffness)[1:], expected, rtol=1e-10)
     np.testing.assert_allclose(np.asarray(result.positions)[:, 0], np.arange(n), atol=1e-10)
@@ -40,12 +40,12 @@ def _covering_list(vg, chain, s, skin=0.5):
     """A list built where the chain relaxes (it stretches by up to 0.8 Å, past a 0.5 Å skin's
     reach from the start): what a relaxation inside jit or grad, which cannot rebuild, needs."""
     nbrs = dj.neighbor_list(chain.positions, chain.cell, vg.potential.cutoff, skin=skin)
-    return dj.relax(vg, chain.positions, s, nbrs).neighbors
+    return dj.relax(vg, vg.initial_state(chain.positions, s, nbrs), nbrs).neighbors
 
 
 def _relaxed(epsilon_ab, sigma_ab, temperature, s, nbrs, chain):
     vg, _ = _lj_chain(epsilon_ab, sigma_ab, temperature)
-    result = dj.relax(vg, chain.positions, s, nbrs, tolerance=1e-11)
+    result = dj.relax(vg, vg.initial_state(chain.positions, s, nbrs), nbrs, tolerance=1e-11)
     return jnp.concatenate([result.positions[:, 0], result.stiffness])
 
 
@@ -77,7 +77,7 @@ def test_relaxed_free_energy_gradient_in_temperature_is_the_envelope():
 
     def relaxed_free_energy(temperature):
         v = eqx.tree_at(lambda v: v.temperature, vg, temperature)
-        return dj.relax(v, chain.positions, s, nbrs, tolerance=1e-11).free_energy
+        return dj.relax(v, v.initial_state(chain.positions, s, nbrs), nbrs, tolerance=1e-11).free_energy
 
     gradient = float(jax.grad(relaxed_free_energy)(150.0))
     fd = float((relaxed_free_energy(150.5) - relaxed_free_energy(149.5)) / 1.0)
@@ -89,16 +89,17 @@ def test_vmap_relax_over_temperatures_and_warm_start():
     s = jnp.zeros(chain.n_atoms)
     nbrs = _covering_list(eqx.tree_at(lambda v: v.temperature, vg, 150.0), chain, s)
     temperatures = jnp.array([50.0, 150.0, 300.0])
+    start = vg.initial_state(chain.positions, s, nbrs)
     batched = eqx.filter_jit(jax.vmap(
-        lambda t: dj.relax(eqx.tree_at(lambda v: v.temperature, vg, t), chain.positions, s, nbrs)))(temperatures)
+        lambda t: dj.relax(eqx.tree_at(lambda v: v.temperature, vg, t), start, nbrs)))(temperatures)
     for i, t in enumerate([50.0, 150.0, 300.0]):
-        single = dj.relax(eqx.tree_at(lambda v: v.temperature, vg, t), chain.positions, s, nbrs)
+        single = dj.relax(eqx.tree_at(lambda v: v.temperature, vg, t), start, nbrs)
         np.testing.assert_allclose(np.asarray(batched.stiffness[i]), np.asarray(single.stiffness), rtol=1e-6)
     # Hotter: softer Gaussians (anharmonic LJ) and larger mean spacing.
     assert np.all(np.diff(np.asarray(batched.stiffness)[:, 1:5].mean(1)) < 0)
-    cold = dj.relax(vg, chain.positions, s, nbrs)
-    warm = dj.relax(vg, cold.positions, s + 0.01, nbrs, stiffness=cold.stiffness)
-    fresh = dj.relax(vg, chain.positions, s + 0.01, nbrs)
+    cold = dj.relax(vg, vg.initial_state(chain.positions, s, nbrs), nbrs)
+    warm = dj.relax(vg, dj.DMDState(cold.positions, cold.stiffness, s + 0.01), nbrs)
+    fresh = dj.relax(vg, vg.initial_state(chain.positions, s + 0.01, nbrs), nbrs)
     assert int(warm.iterations) < int(fresh.iterations)
     assert float(warm.free_energy) == pytest.approx(float(fresh.free_energy), abs=1e-9)
 
@@ -108,8 +109,8 @@ def test_non_convergence_is_reported():
     s = jnp.zeros(chain.n_atoms)
     nbrs = dj.neighbor_list(chain.positions, chain.cell, vg.potential.cutoff, skin=0.5)
     with pytest.raises(eqx.EquinoxRuntimeError, match="relaxation of \\(X, k\\) did not converge"):
-        dj.relax(vg, chain.positions, s, nbrs, max_steps=2)
-    flagged = dj.relax(vg, chain.positions, s, nbrs, max_steps=2, throw=False)
+        dj.relax(vg, vg.initial_state(chain.positions, s, nbrs), nbrs, max_steps=2)
+    flagged = dj.relax(vg, vg.initial_state(chain.positions, s, nbrs), nbrs, max_steps=2, throw=False)
     assert not bool(flagged.converged) and int(flagged.iterations) == 2 and float(flagged.gradient_norm) > 1e-6
 
 
@@ -120,7 +121,7 @@ def test_fcc_aluminium_relaxes(mendelev):
     nbrs = dj.neighbor_list(system.positions, system.cell, mendelev.cutoff, skin=0.5)
     vg = dj.VGFreeEnergy(mendelev, system.cell, 300.0, n)
     s = jnp.ones(n) * 0.98  # nearly pure Al
-    result = dj.relax(vg, system.positions, s, nbrs)
+    result = dj.relax(vg, vg.initial_state(system.positions, s, nbrs), nbrs)
     assert bool(result.converged)
     k = np.asarray(result.stiffness)
     assert k.std() < 1e-6 * k.mean()  # every site equivalent
@@ -152,7 +153,7 @@ def test_site_hessian_trace_matches_the_full_hessian(kind, mendelev):
 def test_newton_matches_lbfgs_with_a_coloured_hessian():
     """method="newton": the compressed Hessian equals jax.hessian (a pair chain), the
     minimum equals L-BFGS's, in a handful of iterations, and the implicit gradient agrees."""
-    from dmdjax.relax import _dense_hessian, hessian_colouring
+    from dmdjax.relax import dense_hessian, hessian_colouring
 
     lj = dj.LennardJones([[1.0, 0.92], [0.92, 1.0]], [[1.0, 1.05], [1.05, 1.1]], species=("A", "B"), cutoff=2.7)
     n = 24
@@ -167,24 +168,31 @@ def test_newton_matches_lbfgs_with_a_coloured_hessian():
     for model, x, order, neighbours in ((vg, chain.positions, s, nbrs),):
         z = jnp.concatenate([x, jnp.log(jnp.full((x.shape[0], 1), 20.0))], axis=1)
         d = x.shape[1]
-        objective = lambda z: model(z[:, :d], jnp.exp(z[:, d]), order, neighbours)
-        dense = _dense_hessian(jax.grad(objective), z, hessian_colouring(model, neighbours))
+        objective = lambda z: model(dj.DMDState(z[:, :d], jnp.exp(z[:, d]), order), neighbours)
+        dense = dense_hessian(jax.grad(objective), z, hessian_colouring(model, neighbours))
         exact = jax.hessian(objective)(z).reshape(dense.shape)
         np.testing.assert_allclose(np.asarray(dense), np.asarray(exact), atol=1e-9 * float(jnp.max(jnp.abs(exact))))
 
-    newton = dj.relax(vg, chain.positions, s, nbrs, method="newton", tolerance=1e-10)
-    lbfgs = dj.relax(vg, chain.positions, s, nbrs, tolerance=1e-10, max_steps=20000)
+    newton = dj.relax(vg, vg.initial_state(chain.positions, s, nbrs), nbrs, method="newton", tolerance=1e-10)
+    lbfgs = dj.relax(vg, vg.initial_state(chain.positions, s, nbrs), nbrs, tolerance=1e-10, max_steps=20000)
     assert bool(newton.converged) and int(newton.iterations) <= 10 < int(lbfgs.iterations)
     np.testing.assert_allclose(np.asarray(newton.positions), np.asarray(lbfgs.positions), atol=1e-8)
     np.testing.assert_allclose(np.asarray(newton.stiffness), np.asarray(lbfgs.stiffness), rtol=1e-8)
     # Under grad the relaxation cannot rebuild its list: give it the one the relaxed chain needs.
     relaxed_nbrs = newton.neighbors
     relaxed_colouring = hessian_colouring(vg, relaxed_nbrs)
-    energy = lambda order, method: dj.relax(vg, chain.positions, order, relaxed_nbrs, method=method,
-                                            colouring=relaxed_colouring, tolerance=1e-10, max_steps=20000).free_energy
+    start = vg.initial_state(chain.positions, s, relaxed_nbrs)
+
+    def energy(order, method):
+        return dj.relax(vg, dj.DMDState(start.positions, start.stiffness, order), relaxed_nbrs, method=method, colouring=relaxed_colouring, tolerance=1e-10,
+                        max_steps=20000).free_energy
+
     gradient = jax.grad(energy)(s, "newton")
     step = 1e-5 * jnp.asarray(np.cos(np.arange(n)))
     finite = (energy(s + step, "newton") - energy(s - step, "newton")) / 2
     assert float(jnp.dot(gradient, step)) == pytest.approx(float(finite), rel=1e-6)
     with pytest.raises(ValueError, match="method"):
-        dj.relax(vg, chain.positions, s, nbrs, method="bfgs")
+        dj.relax(vg, vg.initial_state(chain.positions, s, nbrs), nbrs, method="bfgs")
+    # The method is chosen explicitly, never inferred from an optional argument.
+    with pytest.raises(ValueError, match="colouring is for method='newton'"):
+        dj.relax(vg, vg.initial_state(chain.positions, s, nbrs), nbrs, colouring=colouring)

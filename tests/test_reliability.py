@@ -36,7 +36,7 @@ def test_a_frame_fed_back_gives_its_own_free_energy(tmp_path, capsys, mendelev):
     s = jnp.asarray(rng.uniform(0.2, 0.98, system.n_atoms))  # mostly Al: s = +1 is Al
     vg = dj.VGFreeEnergy(mendelev, system.cell, 600.0, system.n_atoms, species=SPECIES)
     nbrs = dj.neighbor_list(system.positions, system.cell, mendelev.cutoff)
-    relaxed = dj.relax(vg, system.positions, s, nbrs)
+    relaxed = dj.relax(vg, vg.initial_state(system.positions, s, nbrs), nbrs)
     trajectory = dmd.Trajectory(jnp.zeros(1), s[None], relaxed.positions[None], relaxed.stiffness[None],
                                 relaxed.free_energy[None], {})
     path = tmp_path / "frames.extxyz"
@@ -88,18 +88,19 @@ def test_relax_of_a_free_cluster_is_not_computed_from_a_stale_list(mendelev):
     system, s = _cluster(mendelev)
     vg = dj.VGFreeEnergy(mendelev, system.cell, 600.0, system.n_atoms)
     nbrs = dj.neighbor_list(system.positions, system.cell, mendelev.cutoff, skin=0.5)
-    result = dj.relax(vg, system.positions, s, nbrs)
+    result = dj.relax(vg, vg.initial_state(system.positions, s, nbrs), nbrs)
     moved = float(jnp.max(jnp.linalg.norm(result.positions - system.positions, axis=1)))
     assert moved > 0.25  # beyond what the 0.5 Å skin allows: the list had to be rebuilt
     complete = _complete_list(system, mendelev)
-    exact = float(vg(result.positions, result.stiffness, s, complete))
+    exact = float(vg(result.state, complete))
     assert float(result.free_energy) == pytest.approx(exact, abs=1e-9)
-    assert float(vg.neighbor_fault(result.positions, result.stiffness, result.neighbors)) <= 0
+    assert float(vg.neighbor_fault(result.state, result.neighbors)) <= 0
     # Evaluating with the original (stale) list is refused, not answered.
     with pytest.raises(ValueError, match="stale neighbour list"):
-        vg(result.positions, result.stiffness, s, nbrs)
+        vg(result.state, nbrs)
     # Inside jit no list can be rebuilt: the stale result is reported as not converged.
-    jitted = jax.jit(lambda x, k: dj.relax(vg, x, s, nbrs, k, throw=False))(system.positions, result.stiffness)
+    jitted = jax.jit(lambda x, k: dj.relax(vg, dj.DMDState(x, k, s), nbrs, throw=False))(system.positions,
+                                                                                    result.stiffness)
     assert not bool(jitted.converged)
 
 
@@ -108,13 +109,12 @@ def test_a_dmd_run_on_a_free_cluster_matches_a_complete_list(mendelev):
     vg = dj.VGFreeEnergy(mendelev, system.cell, 600.0, system.n_atoms)
     nbrs = dj.neighbor_list(system.positions, system.cell, mendelev.cutoff, skin=0.5)
     law = dmd.MasterEquation(1.0, 0.0)
-    trajectory = dmd.run(vg, system.positions, s, nbrs, law, [0.0, 0.5, 2.0], kinetic_cutoff=3.5,
+    trajectory = dmd.run(vg, vg.initial_state(system.positions, s, nbrs), nbrs, law, [0.0, 0.5, 2.0], kinetic_cutoff=3.5,
                          relax_at="interval", rtol=1e-6, atol=1e-8)
     assert trajectory.neighbor_builds  # the run rebuilt its list
     complete = _complete_list(system, mendelev)
     for index in range(trajectory.time.shape[0]):
-        exact = vg(trajectory.positions[index], trajectory.stiffness[index], trajectory.order_parameter[index],
-                   complete)
+        exact = vg(trajectory.state[index], complete)
         assert float(trajectory.free_energy[index]) == pytest.approx(float(exact), abs=1e-9)
 
 
@@ -130,8 +130,8 @@ def test_free_energy_does_not_depend_on_the_skin(mendelev):
     k = jnp.full(n, 2.0)  # soft: σ_ij = 0.23 Å, the 8-node rule reaches 0.94 Å past the cut-off
     assert float(vg.reach(k)) == pytest.approx(4.14454 * np.sqrt(2 / (vg.beta * 2.0)), rel=1e-4)
     with pytest.raises(ValueError, match="Gaussians' reach"):
-        vg(system.positions, k, s, plain)
-    values = [float(vg(system.positions, k, s, vg.neighbor_list(system.positions, k, skin=skin)))
+        vg(dj.DMDState(system.positions, k, s), plain)
+    values = [float(vg(dj.DMDState(system.positions, k, s), vg.neighbor_list(system.positions, k, skin=skin)))
               for skin in (0.5, 1.0, 2.0)]
     assert max(values) - min(values) <= 1e-11 * abs(values[0])
 
@@ -148,17 +148,16 @@ def test_newton_does_not_stop_at_a_saddle():
     nbrs = dj.neighbor_list(line, cell, lj.cutoff, skin=3.0)
     vg = dj.VGFreeEnergy(lj, cell, 100.0, 3)
     s = jnp.zeros(3)
-    saddle = dj.relax(vg, line, s, nbrs, tolerance=1e-10)
+    saddle = dj.relax(vg, vg.initial_state(line, s, nbrs), nbrs, tolerance=1e-10)
     np.testing.assert_allclose(np.asarray(saddle.positions)[:, 1:], 0.0, atol=1e-12)  # still collinear
 
     def curvature(result):
         z = jnp.concatenate([result.positions, jnp.log(result.stiffness)[:, None]], axis=1)
-        objective = lambda z: vg(z[:, :3], jnp.exp(z[:, 3]), s, result.neighbors)
+        objective = lambda z: vg(dj.DMDState(z[:, :3], jnp.exp(z[:, 3]), s), result.neighbors)
         return np.linalg.eigvalsh(np.asarray(jax.hessian(objective)(z).reshape(z.size, z.size)))
 
     assert curvature(saddle)[0] < -0.1  # bending
-    newton = dj.relax(vg, saddle.positions, s, saddle.neighbors, saddle.stiffness, method="newton",
-                      tolerance=1e-10)
+    newton = dj.relax(vg, saddle.state, saddle.neighbors, method="newton", tolerance=1e-10)
     assert bool(newton.converged) and float(newton.gradient_norm) <= 1e-10
     assert float(newton.free_energy) < float(saddle.free_energy) - 0.1
     assert curvature(newton)[0] > -1e-6  # a minimum (rigid motions are zero modes)
@@ -168,7 +167,7 @@ def test_newton_does_not_stop_at_a_saddle():
 def test_newton_hessian_memory_is_bounded(mendelev):
     """A free 108-atom EAM cluster: every atom a colour, 432 Hessian-vector products. All at once
     they needed 6.6 GB of temporaries (7.7 GB inside dmd.run); in blocks of 32, 0.57 GB."""
-    from dmdjax.relax import _dense_hessian, hessian_colouring
+    from dmdjax.relax import dense_hessian, hessian_colouring
 
     system, s = _cluster(mendelev, repeats=(3, 3, 3), seed=0)
     vg = dj.VGFreeEnergy(mendelev, system.cell, 600.0, system.n_atoms)
@@ -176,8 +175,8 @@ def test_newton_hessian_memory_is_bounded(mendelev):
     colouring = hessian_colouring(vg, nbrs)
     assert colouring.n_colours == system.n_atoms == 108
     z = jnp.concatenate([system.positions, jnp.full((system.n_atoms, 1), 1.5)], axis=1)
-    gradient = jax.grad(lambda z: vg(z[:, :3], jnp.exp(z[:, 3]), s, nbrs))
-    compiled = jax.jit(lambda z: _dense_hessian(gradient, z, colouring)).lower(z).compile()
+    gradient = jax.grad(lambda z: vg(dj.DMDState(z[:, :3], jnp.exp(z[:, 3]), s), nbrs))
+    compiled = jax.jit(lambda z: dense_hessian(gradient, z, colouring)).lower(z).compile()
     assert compiled.memory_analysis().temp_size_in_bytes < 1.5e9
 
 

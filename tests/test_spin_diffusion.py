@@ -20,10 +20,10 @@ def _states(sampler, key, spins, times, n_replicas):
     """Full replica states at ``times`` (the low-level init/advance pair)."""
     keys = jax.random.split(key, n_replicas)
     x0 = jnp.broadcast_to(sampler.reference_positions, (n_replicas,) + sampler.reference_positions.shape)
-    states = sd._init_replicas(sampler, keys, x0, jnp.broadcast_to(spins, (n_replicas, spins.shape[0])))
+    states = sd.init_replicas(sampler, keys, x0, jnp.broadcast_to(spins, (n_replicas, spins.shape[0])))
     out = []
     for t in times:
-        states = sd._advance_replicas(sampler, states, jnp.asarray(t))
+        states = sd.advance_replicas(sampler, states, jnp.asarray(t))
         out.append(states)
     return out
 
@@ -120,7 +120,8 @@ def test_gaussian_rate_average_matches_monte_carlo():
     kt, pinned = 0.2, np.arange(8) == 0  # atom 0 pinned: no translation mode
     spins = jnp.array([1.0, 1, -1, 1, -1, -1, 1, -1])
     lattice = _lj_chain(8, mode="scale-separated", kt=kt, rate_average="gaussian", skin=1.0, pinned=pinned)
-    reference = dj.relax(lattice.free_energy, lattice.reference_positions, spins, lattice.neighbors)
+    vg = lattice.free_energy
+    reference = dj.relax(vg, vg.initial_state(lattice.reference_positions, spins, lattice.neighbors), lattice.neighbors)
     # The sampler's lattice (its list's reference) at the relaxed chain, which is about 1 Å longer.
     nbrs = dj.neighbor_list(reference.positions, lattice.free_energy.cell, LJ.cutoff, skin=0.4)
     sampler = sd.spin_diffusion_sampler(LJ, reference.positions, lattice.free_energy.cell, nbrs,

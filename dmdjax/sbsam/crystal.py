@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ..units import BOLTZMANN_EV_PER_K
+from ..units import beta_from_temperature, temperature_from_thermal_energy, thermal_energy
 from .lattice import MorseLattice
 from .stress import bond_stress
 
@@ -151,7 +151,7 @@ class MorseCrystal(MorseLattice):
         """−β∇_X V(X, Y) with the outer atoms held fixed, 1/Å: at their deformed sites (the clamped
         baseline) or with the :attr:`neighbours` displaced by ``neighbours`` ``(k, 2)`` Å (the
         mean-field score with ``neighbours`` = R u_X, :meth:`mean_field_response`)."""
-        beta = 1.0 / (BOLTZMANN_EV_PER_K * temperature)
+        beta = beta_from_temperature(temperature)
         return -beta * jax.grad(self.clamped_energy)(inner, deformation, neighbours)
 
     def hessian(self, deformation, order=None) -> Float[Array, "2n 2n"]:
@@ -241,7 +241,7 @@ class MorseCrystal(MorseLattice):
         points, weights = np.polynomial.hermite_e.hermegauss(nodes)
         grid = np.stack(np.meshgrid(points, points, indexing="ij"), axis=-1).reshape(-1, 2)
         weight = (weights[:, None] * weights[None, :]).reshape(-1) / (2.0 * np.pi)
-        scale = jnp.sqrt(BOLTZMANN_EV_PER_K * temperature)
+        scale = jnp.sqrt(thermal_energy(temperature))
         shifts = scale * jnp.einsum("kij,qj->qki", spread, jnp.asarray(grid, inner.dtype))
 
         def energy(x):  # the inner bonds once, the crossing bonds at every node
@@ -249,7 +249,7 @@ class MorseCrystal(MorseLattice):
                 shifts)
             return self.clamped_energy(x, deformation, bonds="inner") + jnp.vdot(jnp.asarray(weight, x.dtype), crossing)
 
-        return -jax.grad(energy)(inner) / (BOLTZMANN_EV_PER_K * temperature)
+        return -jax.grad(energy)(inner) * beta_from_temperature(temperature)
 
     def full_displacement(self, inner, outer) -> Float[Array, "n 2"]:
         """All displacements (n, 2) from the inner (m, 2) and outer (n − m, 2) ones."""
@@ -312,7 +312,7 @@ def sample_full(crystal: MorseCrystal, key, deformations, temperatures, *, repli
     _, shift = space.free()
     init, apply = simulate.nvt_langevin(lambda u, deformation: crystal.energy(u, deformation), shift, time_step,
                                         kT=1.0, gamma=friction)
-    kts = BOLTZMANN_EV_PER_K * temperatures
+    kts = thermal_energy(temperatures)
     batch_f = jnp.repeat(deformations, replicas, axis=0)
     batch_kt = jnp.repeat(kts, replicas)
     zero = jnp.zeros((crystal.n_atoms, 2), dtype)
@@ -327,7 +327,7 @@ def sample_full(crystal: MorseCrystal, key, deformations, temperatures, *, repli
         u = state.position - jnp.mean(state.position, axis=0)
         inner = u[crystal.inner]
         energy, gradient = jax.value_and_grad(crystal.energy)(u, f)
-        temperature = kt / BOLTZMANN_EV_PER_K
+        temperature = temperature_from_thermal_energy(kt)
         far = second_vectors @ f.T + u[second[:, 1]] - u[second[:, 0]]
         return (inner, -gradient[crystal.inner] / kt, crystal.inner_stress(inner, f, temperature),
                 crystal.stress(u, f, temperature), crystal.translated_inner_stress(u, f, temperature),

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ..units import BOLTZMANN_EV_PER_K
+from ..units import beta_from_temperature, thermal_energy
 from .lattice import MorseLattice
 from .stress import bond_stress
 
@@ -78,19 +78,19 @@ class HarmonicLattice(MorseLattice):
 
     def score(self, displacement: Float[Array, "m dim"], deformation, temperature) -> Float[Array, "m dim"]:
         """The exact score ∇_{u_X} log ρ_e = −β S(F) u_X, 1/Å."""
-        beta = 1.0 / (BOLTZMANN_EV_PER_K * temperature)
+        beta = beta_from_temperature(temperature)
         flat = jnp.reshape(displacement, (-1,))
         return jnp.reshape(-beta * self.inner_stiffness(deformation) @ flat, jnp.shape(displacement))
 
     def inner_covariance(self, deformation, temperature) -> Float[Array, "inner inner"]:
         """Covariance of u_X, k_BT S⁻¹, Å²."""
-        return BOLTZMANN_EV_PER_K * temperature * jnp.linalg.inv(self.inner_stiffness(deformation))
+        return thermal_energy(temperature) * jnp.linalg.inv(self.inner_stiffness(deformation))
 
     def sample(self, key, deformation, temperature, n_samples: int):
         """Exact canonical samples of the full system: ``(inner (S, m, 2), outer (S, n_out, 2),
         force_target (S, m, 2))``, displacements in Å and the force-matching target −β∇_X V in 1/Å."""
         stiffness = self.stiffness_matrix(deformation)
-        kt = BOLTZMANN_EV_PER_K * temperature
+        kt = thermal_energy(temperature)
         cholesky = jnp.linalg.cholesky(stiffness)
         noise = jax.random.normal(key, (n_samples, stiffness.shape[0]), stiffness.dtype)
         # u = √(k_BT) L⁻ᵀ z has covariance k_BT (L Lᵀ)⁻¹ = k_BT K⁻¹
@@ -104,7 +104,7 @@ class HarmonicLattice(MorseLattice):
     def clamped_covariance(self, deformation, temperature) -> Float[Array, "inner inner"]:
         """Covariance of u_X with the outer atoms clamped at the lattice sites, k_BT K_XX⁻¹, Å²."""
         m = 2 * self.n_inner
-        return BOLTZMANN_EV_PER_K * temperature * jnp.linalg.inv(self.stiffness_matrix(deformation)[:m, :m])
+        return thermal_energy(temperature) * jnp.linalg.inv(self.stiffness_matrix(deformation)[:m, :m])
 
     def exact_inner_stress(self, deformation, temperature, covariance=None, nodes: int = 16):
         """⟨inner stress⟩ over the Gaussian with ``covariance`` of u_X (default the exact marginal,

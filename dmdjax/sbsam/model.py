@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..units import BOLTZMANN_EV_PER_K
+from ..units import thermal_energy
 
 
 class ScoreMLP(nn.Module):
@@ -255,7 +255,7 @@ class BoundaryCorrection(nn.Module):
 
 def thermal_length(temperature, stiffness_scale: float):
     """ℓ = √(k_BT/κ₀), Å."""
-    return jnp.sqrt(BOLTZMANN_EV_PER_K * jnp.asarray(temperature) / stiffness_scale)
+    return jnp.sqrt(thermal_energy(temperature) / stiffness_scale)
 
 
 def score_in_angstrom(model: ScoreMLP, params, displacement, deformation, temperature, stiffness_scale: float,

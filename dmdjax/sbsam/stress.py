@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ..units import BOLTZMANN_EV_PER_K
+from ..units import thermal_energy
 
 
 def periodic_stress(energy: Callable, positions: Float[Array, "n d"], deformation: Float[Array, "d d"],
@@ -43,7 +43,7 @@ def periodic_stress(energy: Callable, positions: Float[Array, "n d"], deformatio
     deformation = jnp.asarray(deformation)
     scaled = positions @ jnp.linalg.inv(deformation).T
     derivative = jax.grad(lambda f: energy(scaled @ f.T, f))(deformation)
-    kinetic = positions.shape[0] * BOLTZMANN_EV_PER_K * temperature * jnp.linalg.inv(deformation).T
+    kinetic = positions.shape[0] * thermal_energy(temperature) * jnp.linalg.inv(deformation).T
     return (derivative - kinetic) / reference_volume
 
 
@@ -64,7 +64,7 @@ def bond_stress(pair_derivative: Callable, bond_vectors: Float[Array, "b d"], de
     virial = jnp.einsum("b,bi,bj->ij", force, bond_vectors, bond_vectors @ inverse.T)
     bonds = bond_vectors.shape[0] if weights is None else jnp.sum(weights)
     atoms = 2.0 * bonds / coordination
-    kinetic = atoms * BOLTZMANN_EV_PER_K * temperature * inverse.T
+    kinetic = atoms * thermal_energy(temperature) * inverse.T
     return (virial - kinetic) / (atoms * atom_volume)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import dmd, io
 from ..potentials import load_eam
-from ..units import BOLTZMANN_EV_PER_K
+from ..units import beta_from_temperature
 
 SPECIES = ("Al", "Mg")  # s = +1 Al, s = −1 Mg
 
@@ -69,7 +69,7 @@ def validate_parameters(p, positive=()) -> None:
 def arrhenius_rate(p) -> float:
     """Γ₀ = ν e^{−Q/k_BT} (per unit time) of study parameters ``p`` (``attempt_frequency``,
     ``activation_energy``, ``temperature``)."""
-    return p.attempt_frequency * float(np.exp(-p.activation_energy / (BOLTZMANN_EV_PER_K * p.temperature)))
+    return p.attempt_frequency * float(np.exp(-p.activation_energy * beta_from_temperature(p.temperature)))
 
 
 def save_times(p) -> np.ndarray:
@@ -95,7 +95,8 @@ def run_kinetics(p, vg, positions, neighbors, output, *, resume: bool, overwrite
     resumed_from = len(dmd.load_trajectory(checkpoint).time) if resume and checkpoint.exists() else 0
     s0 = jnp.full(positions.shape[0], 1.0 - 2.0 * p.concentration, positions.dtype)
     law = dmd.MasterEquation(p.attempt_frequency, p.activation_energy)
-    trajectory = dmd.run(vg, positions, s0, neighbors, law, save_times(p), kinetic_cutoff=p.kinetic_cutoff,
+    trajectory = dmd.run(vg, vg.initial_state(positions, s0, neighbors), neighbors, law, save_times(p),
+                         kinetic_cutoff=p.kinetic_cutoff,
                          relax_at="interval", rtol=p.rtol, atol=p.atol, max_steps=p.max_steps, output=checkpoint,
                          resume=resume and checkpoint.exists(), overwrite=overwrite, progress=progress)
     return trajectory, resumed_from
@@ -111,9 +112,10 @@ def write_frames(path, vg, template, trajectory, neighbors, rate, arrays=None) -
     """
     frames, per_atom, info = [], [], []
     for index in range(trajectory.time.shape[0]):
-        x, k, s = trajectory.positions[index], trajectory.stiffness[index], trajectory.order_parameter[index]
-        neighbors = vg.covering_neighbors(x, k, neighbors)  # rebuilt where the run had to rebuild its list
-        energy = vg.site_free_energies(x, k, s, neighbors)
+        state = trajectory.state[index]
+        x, k, s = state.positions, state.stiffness, state.order_parameter
+        neighbors = vg.covering_neighbors(state, neighbors)  # rebuilt where the run had to rebuild its list
+        energy = vg.site_free_energies(state, neighbors)
         frames.append(eqx.tree_at(lambda system: system.positions, template, x))
         per_atom.append({**io.concentration_arrays(1.0 - mg_fraction(s), SPECIES), "k": np.asarray(k),
                          "site_free_energy": np.asarray(energy), **(arrays or {})})
@@ -144,3 +146,16 @@ def time_line(summary: dict, output) -> str:
     return (f"physical time reached {summary['time_reached']:.4g} (run units); wall time "
             f"{summary['wall_time_s']['total']:.1f} s on {summary['device']} ({summary['platform']}); "
             f"files in {output}/")
+
+
+def langmuir_mclean(bulk, segregation_energy: float, temperature: float):
+    """Surface concentration of the isotherm c_s/(1 − c_s) = c_b/(1 − c_b) e^{−E_seg/k_BT}."""
+    bulk = np.asarray(bulk, dtype=float)
+    ratio = bulk / (1.0 - bulk) * np.exp(-segregation_energy * np.asarray(beta_from_temperature(temperature)))
+    return ratio / (1.0 + ratio)
+
+
+def centre_mean(layer_values: np.ndarray) -> np.ndarray:
+    """Mean over the two middle layers (the 'bulk' of the slab)."""
+    n = layer_values.shape[-1]
+    return layer_values[..., (n - 1) // 2: n // 2 + 1].mean(axis=-1)

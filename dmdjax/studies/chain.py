@@ -57,7 +57,8 @@ from ..neighbors import neighbor_list
 from ..potentials import LennardJones
 from ..relax import hessian_colouring, relax
 from ..systems import chain
-from ..units import BOLTZMANN_EV_PER_K
+from ..state import DMDState
+from ..units import temperature_from_thermal_energy
 
 FIGURES = ("fig_a_spacetime.png", "fig_b_sizes.png", "fig_c_sampler.png", "fig_d_equilibrium.png")
 
@@ -159,9 +160,18 @@ class ChainParameters:
             raise ValueError(f"mobility must be positive or None; got {self.mobility!r}")
         return self
 
+    def __post_init__(self):
+        self._checked()
+
     @property
     def beta(self) -> float:
+        """β = 1/k_BT, 1/eV."""
         return 1.0 / self.kt
+
+    @property
+    def temperature(self) -> float:
+        """T in K: ``kt`` (the documented input, eV) converted at the boundary."""
+        return float(temperature_from_thermal_energy(self.kt))
 
     @property
     def spacing(self) -> float:
@@ -203,7 +213,8 @@ def load_parameters(path: str | os.PathLike, base: ChainParameters | None = None
 
 class ChainModel(NamedTuple):
     """One chain: its potential, VG free energy, lattice ``(N, 1)`` Å, neighbour list,
-    initial s ``(N,)`` and the pinned atoms / pinned species ``(N,)``."""
+    initial s ``(N,)``, the pinned atoms / pinned species ``(N,)`` and the initial
+    :class:`~dmdjax.DMDState` (lattice, first-guess k, s(0))."""
 
     potential: LennardJones
     vg: VGFreeEnergy
@@ -212,6 +223,7 @@ class ChainModel(NamedTuple):
     s0: jnp.ndarray
     pinned: np.ndarray
     pinned_species: np.ndarray
+    state: DMDState
 
 
 def chain_model(p: ChainParameters, n_sites: int, dtype=jnp.float64) -> ChainModel:
@@ -226,20 +238,19 @@ def chain_model(p: ChainParameters, n_sites: int, dtype=jnp.float64) -> ChainMod
     system = chain(n_sites, p.spacing, pinned=pinned)
     positions = system.positions.astype(dtype)
     neighbors = neighbor_list(positions, system.cell, potential.cutoff, skin=1.0)
-    vg = VGFreeEnergy(potential, system.cell, p.kt / BOLTZMANN_EV_PER_K, n_sites, pinned=pinned,
+    vg = VGFreeEnergy(potential, system.cell, p.temperature, n_sites, pinned=pinned,
                       pinned_species=pinned_species)
     s0 = jnp.asarray(initial_order_parameter(n_sites, p.contrast), dtype)
-    return ChainModel(potential, vg, positions, neighbors, s0, pinned, pinned_species)
+    return ChainModel(potential, vg, positions, neighbors, s0, pinned, pinned_species,
+                      vg.initial_state(positions, s0, neighbors))
 
 
 class SolveSetup(NamedTuple):
     """What :func:`dmdjax.dmd.solve` needs for a chain besides the model: the Hessian colouring
-    (Newton relaxations), (X, k) relaxed at s(0) ``(N, 1)``, ``(N,)`` (the warm start) and the
-    kinetic bond graph."""
+    (Newton relaxations), the state relaxed at s(0) (the start) and the kinetic bond graph."""
 
     colouring: object
-    positions: jnp.ndarray
-    stiffness: jnp.ndarray
+    state: DMDState
     graph: kinetics.BondGraph
 
 
@@ -254,8 +265,8 @@ def solve_setup(p: ChainParameters, model: ChainModel, like: SolveSetup | None =
                                     pinned_species=vg.pinned_species)
     else:
         colouring, graph = like.colouring, like.graph
-    start = relax(vg, model.positions, model.s0, neighbors, colouring=colouring, tolerance=p.relax_tolerance)
-    return SolveSetup(colouring, start.positions, start.stiffness, graph)
+    start = relax(vg, model.state, neighbors, method="newton", colouring=colouring, tolerance=p.relax_tolerance)
+    return SolveSetup(colouring, start.state, graph)
 
 
 def initial_order_parameter(n_sites: int, contrast: float) -> np.ndarray:
@@ -277,13 +288,13 @@ def run_dmd_models(p: ChainParameters, model: ChainModel, t_end: float, output: 
                    progress: bool = False) -> dict:
     """K1 (DMD, k_c) and K2 (mean-field spin-diffusion, exact swap rates) for one chain, written
     to ``output/k1_n{N}.npz`` and ``output/k2_n{N}.npz``."""
-    vg, positions, neighbors, s0 = model.vg, model.positions, model.neighbors, model.s0
-    n_sites = positions.shape[0]
+    vg, neighbors = model.vg, model.neighbors
+    n_sites = model.positions.shape[0]
     laws = {"K1": dmd.GradientFlow(p.k1_mobility), "K2": dmd.SpinDiffusion(p.tau, "exact")}
     out = {}
     for name, law in laws.items():
         path = None if output is None else output / f"{name.lower()}_n{n_sites}.npz"
-        out[name] = dmd.run(vg, positions, s0, neighbors, law, _times(t_end, p.n_frames),
+        out[name] = dmd.run(vg, model.state, neighbors, law, _times(t_end, p.n_frames),
                             kinetic_cutoff=p.kinetic_cutoff, rtol=p.rtol, atol=p.atol, tolerance=p.relax_tolerance,
                             relax_method="newton", max_steps=100_000, output=path, overwrite=True,
                             progress=progress)
@@ -299,7 +310,7 @@ def run_sampler(p: ChainParameters, model: ChainModel, start_positions, output: 
     # length fluctuates with the arrangement of A and B).
     wide = neighbor_list(start_positions, vg.cell, potential.cutoff, skin=3.0)
     sampler = spin_diffusion.spin_diffusion_sampler(
-        potential, start_positions, vg.cell, wide, temperature=p.kt / BOLTZMANN_EV_PER_K, tau=p.tau,
+        potential, start_positions, vg.cell, wide, temperature=p.temperature, tau=p.tau,
         kinetic_cutoff=p.kinetic_cutoff, mode="scale-separated", rate_average="basin",
         basin_steps=p.basin_steps, langevin_step=p.langevin_step, pinned=model.pinned,
         pinned_species=model.pinned_species)
@@ -381,7 +392,7 @@ def run_chain_study(p: ChainParameters, output: str | os.PathLike, *, overwrite:
         return runs
 
     def equilibrium_part():
-        result = dmd.equilibrium(model.vg, model.positions, model.s0, model.neighbors, relax_method="newton",
+        result = dmd.equilibrium(model.vg, model.state, model.neighbors, relax_method="newton",
                                  relax_tolerance=p.relax_tolerance)
         io.save_npz(output / "equilibrium.npz", {
             "order_parameter": np.asarray(result.order_parameter), "positions": np.asarray(result.positions),
@@ -408,8 +419,8 @@ def run_chain_study(p: ChainParameters, output: str | os.PathLike, *, overwrite:
         by_size = dict(sorted(by_size.items()))
         equilibrium = equilibrium_future.result()
     vg, neighbors = model.vg, model.neighbors
-    sampled_state = relax(vg, main["K2"].positions[-1], jnp.asarray(sampled.order_parameter[-1]), neighbors,
-                          method="newton", tolerance=p.relax_tolerance)
+    sampled_state = relax(vg, main["K2"].state[-1].replace(order_parameter=jnp.asarray(sampled.order_parameter[-1])),
+                          neighbors, method="newton", tolerance=p.relax_tolerance)
 
     s_eq = np.asarray(equilibrium.order_parameter)
     finals = {law: (np.asarray(run.positions[-1]), np.asarray(run.order_parameter[-1]), float(run.free_energy[-1]))

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .figures import pyplot
 
 
 def _spacetime_panel(ax, trajectory, title):
@@ -40,7 +33,7 @@ def _displacement_panel(ax, trajectory, title, limit):
 
 def spacetime(path, runs, p):
     """(a): K2 and K1 side by side: s_i(t) (top) and the site displacements (bottom)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.4), sharey=True, constrained_layout=True)
     _spacetime_panel(axes[0, 0], runs["K2"], f"mean-field spin-diffusion (K2, τ = {p.tau:g})")
     image = _spacetime_panel(axes[0, 1], runs["K1"], f"DMD (K1, k_c = β/2τ = {p.k1_mobility:g})")
@@ -62,7 +55,7 @@ def spacetime(path, runs, p):
 
 def sizes(path, by_size, p):
     """(b): K2 (top) and K1 (bottom) for every chain length."""
-    plt = _pyplot()
+    plt = pyplot()
     ns = sorted(by_size)
     fig, axes = plt.subplots(2, len(ns), figsize=(3.0 * len(ns) + 1, 5.6), sharey=True, constrained_layout=True,
                              squeeze=False)
@@ -83,7 +76,7 @@ def sizes(path, by_size, p):
 
 def sampler(path, runs, sampled, p, n_panels=4):
     """(c): mean field (K2), DMD (K1) and the replica average with a ±2 SE band, at several times."""
-    plt = _pyplot()
+    plt = pyplot()
     times = np.asarray(sampled.time)
     picks = np.unique(np.linspace(1, times.size - 1, n_panels).round().astype(int))
     fig, axes = plt.subplots(1, picks.size, figsize=(3.4 * picks.size, 3.6), sharey=True, constrained_layout=True)
@@ -108,7 +101,7 @@ def sampler(path, runs, sampled, p, n_panels=4):
 
 def equilibrium(path, finals, sampled, models):
     """(d): the last profiles of every model and the constrained minimiser, with a table."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, table_ax) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.3, 1]},
                                        constrained_layout=True)
     styles = {"K1": ("C0--", "DMD K1"), "K2": ("C3-", "mean field K2"),

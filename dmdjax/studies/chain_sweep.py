@@ -127,7 +127,7 @@ def run_chain_sweep(p: ChainParameters, name: str, values, output, *, overwrite:
     first = models[0]
     setup = solve_setup(chains[0], first)  # colouring and bond graph: the lattice is the same for every value
     starts = [setup] + [solve_setup(q, m, like=setup) for q, m in zip(chains[1:], models[1:])]
-    batch = ensemble.stack([(m.vg, s.positions, s.stiffness, m.s0) for m, s in zip(models, starts)])
+    batch = ensemble.stack([(m.vg, s.state) for m, s in zip(models, starts)])
     laws = {"K1": ensemble.stack([dmd.GradientFlow(q.k1_mobility) for q in chains]),
             "K2": ensemble.stack([dmd.SpinDiffusion(q.tau, "exact") for q in chains])}
     if sharding is not None:
@@ -138,9 +138,10 @@ def run_chain_sweep(p: ChainParameters, name: str, values, output, *, overwrite:
     @eqx.filter_jit
     @jax.vmap
     def solve(law, member):
-        vg, positions, stiffness, s0 = member
-        return dmd.solve(vg, law, setup.graph, first.neighbors, positions, stiffness, s0, times, rtol=p.rtol,
-                         atol=p.atol, max_steps=100_000, tolerance=p.relax_tolerance, colouring=setup.colouring)
+        vg, state = member
+        return dmd.solve(vg, state, first.neighbors, law, setup.graph, times, rtol=p.rtol, atol=p.atol,
+                         max_steps=100_000, tolerance=p.relax_tolerance, relax_method="newton",
+                         colouring=setup.colouring)
 
     solutions = {}
     for law, stacked in laws.items():
@@ -194,9 +195,9 @@ def format_sweep(summary: dict) -> str:
 
 def _figure(path: Path, name: str, values, times, sites, s: dict) -> None:
     """Final profiles (K2 solid, K1 dashed) and the interface width vs time, one colour per value."""
-    from .chain_figures import _pyplot
+    from .figures import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     colours = plt.cm.viridis(np.linspace(0.0, 0.9, len(values)))
     x = sites[:, 0]

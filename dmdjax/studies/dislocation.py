@@ -49,7 +49,8 @@ from ..free_energy import VGFreeEnergy
 from ..neighbors import neighbor_list
 from ..potentials import resolve_potential_path
 from ..systems import System, from_ase
-from ..units import BOLTZMANN_EV_PER_K
+from ..state import DMDState
+from ..units import thermal_energy
 from .alloy import (SPECIES, arrhenius_rate, check_checkpoint, conservation, group_means, load_alloy_potential,
                      mg_fraction, run_kinetics, save_times, summary_header, time_line, validate_parameters, write_frames)
 
@@ -230,12 +231,12 @@ def mean_field_misfit_volume(potential, p: DislocationParameters, bulk_modulus: 
         # The list covers the Gaussians' reach for every k the search visits (k >= softest).
         softest = 0.5
         neighbors = vg.neighbor_list(crystal.positions, uniform(softest), skin=NEIGHBOR_SKIN, margin=1.0)
-        free_energy = jax.jit(lambda k: vg(crystal.positions, uniform(k), s, neighbors))
+        free_energy = jax.jit(lambda k: vg(DMDState(crystal.positions, uniform(k), s), neighbors))
         best = minimize_scalar(lambda k: float(free_energy(k)), bounds=(softest, 50.0), method="bounded",
                                options={"xatol": 1e-10})
         if best.x < 1.01 * softest:
             raise RuntimeError(f"misfit reference: the uniform stiffness reached the search bound {softest} eV/Å²")
-        excess.append(float(jnp.mean(vg.excess_chemical_potential(crystal.positions, uniform(best.x), s,
+        excess.append(float(jnp.mean(vg.excess_chemical_potential(DMDState(crystal.positions, uniform(best.x), s),
                                                                    neighbors))))
     per_gpa = 2.0 * (excess[1] - excess[0]) / (3.0 * bulk_modulus * 2.0 * strain)  # eV/GPa
     return per_gpa / EV_PER_A3_PER_GPA
@@ -250,7 +251,7 @@ def cottrell_fit(c, pressure, mean: float, temperature: float) -> dict:
     c, pressure = np.asarray(c), np.asarray(pressure)
     log_odds = np.log(c / (1 - c)) - np.log(mean / (1 - mean))
     slope, intercept = np.polyfit(pressure * EV_PER_A3_PER_GPA, log_odds, 1)
-    return {"misfit_volume": float(-slope * BOLTZMANN_EV_PER_K * temperature), "intercept": float(intercept),
+    return {"misfit_volume": float(-slope * thermal_energy(temperature)), "intercept": float(intercept),
             "correlation": float(np.corrcoef(pressure, log_odds)[0, 1])}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .chain_figures import _pyplot
+from .figures import pyplot
 
 
 def _column_map(ax, fig, xy, values, mobile, title, cmap, norm, label):
@@ -23,7 +23,7 @@ def draw(path, p, time_rate_units, xy, column_c, column_pressure, mobile, sector
     """(a) elastic pressure map; (b), (c) Mg per column at a middle and the last output;
     (d) c and p around the core; (e) c and p across the glide plane; (f) c on the tensile,
     neutral and compressive sites vs Γ₀t."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
     times = np.asarray(time_rate_units)
     limit = np.percentile(np.abs(column_pressure[mobile]), 95)

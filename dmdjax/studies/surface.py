@@ -40,12 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import dmd, io
-from ..energy import _evaluate, potential_energy
+from ..energy import evaluate_arrays, potential_energy
 from ..free_energy import VGFreeEnergy
 from ..neighbors import neighbor_list
 from ..systems import System, fcc
-from ..units import BOLTZMANN_EV_PER_K
-from .alloy import (SPECIES, arrhenius_rate, check_checkpoint, conservation, group_means, load_alloy_potential,
+from .alloy import (SPECIES, centre_mean, langmuir_mclean, arrhenius_rate, check_checkpoint, conservation, group_means, load_alloy_potential,
                      mg_fraction, run_kinetics, save_times, summary_header, time_line, validate_parameters, write_frames)
 
 
@@ -123,13 +122,6 @@ def build_slab(p: SurfaceParameters) -> tuple[System, np.ndarray]:
     return system, layers
 
 
-def langmuir_mclean(bulk, segregation_energy: float, temperature: float):
-    """Surface concentration of the isotherm c_s/(1 − c_s) = c_b/(1 − c_b) e^{−E_seg/k_BT}."""
-    bulk = np.asarray(bulk, dtype=float)
-    ratio = bulk / (1.0 - bulk) * np.exp(-segregation_energy / (BOLTZMANN_EV_PER_K * temperature))
-    return ratio / (1.0 + ratio)
-
-
 def _minimise_energy(potential, positions, species, cell, neighbors, gtol=1e-6):
     """Molecular statics: min V over positions (scipy L-BFGS-B, jitted energy and forces)."""
     from scipy.optimize import minimize
@@ -137,7 +129,7 @@ def _minimise_energy(potential, positions, species, cell, neighbors, gtol=1e-6):
     shape = positions.shape
 
     def fun(flat):  # energy.evaluate's compiled kernel: one compilation for every species array
-        result = _evaluate(potential, jnp.asarray(flat.reshape(shape), positions.dtype), species, cell, neighbors,
+        result = evaluate_arrays(potential, jnp.asarray(flat.reshape(shape), positions.dtype), species, cell, neighbors,
                            False)
         return float(result.energy), -np.asarray(result.forces, dtype=float).ravel()
 
@@ -177,16 +169,10 @@ def mean_field_segregation(vg: VGFreeEnergy, positions, layers: np.ndarray, neig
     from ..relax import relax
 
     s = jnp.full(positions.shape[0], 1.0 - 2.0 * concentration, positions.dtype)
-    relaxed = relax(vg, positions, s, neighbors)
-    excess = vg.excess_chemical_potential(relaxed.positions, relaxed.stiffness, s, relaxed.neighbors)
+    relaxed = relax(vg, vg.initial_state(positions, s, neighbors), neighbors)
+    excess = vg.excess_chemical_potential(relaxed.state, relaxed.neighbors)
     excess = group_means(excess, layers)
     return float(2.0 * (excess[int(layers.max()) // 2] - excess[0]))
-
-
-def centre_mean(layer_values: np.ndarray) -> np.ndarray:
-    """Mean over the two middle layers (the 'bulk' of the slab)."""
-    n = layer_values.shape[-1]
-    return layer_values[..., (n - 1) // 2: n // 2 + 1].mean(axis=-1)
 
 
 def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, overwrite: bool = False,
@@ -246,7 +232,8 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
     isotherm_layers, isotherm_rows = [], isotherm_rows or []
     for index in steps:
         s = jnp.full(slab.n_atoms, 1.0 - 2.0 * nominal[index], slab.positions.dtype)
-        state = dmd.equilibrium(vg, slab.positions, s, neighbors, method="self-consistent", tolerance=1e-7)
+        state = dmd.equilibrium(vg, vg.initial_state(slab.positions, s, neighbors), neighbors,
+                                method="self-consistent", tolerance=1e-7)
         layer_c = group_means(mg_fraction(state.order_parameter), layers)
         isotherm_layers.append(layer_c)
         bulk = float(centre_mean(layer_c))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .chain_figures import _pyplot
-from .surface import centre_mean, langmuir_mclean
+from .alloy import centre_mean, langmuir_mclean
+from .figures import pyplot
 
 
 def _log_log(ax, xlabel, ylabel, title) -> None:
@@ -20,7 +20,7 @@ def _log_log(ax, xlabel, ylabel, title) -> None:
 def draw(path, p, time_rate_units, layer_c, isotherm_rows, energies) -> None:
     """(a) Mg per (100) layer at the output times; (b) surface and centre layers vs Γ₀t;
     (c) the isotherm: DMD's c_s(c_b) against Langmuir–McLean with the statics E_seg and DMD's ΔG."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     n_layers = layer_c.shape[1]
     half = (n_layers + 1) // 2
