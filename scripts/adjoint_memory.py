@@ -56,9 +56,9 @@ def main():
         times = jnp.linspace(0.0, n * dt, 5)
         for checkpoints in (n, None, args.checkpoints):
             def loss(tau, checkpoints=checkpoints, n=n, times=times):
-                solution = dmd.solve(vg, dmd.SpinDiffusion(tau), setup.graph, nbrs, setup.positions,
-                                     setup.stiffness, model.s0, times, stepsize_controller=diffrax.ConstantStepSize(),
-                                     dt0=dt, max_steps=n, tolerance=1e-10, colouring=setup.colouring,
+                solution = dmd.solve(vg, setup.state, nbrs, dmd.SpinDiffusion(tau), setup.graph, times,
+                                     stepsize_controller=diffrax.ConstantStepSize(), dt0=dt, max_steps=n,
+                                     tolerance=1e-10, relax_method="newton", colouring=setup.colouring,
                                      adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints))
                 return jnp.sum(solution.order_parameter[-1] ** 2)
 

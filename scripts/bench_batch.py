@@ -41,10 +41,10 @@ def main():
     times = jnp.linspace(0.0, 20.0, 5)
 
     def final(temperature):
-        solution = dmd.solve(eqx.tree_at(lambda v: v.temperature, vg, temperature), dmd.SpinDiffusion(p.tau),
-                             setup.graph, nbrs, setup.positions, setup.stiffness, model.s0, times,
+        solution = dmd.solve(eqx.tree_at(lambda v: v.temperature, vg, temperature), setup.state, nbrs,
+                             dmd.SpinDiffusion(p.tau), setup.graph, times,
                              stepsize_controller=diffrax.ConstantStepSize(), dt0=0.25, tolerance=1e-8,
-                             colouring=setup.colouring)
+                             relax_method="newton", colouring=setup.colouring)
         return solution.order_parameter[-1], solution.ok
 
     batched = eqx.filter_jit(jax.vmap(final))

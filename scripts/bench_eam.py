@@ -89,7 +89,7 @@ def main():
             energies["dmdjax"] = float(plain(positions)[0])
         if "vg" in columns:
             vg = dj.VGFreeEnergy(potential, system.cell, 300.0, n)
-            vg_fn = jax.jit(jax.value_and_grad(lambda x, k, s: vg(x, k, s, nbrs), argnums=(0, 1, 2)))
+            vg_fn = jax.jit(jax.value_and_grad(lambda x, k, s: vg(dj.DMDState(x, k, s), nbrs), argnums=(0, 1, 2)))
             try:
                 row["vg"] = timed(vg_fn, positions, jnp.full((n,), 4.0, dtype), jnp.ones((n,), dtype)) / n * 1e9
             except Exception as err:  # out of memory at the largest sizes

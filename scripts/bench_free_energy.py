@@ -76,7 +76,7 @@ def main():
         for rule in args.rules:
             name, _, nodes = rule.partition(":")
             vg = dj.VGFreeEnergy(potential, system.cell, 300.0, n, quadrature=name, nodes=int(nodes or 8))
-            vg_fn = jax.jit(jax.value_and_grad(lambda x, k, s: vg(x, k, s, nbrs), argnums=(0, 1, 2)))
+            vg_fn = jax.jit(jax.value_and_grad(lambda x, k, s: vg(dj.DMDState(x, k, s), nbrs), argnums=(0, 1, 2)))
             try:
                 t_vg = timed(vg_fn, positions, k, s)
             except Exception as err:  # out of memory at the largest sizes

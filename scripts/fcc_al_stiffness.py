@@ -31,7 +31,7 @@ def main():
         vg = dj.VGFreeEnergy(potential, system.cell, temperature, n)
         einstein = float(jnp.mean(dj.initial_stiffness(vg, system.positions, s, nbrs)))
         start = time.perf_counter()
-        result = dj.relax(vg, system.positions, s, nbrs)
+        result = dj.relax(vg, vg.initial_state(system.positions, s, nbrs), nbrs)
         elapsed = time.perf_counter() - start
         k = float(jnp.mean(result.stiffness))
         kt = dj.BOLTZMANN_EV_PER_K * temperature

@@ -37,7 +37,7 @@ def test_a_frame_fed_back_gives_its_own_free_energy(tmp_path, capsys, mendelev):
     vg = dj.VGFreeEnergy(mendelev, system.cell, 600.0, system.n_atoms, species=SPECIES)
     nbrs = dj.neighbor_list(system.positions, system.cell, mendelev.cutoff)
     relaxed = dj.relax(vg, vg.initial_state(system.positions, s, nbrs), nbrs)
-    trajectory = dmd.Trajectory(jnp.zeros(1), s[None], relaxed.positions[None], relaxed.stiffness[None],
+    trajectory = dmd.Trajectory(jnp.zeros(1), jax.tree_util.tree_map(lambda a: a[None], relaxed.state),
                                 relaxed.free_energy[None], {})
     path = tmp_path / "frames.extxyz"
     write_frames(path, vg, system, trajectory, relaxed.neighbors, 1.0)

@@ -51,6 +51,14 @@ class Trajectory(eqx.Module):
     def stiffness(self) -> Float[Array, "t n"]:
         return self.state.stiffness
 
+    def first(self, n: int) -> "Trajectory":
+        """The first ``n`` outputs, as the file of a run stopped after them would hold them
+        (with the neighbour-list rebuilds made before the last of them)."""
+        if not 1 <= n <= self.time.shape[0]:
+            raise ValueError(f"n must lie in [1, {self.time.shape[0]}]; got {n!r}")
+        return Trajectory(self.time[:n], self.state[:n], self.free_energy[:n], self.parameters,
+                          tuple(build for build in self.neighbor_builds if build[0] <= n - 2))
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the run as ``.npz`` (atomically): arrays ``time``, ``order_parameter``,
         ``positions``, ``stiffness``, ``free_energy``, ``neighbor_builds`` and the JSON string
