@@ -82,3 +82,15 @@ def check_study_resumes(command, output, copy):
     assert json.loads((copy / "summary.json").read_text())["kinetics"]["resumed_from"] == 2
     again = dmd.load_trajectory(copy / "trajectory.npz")
     np.testing.assert_array_equal(np.asarray(again.order_parameter), np.asarray(full.order_parameter))
+
+
+#: Fixtures that run a whole study or notebook: a test that uses one is in the slow tier.
+SLOW_FIXTURES = ("study", "execute_notebook")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast tier (``pytest -m "not slow"``) leaves out every test that runs a study or a
+    notebook (:data:`SLOW_FIXTURES`), besides those marked ``slow`` by hand."""
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in SLOW_FIXTURES):
+            item.add_marker(pytest.mark.slow)

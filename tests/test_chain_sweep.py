@@ -11,6 +11,8 @@ import pytest
 from dmdjax import cli, dmd
 from dmdjax.studies import chain, chain_sweep
 
+pytestmark = pytest.mark.slow  # a study or notebook run: CI runs it, the fast tier does not
+
 SMALL = ["--quick", "--set", "n_sites=8", "--set", "t_end=20", "--set", "n_frames=3", "--no-progress"]
 
 

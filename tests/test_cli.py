@@ -67,6 +67,7 @@ def test_build_then_energy_as_a_subprocess(tmp_path):
     assert "energy" in help_text and "build" in help_text
 
 
+@pytest.mark.slow
 def test_free_energy_json_matches_api(tmp_path, capsys, mendelev):
     import jax.numpy as jnp
 

@@ -74,6 +74,7 @@ def test_free_energy_is_non_increasing(trajectories, name):
     assert free_energy[-1] < free_energy[0] - 1e-3
 
 
+@pytest.mark.slow
 def test_implicit_solver_agrees(trajectories, setup):
     """Kvaerno5 (for stiff cases; its Jacobian goes through the (X, k) relaxation by the
     implicit function theorem, in forward mode) gives the explicit solver's state."""
@@ -223,6 +224,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
     """SIGKILL a run after two checkpoints; resuming from the file gives the same final state
     bit for bit (float64, CPU) as the run that was never interrupted."""
@@ -260,6 +262,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
         assert data["positions"].shape == (7, 6, 1) and data["positions"].dtype == np.float64
 
 
+@pytest.mark.slow
 def test_gradients_through_a_whole_run_match_finite_differences(setup):
     """dL/dθ of a loss on a DMD trajectory (dmd.solve, K2 exact, fixed steps) by reverse mode
     (diffrax's checkpointed adjoint and the relaxation's implicit derivatives) against central
@@ -299,6 +302,7 @@ def test_gradients_through_a_whole_run_match_finite_differences(setup):
     assert np.all(np.abs(np.asarray(gradient) * np.asarray(theta)) > 1e-3)  # every parameter matters
 
 
+@pytest.mark.slow
 def test_a_vmapped_batch_equals_separate_runs(setup):
     """B = 3 temperatures in one vmapped dmd.solve call give the three separate solves."""
     import equinox as eqx
@@ -322,6 +326,7 @@ def test_a_vmapped_batch_equals_separate_runs(setup):
     assert float(jnp.max(jnp.abs(batch[0] - batch[2]))) > 1e-3  # the temperatures matter
 
 
+@pytest.mark.slow
 def test_a_sharded_batch_equals_the_unsharded_one(tmp_path):
     """4 CPU devices faked by XLA: the batch of 4 temperatures sharded over them (jax.sharding)
     gives the unsharded batch's trajectories (to rounding: 9e-12 seen)."""
@@ -365,7 +370,8 @@ EQUAL_TIMES = np.array([0.0, 0.5, 2.0, 6.0])
 
 
 @pytest.mark.parametrize("relax_at", ["rhs", "interval"])
-@pytest.mark.parametrize("name", ["K1", "K2-exact", "K3"])
+@pytest.mark.parametrize("name", [pytest.param("K1", marks=pytest.mark.slow), "K2-exact",
+                                  pytest.param("K3", marks=pytest.mark.slow)])
 def test_run_and_solve_give_the_same_trajectory(setup, name, relax_at):
     """The host loop (dmd.run) and the pure driver (dmd.solve) share the interval function: the
     same trajectory (states and F) to 1e-12 in float64, for every law and both relax_at."""

@@ -8,6 +8,7 @@ import pytest
 from dmdjax.fit import fit
 
 
+@pytest.mark.slow  # a notebook run
 def test_fitting_demo_recovers_pair_and_kinetic_parameters(execute_notebook):
     """Fitting demo 1 (issue 9), ``notebooks/fit_parameters.ipynb``: (ε_AB, σ_AB, k_c) of a K1 run on a
     10-site chain recovered by L-BFGS from a noisy trajectory through dmd.solve; the notebook asserts

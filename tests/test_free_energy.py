@@ -142,8 +142,9 @@ def test_jit_vmap_over_states_and_temperatures_float32():
     k = jnp.full(16, 30.0)
     temperatures = jnp.array([100.0, 200.0, 300.0])
     batched = jax.jit(jax.vmap(
-        lambda t: eqx.tree_at(lambda v: v.temperature, vg, t)(chain.positions, k, s, nb)))(temperatures)
-    single = [float(eqx.tree_at(lambda v: v.temperature, vg, t)(chain.positions, k, s, nb)) for t in temperatures]
+        lambda t: eqx.tree_at(lambda v: v.temperature, vg, t)(dj.DMDState(chain.positions, k, s), nb)))(temperatures)
+    single = [float(eqx.tree_at(lambda v: v.temperature, vg, t)(dj.DMDState(chain.positions, k, s), nb))
+              for t in temperatures]
     np.testing.assert_allclose(np.asarray(batched), single, rtol=1e-12)
     states = jnp.stack([s, 0.5 * s, -s])
     batched = jax.vmap(lambda ss: vg(dj.DMDState(chain.positions, k, ss), nb))(states)
@@ -159,10 +160,10 @@ def test_jit_vmap_over_states_and_temperatures_float32():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(k=-1.0), r"stiffness \(of unpinned atoms\) must be finite and > 0"),
+        (dict(k=-1.0), r"stiffness must be finite and > 0 \(eV/Å²\); got -1.0 at index \(2,\)"),
         (dict(s=1.0), r"order_parameter must lie strictly inside \(-1, 1\); got 1.0 at index \(3,\)"),
         (dict(x=np.nan), r"positions must be finite; got nan"),
-        (dict(shape=True), r"stiffness must have shape \(8,\); got \(7,\)"),
+        (dict(shape=True), r"DMDState needs .*got positions \(8, 1\), stiffness \(7,\)"),
     ],
 )
 def test_bad_input(kwargs, message):

@@ -3,6 +3,10 @@
 ``fit_parameters.ipynb`` runs in ``test_fit.py`` (the files are spread over the test workers).
 """
 
+import pytest
+
+pytestmark = pytest.mark.slow  # notebook runs: CI runs them, the fast tier does not
+
 
 def test_chain_notebook(execute_notebook):
     text = execute_notebook("chain.ipynb")

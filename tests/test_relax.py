@@ -49,6 +49,7 @@ def _relaxed(epsilon_ab, sigma_ab, temperature, s, nbrs, chain):
     return jnp.concatenate([result.positions[:, 0], result.stiffness])
 
 
+@pytest.mark.slow
 def test_implicit_derivatives_match_finite_differences():
     vg, chain = _lj_chain()
     s = jnp.linspace(0.7, -0.7, chain.n_atoms)
@@ -70,6 +71,7 @@ def test_implicit_derivatives_match_finite_differences():
         assert relative.max() < 1e-5, (index, relative.max())
 
 
+@pytest.mark.slow
 def test_relaxed_free_energy_gradient_in_temperature_is_the_envelope():
     vg, chain = _lj_chain()
     s = jnp.linspace(0.5, -0.5, chain.n_atoms)
@@ -84,6 +86,7 @@ def test_relaxed_free_energy_gradient_in_temperature_is_the_envelope():
     assert gradient == pytest.approx(fd, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_vmap_relax_over_temperatures_and_warm_start():
     vg, chain = _lj_chain()
     s = jnp.zeros(chain.n_atoms)
@@ -130,6 +133,7 @@ def test_fcc_aluminium_relaxes(mendelev):
     assert 0.8 < k.mean() / einstein.mean() < 1.3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["eam", "pair"])
 def test_site_hessian_trace_matches_the_full_hessian(kind, mendelev):
     """The O(NM) diagonal-block traces (the stiffness first guess) equal those of jax.hessian."""
@@ -150,6 +154,7 @@ def test_site_hessian_trace_matches_the_full_hessian(kind, mendelev):
     np.testing.assert_allclose(np.asarray(traces), expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
 
 
+@pytest.mark.slow
 def test_newton_matches_lbfgs_with_a_coloured_hessian():
     """method="newton": the compressed Hessian equals jax.hessian (a pair chain), the
     minimum equals L-BFGS's, in a handful of iterations, and the implicit gradient agrees."""

@@ -29,6 +29,7 @@ def _complete_list(system, mendelev):
 
 # 1. One concentration convention: c_<species> columns, legacy 'c' only with its species named.
 
+@pytest.mark.slow
 def test_a_frame_fed_back_gives_its_own_free_energy(tmp_path, capsys, mendelev):
     atoms = random_alloy(repeats=(5, 5, 5), noise=0.02, fraction=0.0, seed=5)
     system = dj.from_ase(atoms, species_names=mendelev.species)
@@ -84,6 +85,7 @@ def test_ambiguous_concentrations_are_refused(mendelev):
 
 # 2. Stale neighbour lists: relax and dmd.run never return a number from one.
 
+@pytest.mark.slow
 def test_relax_of_a_free_cluster_is_not_computed_from_a_stale_list(mendelev):
     system, s = _cluster(mendelev)
     vg = dj.VGFreeEnergy(mendelev, system.cell, 600.0, system.n_atoms)
@@ -104,6 +106,7 @@ def test_relax_of_a_free_cluster_is_not_computed_from_a_stale_list(mendelev):
     assert not bool(jitted.converged)
 
 
+@pytest.mark.slow
 def test_a_dmd_run_on_a_free_cluster_matches_a_complete_list(mendelev):
     system, s = _cluster(mendelev)
     vg = dj.VGFreeEnergy(mendelev, system.cell, 600.0, system.n_atoms)
@@ -120,6 +123,7 @@ def test_a_dmd_run_on_a_free_cluster_matches_a_complete_list(mendelev):
 
 # 3. The VG interaction range includes the Gaussians' reach: F does not depend on the skin.
 
+@pytest.mark.slow
 def test_free_energy_does_not_depend_on_the_skin(mendelev):
     atoms = random_alloy(repeats=(5, 5, 5), noise=0.05, fraction=0.0, seed=7)
     system = dj.from_ase(atoms, species_names=mendelev.species)
@@ -138,6 +142,7 @@ def test_free_energy_does_not_depend_on_the_skin(mendelev):
 
 # 4. Newton stops at a minimum, not a saddle, and its Hessian is built in bounded blocks.
 
+@pytest.mark.slow
 def test_newton_does_not_stop_at_a_saddle():
     """A collinear Lennard-Jones trimer is stationary by symmetry (L-BFGS from a collinear start
     stays on the line) but bending lowers F: a saddle. Newton started there must leave it for

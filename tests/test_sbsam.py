@@ -149,6 +149,7 @@ def test_force_matching_trains_the_conditional_network_on_held_out_conditions(la
         fit(model, initial, data, "score-virial", key=jax.random.PRNGKey(1))
 
 
+@pytest.mark.slow
 def test_langevin_with_the_exact_score_samples_the_inner_marginal(lattice):
     """The inner region alone, driven by the oracle's score, samples the exact marginal: the
     Leimkuhler–Matthews scheme has no step bias for a Gaussian (h = 1/λ_max here; Euler–Maruyama

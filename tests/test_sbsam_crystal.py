@@ -243,6 +243,7 @@ def study(tmp_path_factory):
     return output
 
 
+@pytest.mark.slow
 def test_crystal_study_files_and_claims(study):
     """Reduced size (168 atoms, 26 inner, 8 training conditions, one held-out): the SB-SAM and the smeared
     mean-field inner stresses are much closer to the full system's than the clamped baseline's, both

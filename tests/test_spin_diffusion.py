@@ -112,6 +112,7 @@ def test_candidate_exchanges_exactly_the_bond_it_draws(n, dtype):
     assert swaps >= 3
 
 
+@pytest.mark.slow
 def test_gaussian_rate_average_matches_monte_carlo():
     """Scale-separated, rate_average="gaussian": the sampler relaxes (X*, k*) of the VG free
     energy at s = σ (as dmdjax.relax does), and a bond's acceptance frequency is τ E[r_ij(x)]
@@ -199,6 +200,7 @@ def test_detailed_balance_by_enumeration():
     assert tv < 0.01, tv
 
 
+@pytest.mark.slow
 def test_langevin_variance_of_a_harmonic_bond():
     """Overdamped Leimkuhler–Matthews Langevin: Var x = 1/(βκ) (exact for quadratic V)."""
     kappa = 5.0
@@ -241,6 +243,7 @@ def _spring_chain_sampler(n, kappa, **options):
                                      pinned=chain.pinned, **options)
 
 
+@pytest.mark.slow
 def test_joint_stationary_law_of_the_spins():
     """Harmonic bonds κ_{σ_i σ_j} on a free chain: ∫e^{−βV}dx ∝ Π_bonds κ_b^{-1/2}, so the σ
     marginal of the joint (x, σ) process is known exactly; TV < 0.01."""
@@ -271,6 +274,7 @@ def test_scale_separated_basin_sampler_has_the_exact_marginal():
     assert tv < 0.015, tv
 
 
+@pytest.mark.slow
 def test_sample_averages_errors_file_and_sharding(tmp_path):
     """`sample`: E[σ](t) and standard errors, Σσ conserved, the .npz file; 8 fake CPU devices
     (replicas sharded) give the same numbers as one."""
