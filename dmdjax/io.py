@@ -178,6 +178,40 @@ def read_concentrations(atoms, species_names: Sequence[str], path="the structure
     return columns[a], (a, b)
 
 
+def read_state(path: str | os.PathLike, species_names: Sequence[str], index=-1):
+    """A :class:`~dmdjax.DMDState` from an extended-XYZ frame that carries one — as written by
+    ``dmdjax energy --output`` or a study's ``frames.extxyz``: positions, the per-atom
+    stiffness ``k`` (eV/Å²) and concentrations ``c_<species>`` (:func:`read_concentrations`).
+
+    Arguments:
+        species_names: the potential's species (``potential.species``).
+        index: the frame (ASE's ``index``; default the last).
+
+    Returns:
+        ``(system, state, (A, B))``: the :class:`~dmdjax.System`, the state (s = 2 c_A − 1, in the
+        positions' dtype) and the species pair of the mean field (for ``VGFreeEnergy(species=...)``).
+
+    Raises:
+        FileNotFoundError, ValueError: an unreadable file, or a frame without ``k`` or
+            concentrations (named), or an invalid state.
+    """
+    import jax.numpy as jnp
+
+    from .state import DMDState
+
+    system, atoms = read_structure(path, species_names, index)
+    read = read_concentrations(atoms, species_names, repr(str(path)))
+    missing = [name for name, ok in (("k", "k" in atoms.arrays), ("c_<species>", read is not None)) if not ok]
+    if missing:
+        raise ValueError(f"{str(path)!r} does not hold a DMD state: no per-atom {' or '.join(missing)} "
+                         "(for a plain structure, use VGFreeEnergy.initial_state)")
+    concentration, pair = read
+    dtype = system.positions.dtype
+    state = DMDState(system.positions, jnp.asarray(np.asarray(atoms.arrays["k"], dtype=float), dtype),
+                     jnp.asarray(2.0 * concentration - 1.0, dtype))
+    return system, state, pair
+
+
 def write_extxyz(
     path: str | os.PathLike,
     frames: System | Sequence[System],

@@ -33,10 +33,10 @@ from jaxtyping import Array, Bool, Float, Int
 from . import _validate
 from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList
-from .state import DMDState
+from .state import DMDState, HoldsState
 
 
-class RelaxResult(eqx.Module):
+class RelaxResult(HoldsState):
     """Outcome of :func:`relax`.
 
     Attributes:
@@ -62,13 +62,7 @@ class RelaxResult(eqx.Module):
     converged: Bool[Array, ""]
     neighbors: NeighborList | None = None
 
-    @property
-    def positions(self) -> Float[Array, "n d"]:
-        return self.state.positions
 
-    @property
-    def stiffness(self) -> Float[Array, " n"]:
-        return self.state.stiffness
 
 
 def initial_stiffness(vg: VGFreeEnergy, positions, order_parameter, neighbors: NeighborList) -> Float[Array, " n"]:

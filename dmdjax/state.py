@@ -85,3 +85,21 @@ class DMDState(eqx.Module):
         values = {name: getattr(self, name) for name in ("positions", "stiffness", "order_parameter")}
         values.update(fields)
         return DMDState(**values)
+
+
+class HoldsState(eqx.Module):
+    """Base of results that hold a :class:`DMDState` in their ``state`` field (relaxations,
+    trajectories, solutions, equilibria): ``positions``, ``stiffness`` and ``order_parameter``
+    are shortcuts for the state's fields."""
+
+    @property
+    def positions(self) -> Float[Array, "*batch n d"]:
+        return self.state.positions
+
+    @property
+    def stiffness(self) -> Float[Array, "*batch n"]:
+        return self.state.stiffness
+
+    @property
+    def order_parameter(self) -> Float[Array, "*batch n"]:
+        return self.state.order_parameter

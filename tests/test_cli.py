@@ -97,6 +97,11 @@ def test_free_energy_json_matches_api(tmp_path, capsys, mendelev):
     frame = ase.io.read(out_xyz)
     np.testing.assert_allclose(frame.arrays["k"], data["stiffness"], rtol=1e-8)
     np.testing.assert_allclose(frame.arrays["c_Al"], back.arrays["c_Al"], atol=1e-8)
+    # The frame read back is a DMDState with the same free energy.
+    _, state, pair = dj.io.read_state(out_xyz, mendelev.species)
+    assert isinstance(state, dj.DMDState) and pair == ("Al", "Mg")
+    np.testing.assert_allclose(np.asarray(state.stiffness), data["stiffness"], rtol=1e-8)
+    assert float(vg(state, vg.covering_neighbors(state, nbrs))) == pytest.approx(data["free_energy"], rel=1e-7)
 
 
 def test_free_energy_flag_errors(tmp_path, capsys):

@@ -84,3 +84,25 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_read_state_needs_a_state(tmp_path):
+    """io.read_state names what a plain structure lacks; a frame with k and c_<species> is a DMDState."""
+    import ase
+
+    atoms = ase.Atoms("Al2", positions=[[0, 0, 0], [2.8, 0, 0]], cell=[10, 10, 10], pbc=False)
+    path = tmp_path / "plain.xyz"
+    ase.io.write(path, atoms, format="extxyz")
+    with pytest.raises(ValueError, match="does not hold a DMD state: no per-atom k or c_<species>"):
+        dj.io.read_state(path, ("Al", "Mg"))
+    atoms.new_array("k", np.array([3.0, 4.0]))
+    atoms.new_array("c_Mg", np.array([0.1, 0.2]))
+    ase.io.write(path, atoms, format="extxyz")
+    system, state, pair = dj.io.read_state(path, ("Al", "Mg"))
+    assert pair == ("Al", "Mg") and system.n_atoms == 2
+    np.testing.assert_allclose(np.asarray(state.order_parameter), [0.8, 0.6])
+    np.testing.assert_allclose(np.asarray(state.stiffness), [3.0, 4.0])
+    atoms.arrays["k"][1] = -1.0
+    ase.io.write(path, atoms, format="extxyz")
+    with pytest.raises(ValueError, match="stiffness must be finite and > 0"):
+        dj.io.read_state(path, ("Al", "Mg"))

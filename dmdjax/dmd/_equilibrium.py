@@ -11,11 +11,11 @@ from jaxtyping import Array, Float
 from ..free_energy import VGFreeEnergy
 from ..neighbors import NeighborList
 from ..relax import RELAX_METHODS, dense_hessian, hessian_colouring, relax
-from ..state import DMDState
+from ..state import DMDState, HoldsState
 from ._solve import DMDError
 
 
-class Equilibrium(eqx.Module):
+class Equilibrium(HoldsState):
     """The composition-constrained minimum of F (see :func:`equilibrium`).
 
     Attributes:
@@ -32,17 +32,8 @@ class Equilibrium(eqx.Module):
     residual: float
     iterations: int
 
-    @property
-    def order_parameter(self) -> Float[Array, " n"]:
-        return self.state.order_parameter
 
-    @property
-    def positions(self) -> Float[Array, "n d"]:
-        return self.state.positions
 
-    @property
-    def stiffness(self) -> Float[Array, " n"]:
-        return self.state.stiffness
 
 
 @eqx.filter_jit

@@ -13,7 +13,7 @@ from .. import _validate, kinetics
 from ..free_energy import VGFreeEnergy
 from ..neighbors import NeighborList
 from ..relax import check_method, default_tolerance, hessian_colouring, relax
-from ..state import DMDState
+from ..state import DMDState, HoldsState
 
 #: Where (X, k) are relaxed: at every right-hand side ("rhs") or at the output times ("interval").
 RELAX_AT = ("rhs", "interval")
@@ -23,7 +23,7 @@ class DMDError(RuntimeError):
     """A DMD run stopped: s left (−1, 1), a value became non-finite, or a step failed."""
 
 
-class Solution(eqx.Module):
+class Solution(HoldsState):
     """The result of :func:`solve`.
 
     Attributes:
@@ -46,17 +46,8 @@ class Solution(eqx.Module):
     valid: Bool[Array, " t"]
     num_steps: Int[Array, ""]
 
-    @property
-    def order_parameter(self) -> Float[Array, "t n"]:
-        return self.state.order_parameter
 
-    @property
-    def positions(self) -> Float[Array, "t n d"]:
-        return self.state.positions
 
-    @property
-    def stiffness(self) -> Float[Array, "t n"]:
-        return self.state.stiffness
 
 
 class Options(eqx.Module):

@@ -13,10 +13,10 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .. import io
-from ..state import DMDState
+from ..state import DMDState, HoldsState
 
 
-class Trajectory(eqx.Module):
+class Trajectory(HoldsState):
     """Recorded DMD states at the output times.
 
     Attributes:
@@ -39,17 +39,8 @@ class Trajectory(eqx.Module):
     parameters: dict = eqx.field(static=True)
     neighbor_builds: tuple = eqx.field(static=True, default=())
 
-    @property
-    def order_parameter(self) -> Float[Array, "t n"]:
-        return self.state.order_parameter
 
-    @property
-    def positions(self) -> Float[Array, "t n d"]:
-        return self.state.positions
 
-    @property
-    def stiffness(self) -> Float[Array, "t n"]:
-        return self.state.stiffness
 
     def first(self, n: int) -> "Trajectory":
         """The first ``n`` outputs, as the file of a run stopped after them would hold them
