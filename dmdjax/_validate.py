@@ -8,12 +8,20 @@ skipped for traced values (inside ``jit``/``vmap``), where callers use
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
 def is_concrete(x) -> bool:
     """True when ``x`` holds concrete values that can be checked on the host."""
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
+
+
+def on_host(x) -> bool:
+    """True when ``x`` is concrete *and* no ``jit`` is tracing: host-side loops, Python control
+    flow on values and nested compiled calls are then allowed. (Inside ``jit`` even constants
+    become tracers once operated on, so concrete arguments alone do not make a host call.)"""
+    return is_concrete(x) and not isinstance(jnp.zeros(()) * 1, jax.core.Tracer)
 
 
 def first_bad(values: np.ndarray, bad: np.ndarray) -> str:

@@ -252,7 +252,7 @@ class VGFreeEnergy(eqx.Module):
     def initial_state(self, positions, order_parameter, neighbors) -> DMDState:
         """The state (X, :meth:`initial_stiffness`, s): the usual start of :func:`dmdjax.relax`."""
         order_parameter = jnp.asarray(order_parameter, positions.dtype)
-        concrete = _validate.is_concrete((self, positions, order_parameter, neighbors))
+        concrete = _validate.on_host((self, positions, order_parameter, neighbors))
         guess = _initial_stiffness_jit if concrete else VGFreeEnergy.initial_stiffness
         return DMDState(positions, guess(self, positions, order_parameter, neighbors), order_parameter)
 

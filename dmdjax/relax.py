@@ -369,7 +369,7 @@ def relax(
     tolerance = default_tolerance(positions.dtype) if tolerance is None else tolerance
     if _validate.is_concrete(tolerance) and not (np.isfinite(tolerance) and tolerance > 0):
         raise ValueError(f"tolerance must be finite and > 0; got {tolerance!r}")
-    traced = not _validate.is_concrete((vg, state, neighbors))
+    traced = not _validate.on_host((vg, state, neighbors))
     if method == "newton" and colouring is None:
         if traced:
             raise ValueError("relax(method='newton') inside jit needs colouring=hessian_colouring(vg, neighbors), "

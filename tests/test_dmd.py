@@ -410,3 +410,24 @@ def test_solve_throw_raises_the_run_error(setup):
     assert str(from_solve.value).startswith("DMD stopped in (0.001, 1]: s left (-1, 1)")
     flagged = dmd.solve(setup["vg"], setup["state"], setup["nbrs"], law, graph, times, **options)
     assert not bool(flagged.ok) and np.asarray(flagged.valid).tolist() == [True, True, False]
+
+
+@pytest.mark.slow
+def test_a_jitted_solve_is_the_same_integration(setup):
+    """Inside jit, dmd.solve is one lax.scan over the intervals: the same trajectory as the host
+    loop up to rounding (the intervals compiled together)."""
+    import equinox as eqx
+
+    law, _ = LAWS["K2-exact"]
+    options = dict(rtol=1e-9, atol=1e-11, tolerance=1e-11)
+    graph = kinetics.bond_graph(setup["chain"].positions, setup["vg"].cell, setup["nbrs"], KINETIC_CUTOFF,
+                                pinned_species=setup["vg"].pinned_species)
+    host = dmd.solve(setup["vg"], setup["state"], setup["nbrs"], law, graph, EQUAL_TIMES, **options)
+    jitted = eqx.filter_jit(lambda vg, state: dmd.solve(vg, state, setup["nbrs"], law, graph,
+                                                        jnp.asarray(EQUAL_TIMES), **options))(setup["vg"],
+                                                                                              setup["state"])
+    assert bool(jitted.ok)
+    difference = float(jnp.max(jnp.abs(jitted.order_parameter - host.order_parameter)))
+    print(f"max |jit − host| = {difference:.2e}")
+    assert difference < 1e-9
+    assert int(jitted.num_steps) == int(host.num_steps)

@@ -233,7 +233,7 @@ def solve(
             raise ValueError(f"save_times must be finite and increasing with at least two entries; got "
                              f"{times.tolist()}")
     vg.check(state, neighbors)
-    concrete = _validate.is_concrete((vg, state, neighbors, law, save_times, solver, stepsize_controller, dt0))
+    concrete = _validate.on_host((vg, state, neighbors, law, save_times, solver, stepsize_controller, dt0))
     if relax_method == "newton" and colouring is None:
         if not _validate.is_concrete(neighbors):
             raise ValueError("solve(relax_method='newton') inside jit needs colouring=hessian_colouring(vg, "
