@@ -121,14 +121,20 @@ def interval(vg, law, graph, neighbors, start: DMDState, t0, t1, options: Option
         saveat=diffrax.SaveAt(t1=True),
         adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
     )
-    s1 = solution.ys[-1]
+    state, free_energy, ok = relax_state(vg, DMDState(start.positions, start.stiffness, solution.ys[-1]), neighbors,
+                                         options)
+    return state, free_energy, ok & (solution.result == diffrax.RESULTS.successful), solution.stats["num_steps"]
+
+
+def relax_state(vg, state: DMDState, neighbors, options: Options):
+    """(X, k) relaxed at the state's s, warm-started from its (X, k): (relaxed state, F, ok); ok
+    is False when the relaxation failed, F is not finite, or s is outside (−1, 1) on a free site."""
     method = "lbfgs" if options.colouring is None else "newton"
-    relaxed = relax(vg, DMDState(start.positions, start.stiffness, s1), neighbors, method=method,
-                    tolerance=options.tolerance, throw=False, colouring=options.colouring)
-    inside = jnp.all(jnp.isfinite(s1) & ((jnp.abs(s1) < 1.0) | vg.pinned_species))
-    ok = (solution.result == diffrax.RESULTS.successful) & relaxed.converged & inside & jnp.isfinite(
-        relaxed.free_energy)
-    return relaxed.state, relaxed.free_energy, ok, solution.stats["num_steps"]
+    relaxed = relax(vg, state, neighbors, method=method, tolerance=options.tolerance, throw=False,
+                    colouring=options.colouring)
+    s = state.order_parameter
+    inside = jnp.all(jnp.isfinite(s) & ((jnp.abs(s) < 1.0) | vg.pinned_species))
+    return relaxed.state, relaxed.free_energy, relaxed.converged & inside & jnp.isfinite(relaxed.free_energy)
 
 
 advance = eqx.filter_jit(interval)
@@ -262,8 +268,10 @@ def solve(
 
 
 def _trajectory(vg, values, graph, neighbors, state, times, options, adjoint):
-    """The initial relaxation (a zero-length interval) and a scan over the output intervals."""
-    first, f0, ok0, _ = interval(vg, values, graph, neighbors, state, times[0], times[0], options, adjoint)
+    """The initial relaxation and a scan over the output intervals. (The host loop relaxes the
+    start by a zero-length interval, which returns the same state; here a direct relaxation
+    spares compiling a second ODE solve.)"""
+    first, f0, ok0 = relax_state(vg, state, neighbors, options)
 
     def step(carry, bounds):
         start, ok = carry

@@ -95,6 +95,19 @@ def _heartbeat(label: str, log, every: float):
         thread.join()
 
 
+@eqx.filter_jit
+def _batched_solve(laws, members, neighbors, graph, times, rtol, atol, tolerance, colouring):
+    """The sweep's batch: ``dmd.solve`` vmapped over (law, (vg, state)) members. At module level,
+    so a later sweep of the same shapes reuses the compilation."""
+
+    def one(law, member):
+        vg, state = member
+        return dmd.solve(vg, state, neighbors, law, graph, times, rtol=rtol, atol=atol, max_steps=100_000,
+                         tolerance=tolerance, relax_method="newton", colouring=colouring)
+
+    return jax.vmap(one)(laws, members)
+
+
 def run_chain_sweep(p: ChainParameters, name: str, values, output, *, overwrite: bool = False,
                     log=print, progress: bool = True, heartbeat: float = 30.0) -> dict:
     """K1 and K2 on the ``p.n_sites`` chain for every value of ``name``, to ``p.t_end``, as batches.
@@ -135,13 +148,9 @@ def run_chain_sweep(p: ChainParameters, name: str, values, output, *, overwrite:
     times = jnp.linspace(0.0, p.t_end, p.n_frames)
     walls["setup"] = time.perf_counter() - start
 
-    @eqx.filter_jit
-    @jax.vmap
     def solve(law, member):
-        vg, state = member
-        return dmd.solve(vg, state, first.neighbors, law, setup.graph, times, rtol=p.rtol, atol=p.atol,
-                         max_steps=100_000, tolerance=p.relax_tolerance, relax_method="newton",
-                         colouring=setup.colouring)
+        return _batched_solve(law, member, first.neighbors, setup.graph, times, p.rtol, p.atol, p.relax_tolerance,
+                              setup.colouring)
 
     solutions = {}
     for law, stacked in laws.items():
