@@ -21,6 +21,6 @@ __all__ = [
     "RelaxResult",
     "System", "TabulatedPair", "VGFreeEnergy", "beta_from_temperature", "cell", "energy", "ensemble", "evaluate", "forces",
     "free_energy", "from_ase", "initial_stiffness", "io", "kinetics", "load_eam", "make_cell", "make_system",
-    "neighbor_list", "neighbors", "potential_energy", "potentials", "relax", "site_energies", "spin_diffusion", "stress", "systems",
+    "neighbor_list", "neighbors", "potential_energy", "potentials", "relax", "site_energies", "spin_diffusion", "state", "stress", "systems",
     "to_ase", "units",
 ]

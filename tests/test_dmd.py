@@ -145,7 +145,7 @@ def test_exact_spin_diffusion_fixed_point(trajectories, minimiser, setup):
     """K2 with the exact swap divided difference stops where artanh s_j − artanh s_i = β D_ij,
     i.e. μ_j − μ_i = −J_ij (s_j − s_i): not the minimiser of F (a mean-field closure effect)."""
     trajectory = trajectories["K2-exact"]
-    vg, nbrs = setup["vg"], setup["nbrs"]
+    vg = setup["vg"]
     graph, mu_difference, mask = _bonds(setup, trajectory, -1)
     s = trajectory.order_parameter[-1]
     coupling = kinetics.pair_coupling(vg, trajectory.state[-1], graph)
@@ -270,7 +270,7 @@ def test_gradients_through_a_whole_run_match_finite_differences(setup):
     import equinox as eqx
     import jax
 
-    vg, chain, nbrs, s0 = setup["vg"], setup["chain"], setup["nbrs"], setup["s0"]
+    vg, chain, nbrs = setup["vg"], setup["chain"], setup["nbrs"]
     from dmdjax.relax import hessian_colouring
 
     colouring = hessian_colouring(vg, nbrs)  # Newton relaxations
@@ -308,7 +308,7 @@ def test_a_vmapped_batch_equals_separate_runs(setup):
     import equinox as eqx
     import jax
 
-    vg, chain, nbrs, s0 = setup["vg"], setup["chain"], setup["nbrs"], setup["s0"]
+    vg, chain, nbrs = setup["vg"], setup["chain"], setup["nbrs"]
     start = dj.relax(vg, setup["state"], nbrs, tolerance=1e-12)
     graph = kinetics.bond_graph(chain.positions, vg.cell, nbrs, KINETIC_CUTOFF, pinned_species=vg.pinned_species)
     times = jnp.linspace(0.0, 2.0, 5)

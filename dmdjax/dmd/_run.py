@@ -10,7 +10,6 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
 
 from .. import kinetics
 from ..free_energy import VGFreeEnergy
