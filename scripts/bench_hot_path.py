@@ -26,21 +26,9 @@ import platform
 import time
 
 import jax
+from bench_free_energy import median_seconds  # scripts/ is on sys.path when a script runs
 
 COLUMNS = ("plain", "vg-al", "vg-almg", "jax-md", "lammps")
-
-
-def median_seconds(fn, *fn_args, trials=5):
-    """Median wall time of ``fn(*fn_args)`` over ``trials`` calls after a first (compiling) one, s."""
-    import numpy as np
-
-    jax.block_until_ready(fn(*fn_args))
-    times = []
-    for _ in range(trials):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*fn_args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def temporaries(fn, *fn_args) -> float | None:
