@@ -3,7 +3,8 @@
 Metal units (eV, Å, K). See README.md for the public API and docs/design.md for the equations.
 """
 
-from . import cell, dmd, state, energy, ensemble, free_energy, io, kinetics, neighbors, potentials, spin_diffusion, systems, units
+from . import (cell, dmd, state, energy, ensemble, free_energy, io, kinetics, neighbors, pair_sums, potentials,
+               quadrature, spin_diffusion, systems, units)
 from .cell import Cell, make_cell
 from .energy import evaluate, forces, potential_energy, site_energies, stress
 from .free_energy import VGFreeEnergy

@@ -29,6 +29,7 @@ from jaxtyping import Array, Bool, Float, Int
 from . import _validate
 from ._precision import HIGHEST
 from . import neighbors as _neighbors
+from . import pair_sums
 from .cell import Cell
 from .potentials import DENSITY, PAIR, Potential
 from .systems import System, species_weights
@@ -173,18 +174,37 @@ def site_energies(
             ``cutoff >= potential.cutoff``; an overflowed list raises.
     """
     _check_inputs(potential, positions, species, cell, neighbors)
+    _check_list(potential, neighbors)
+    weights = as_weights(species, potential.n_species, positions.dtype)
+    return _neighbors.check(pair_sums.site_energies(_model(potential, cell, neighbors), positions, None, weights),
+                            neighbors)
+
+
+def _model(potential: Potential, cell: Cell, neighbors) -> pair_sums.PairModel:
+    return pair_sums.pair_model(pair_sums.RadialAverages(potential, cell.dim), cell, neighbors.idx)
+
+
+def _check_list(potential: Potential, neighbors) -> None:
     if neighbors.cutoff < potential.cutoff:
         raise ValueError(
             f"neighbour list cut-off {neighbors.cutoff} Å is below the potential's {potential.cutoff} Å"
         )
-    weights = as_weights(species, potential.n_species, positions.dtype)
-    geometry = pair_geometry(positions, cell, neighbors.idx)
-    return _neighbors.check(site_energies_from_geometry(potential, geometry, weights), neighbors)
 
 
 def potential_energy(potential: Potential, positions, species, cell: Cell, neighbors) -> Float[Array, ""]:
-    """Total potential energy V (eV); arguments as :func:`site_energies`."""
-    return jnp.sum(site_energies(potential, positions, species, cell, neighbors))
+    """Total potential energy V (eV); arguments as :func:`site_energies`. Its gradient (the
+    forces) is analytic (:mod:`dmdjax.pair_sums`): integer species use only their own species
+    pair's functions, weights the mean-field sums."""
+    _check_inputs(potential, positions, species, cell, neighbors)
+    _check_list(potential, neighbors)
+    model = _model(potential, cell, neighbors)
+    species = jnp.asarray(species)
+    if jnp.issubdtype(species.dtype, jnp.integer):
+        total = pair_sums.plain_total_energy(positions, model, species)
+    else:
+        total = pair_sums.total_energy(positions, None, as_weights(species, potential.n_species, positions.dtype),
+                                       model)
+    return _neighbors.check(total, neighbors)
 
 
 def forces(potential: Potential, positions, species, cell: Cell, neighbors) -> Float[Array, "n d"]:
@@ -251,8 +271,14 @@ def evaluate_arrays(potential, positions, species, cell, neighbors, with_stress:
     """:func:`evaluate`'s compiled kernel on arrays, without its checks: positions ``(N, d)`` Å,
     species ``(N,)`` indices into ``potential.species``; one compilation per shape serves every
     species array and position (molecular statics loops)."""
-    energies, vjp = jax.vjp(lambda x: site_energies(potential, x, species, cell, neighbors), positions)
-    (gradient,) = vjp(jnp.ones_like(energies))
+    model = _model(potential, cell, neighbors)
+    species = jnp.asarray(species)
+    if jnp.issubdtype(species.dtype, jnp.integer):
+        energies, gradient = pair_sums.plain_energy_gradient(model, positions, species)
+    else:
+        weights = as_weights(species, potential.n_species, positions.dtype)
+        energies, gradient, _, _ = pair_sums.energy_gradient(model, positions, None, weights)
+    energies = _neighbors.check(energies, neighbors)
     sigma = full_to_voigt(stress(potential, positions, species, cell, neighbors)) if with_stress else None
     return EnergyForcesStress(jnp.sum(energies), -gradient, sigma, energies)
 

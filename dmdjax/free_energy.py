@@ -54,78 +54,14 @@ from jax.scipy.special import xlogy
 from jaxtyping import Array, Bool, Float
 
 from . import _validate
-from ._precision import HIGHEST
 from . import neighbors as _neighbors
 from .cell import Cell
 from .state import DMDState
-from .energy import assemble_site_energies, check_separation, masked_distance, pair_geometry, site_hessian_trace
+from .energy import check_separation, masked_distance, pair_geometry, site_hessian_trace
+from . import pair_sums
 from .potentials import Potential
 from .units import beta_from_temperature
-
-QUADRATURE_RULES = ("gauss-hermite", "third-degree")
-# Python floats (weakly typed) so that float32 inputs stay float32.
-SQRT2 = float(np.sqrt(2.0))
-SQRT_PI = float(np.sqrt(np.pi))
-
-
-def quadrature_points(distance: Array, variance: Array, dim: int, rule: str = "gauss-hermite", nodes: int = 8):
-    """Distances r_q and weights f_q with ⟨g(|R + ξ|)⟩ ≈ Σ_q f_q g(r_q), ξ ~ N(0, σ² I_d).
-
-    Arguments:
-        distance: R = |R_ij| (any shape), Å; must be > 0.
-        variance: σ² (same shape), Å².
-        dim: d, the spatial dimension (1, 2 or 3).
-        rule, nodes: see the module docstring.
-
-    Returns:
-        ``(r_q, f_q)``, each of shape ``distance.shape + (Q,)``.
-    """
-    dtype = distance.dtype
-    positive = variance > 0  # zero for a pair of clamped atoms and for padding slots
-    sigma = jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1.0)), 0.0)[..., None]
-    big_r = distance[..., None]
-    if rule == "gauss-hermite":
-        t, w = np.polynomial.hermite.hermgauss(nodes)
-        t, w = jnp.asarray(t, dtype), jnp.asarray(w, dtype)
-        alpha = SQRT2 * sigma
-        if dim == 1:
-            shifted = big_r + alpha * t
-            return jnp.abs(shifted), jnp.broadcast_to(w / SQRT_PI, shifted.shape)
-        if dim == 3:
-            shifted = big_r + alpha * t
-            return jnp.abs(shifted), w * shifted / (big_r * SQRT_PI)
-        if dim == 2:
-            along = (big_r + alpha * t)[..., :, None]
-            across = (alpha * t)[..., None, :]
-            r_q = jnp.sqrt(along**2 + across**2)
-            f_q = jnp.broadcast_to((w[:, None] * w[None, :]) / np.pi, r_q.shape)
-            shape = distance.shape + (nodes * nodes,)
-            return r_q.reshape(shape), f_q.reshape(shape)
-    elif rule == "third-degree":
-        step = float(np.sqrt(dim)) * sigma
-        along = [jnp.abs(big_r + step), jnp.abs(big_r - step)]
-        across = [jnp.sqrt(big_r**2 + step**2)] * (2 * (dim - 1))
-        r_q = jnp.concatenate(along + across, axis=-1)
-        return r_q, jnp.full_like(r_q, 1.0 / (2 * dim))
-    raise ValueError(f"quadrature must be one of {QUADRATURE_RULES} in 1-3 D; got {rule!r} in {dim}-D")
-
-
-def reach_factor(dim: int, rule: str = "gauss-hermite", nodes: int = 8) -> float:
-    """c with reach = c σ: how far (in pair standard deviations) the rule's points lie from R."""
-    if rule == "gauss-hermite":
-        return SQRT2 * float(np.max(np.abs(np.polynomial.hermite.hermgauss(nodes)[0])))
-    if rule == "third-degree":
-        return float(np.sqrt(dim))
-    raise ValueError(f"quadrature must be one of {QUADRATURE_RULES}; got {rule!r}")
-
-
-def gaussian_average(
-    potential: Potential, distance: Array, variance: Array, dim: int, rule: str = "gauss-hermite", nodes: int = 8
-) -> Array:
-    """Gaussian averages of all radial functions, shape ``R.shape + (T, S, S)`` (see ``Potential.radial``)."""
-    r_q, f_q = quadrature_points(distance, variance, dim, rule, nodes)
-    return jnp.einsum("...q,...qtab->...tab", f_q, potential.radial(r_q), precision=HIGHEST)
-
+from .quadrature import QUADRATURE_RULES, gaussian_average, reach_factor
 
 class VGFreeEnergy(eqx.Module):
     """The VG free energy (F1) of a system, as a callable pytree.
@@ -333,12 +269,32 @@ class VGFreeEnergy(eqx.Module):
         variance = inverse[:, None] + _neighbors.gather(inverse, neighbors.idx)
         return gaussian_average(self.potential, distance, variance, self.cell.dim, self.quadrature, self.nodes)
 
+    def pair_model(self, neighbors) -> pair_sums.PairModel:
+        """The Gaussian-averaged pair and embedding sums of this free energy on ``neighbors``."""
+        radial = pair_sums.RadialAverages(self.potential, self.cell.dim, self.quadrature, self.nodes)
+        return pair_sums.pair_model(radial, self.cell, neighbors.idx)
+
+    def atom_variances(self, stiffness: Float[Array, " n"]) -> Float[Array, " n"]:
+        """a_i = 1/(βk_i) (Å²), 0 on pinned atoms: the pair variance is a_i + a_j."""
+        dtype = jnp.result_type(stiffness)
+        return jnp.where(self.pinned, 0.0, 1.0 / (self.beta.astype(dtype) * stiffness))
+
     def average_site_energies(self, state: DMDState, neighbors) -> Float[Array, " n"]:
         """Site terms of ⟨V⟩ in the species mean field (eV); they sum to ⟨V⟩."""
-        positions, stiffness, order_parameter = state.positions, state.stiffness, state.order_parameter
-        averaged = self.averaged_radial(positions, stiffness, neighbors)
-        weights = self.species_weights(order_parameter.astype(positions.dtype))
-        return _neighbors.check(assemble_site_energies(self.potential, averaged, weights, neighbors.idx), neighbors)
+        positions = state.positions
+        dtype = positions.dtype
+        weights = self.species_weights(state.order_parameter.astype(dtype))
+        variance = self.atom_variances(state.stiffness.astype(dtype))
+        energies = pair_sums.site_energies(self.pair_model(neighbors), positions, variance, weights)
+        return _neighbors.check(energies, neighbors)
+
+    def _average_energy(self, state: DMDState, neighbors) -> Float[Array, ""]:
+        positions = state.positions
+        dtype = positions.dtype
+        weights = self.species_weights(state.order_parameter.astype(dtype))
+        variance = self.atom_variances(state.stiffness.astype(dtype))
+        total = pair_sums.total_energy(positions, variance, weights, self.pair_model(neighbors))
+        return _neighbors.check(total, neighbors)
 
     def weight_derivative(self, dtype=float) -> Float[Array, " s"]:
         """∂w_i/∂s_i: +½ on species A, −½ on species B (zero on both if they coincide)."""
@@ -371,14 +327,20 @@ class VGFreeEnergy(eqx.Module):
         return average + self.entropy_terms(state.stiffness.astype(dtype), state.order_parameter.astype(dtype))
 
     def __call__(self, state: DMDState, neighbors) -> Float[Array, ""]:
-        """F(X, k, s) in eV (F1) of ``state``: X ``(N, d)`` Å, k ``(N,)`` eV/Å², s ``(N,)``."""
-        return jnp.sum(self.site_free_energies(state, neighbors))
+        """F(X, k, s) in eV (F1) of ``state``: X ``(N, d)`` Å, k ``(N,)`` eV/Å², s ``(N,)``.
+
+        ⟨V⟩ and its gradient come from :mod:`dmdjax.pair_sums` (row blocks, analytic gradient)."""
+        self.check(state, neighbors)
+        self.check_neighbors(state, neighbors)
+        dtype = state.positions.dtype
+        entropy = self.entropy_terms(state.stiffness.astype(dtype), state.order_parameter.astype(dtype))
+        return self._average_energy(state, neighbors) + jnp.sum(entropy)
 
     def average_energy(self, state: DMDState, neighbors) -> Float[Array, ""]:
         """⟨V⟩ in the species mean field, eV."""
         self.check(state, neighbors)
         self.check_neighbors(state, neighbors)
-        return jnp.sum(self.average_site_energies(state, neighbors))
+        return self._average_energy(state, neighbors)
 
     def chemical_potential(self, state: DMDState, neighbors) -> Float[Array, " n"]:
         """μ_i = ∂F/∂s_i = β⁻¹ artanh(s_i) + μ_i^ex (eV), ``(N,)``; excess part only on pinned species."""
@@ -417,19 +379,3 @@ def order_parameter_from_concentration(concentration) -> Array:
 def concentration_from_order_parameter(order_parameter) -> Array:
     """c = (1 + s)/2."""
     return 0.5 * (1.0 + jnp.asarray(order_parameter))
-
-
-def monte_carlo_average(potential: Potential, distance: float, variance: float, dim: int, n_samples: int, key):
-    """Monte Carlo estimate of ⟨φ_ab⟩ and ⟨f_{b→a}⟩ at one pair distance, with standard errors.
-
-    Samples ξ ~ N(0, σ² I_d) and averages every radial function at |R e_1 + ξ|; the
-    reference against which the quadrature rules are measured (``docs/quadrature.md``).
-
-    Returns:
-        ``(mean, standard_error)``, each of shape ``(T, S, S)``.
-    """
-    dtype = jnp.result_type(float)
-    xi = jnp.sqrt(jnp.asarray(variance, dtype)) * jax.random.normal(key, (n_samples, dim), dtype)
-    r = jnp.linalg.norm(xi.at[:, 0].add(distance), axis=-1)
-    values = potential.radial(r)
-    return jnp.mean(values, axis=0), jnp.std(values, axis=0) / np.sqrt(n_samples)

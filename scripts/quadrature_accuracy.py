@@ -12,7 +12,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import dmdjax as dj  # noqa: E402
-from dmdjax.free_energy import gaussian_average, monte_carlo_average  # noqa: E402
+from dmdjax.quadrature import gaussian_average, monte_carlo_average  # noqa: E402
 
 
 def main():

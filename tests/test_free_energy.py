@@ -8,7 +8,7 @@ import pytest
 from conftest import random_alloy
 
 import dmdjax as dj
-from dmdjax.free_energy import gaussian_average, monte_carlo_average
+from dmdjax.quadrature import gaussian_average, monte_carlo_average
 
 
 def _tethers(kappa_ab, kappa_bb, rest_ab, rest_bb, n_pairs=4):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import abc
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 
@@ -50,6 +52,29 @@ class Potential(eqx.Module):
         second-to-last axis with the neighbour's species weights.
         """
 
+    def radial_and_derivative(self, r: Float[Array, "..."]) -> tuple[Array, Array]:
+        """:meth:`radial` and its derivative d/dr, each ``r.shape + (T, S, S)``."""
+        return jax.jvp(self.radial, (r,), (jnp.ones_like(r),))
+
+    def species_radial(self, r: Float[Array, "..."], host, neighbor) -> tuple[Array, Array]:
+        """The radial functions of one species pair per distance, with their derivatives d/dr:
+        ``(values, slopes)``, each ``r.shape + (P,)`` with P = 1 (φ_{host,neighbor}) or, for
+        EAM, 3 (φ_{host,neighbor}, f_{neighbor→host}, f_{host→neighbor}).
+
+        ``host`` and ``neighbor`` are integer species of ``r``'s shape. The plain energy of
+        integer species needs only these, not the whole ``(T, S, S)`` block."""
+        values, slopes = self.radial_and_derivative(r)
+
+        def pick(block):
+            pair = _entry(block[..., PAIR, :, :], host, neighbor)[..., None]
+            if not self.is_embedded:
+                return pair
+            density = block[..., DENSITY, :, :]
+            return jnp.concatenate([pair, _entry(density, neighbor, host)[..., None],
+                                    _entry(density, host, neighbor)[..., None]], axis=-1)
+
+        return pick(values), pick(slopes)
+
     def pair(self, r: Float[Array, "..."]) -> Float[Array, "... s s"]:
         """Pair energies φ_ab(r), eV."""
         return self.radial(r)[..., PAIR, :, :]
@@ -69,3 +94,10 @@ class Potential(eqx.Module):
         if name not in self.species:
             raise ValueError(f"species {name!r} not in the potential's species {list(self.species)}")
         return self.species.index(name)
+
+
+def _entry(block, first, second):
+    """``block[..., first, second]`` for integer arrays ``first``, ``second`` of the leading shape."""
+    n = block.shape[-1]
+    flat = block.reshape(block.shape[:-2] + (n * n,))
+    return jnp.take_along_axis(flat, (first * n + second)[..., None], axis=-1)[..., 0]

@@ -50,11 +50,20 @@ class UniformCubicSpline(eqx.Module):
     def x_max(self) -> float:
         return self.x0 + self.dx * self.n_intervals
 
-    def __call__(self, x: Float[Array, "..."]) -> Float[Array, "... *batch"]:
+    def _interval(self, x):
         coefficients = self.coefficients.astype(x.dtype)
         u = (x - self.x0) / self.dx
         k = jnp.clip(jnp.floor(u), 0, self.n_intervals - 1)
         t = (u - k) * self.dx
         c = coefficients[k.astype(jnp.int32)]  # x.shape + batch + (4,)
-        t = t.reshape(t.shape + (1,) * (c.ndim - t.ndim - 1))
+        return c, t.reshape(t.shape + (1,) * (c.ndim - t.ndim - 1))
+
+    def __call__(self, x: Float[Array, "..."]) -> Float[Array, "... *batch"]:
+        c, t = self._interval(x)
         return c[..., 0] + t * (c[..., 1] + t * (c[..., 2] + t * c[..., 3]))
+
+    def value_and_derivative(self, x: Float[Array, "..."]) -> tuple[Array, Array]:
+        """The splines and their first derivatives at ``x``, from one gather of coefficients."""
+        c, t = self._interval(x)
+        value = c[..., 0] + t * (c[..., 1] + t * (c[..., 2] + t * c[..., 3]))
+        return value, c[..., 1] + t * (2.0 * c[..., 2] + 3.0 * t * c[..., 3])
