@@ -218,6 +218,7 @@ def _contract_first(block: Array, weights: Array) -> Array:
     return jnp.sum(block * weights[..., :, None], axis=-2)
 
 
+@eqx.filter_jit  # also cached for calls outside jit (the row blocks are a loop)
 def densities(model: PairModel, positions, variance, weights) -> Float[Array, "n s"]:
     """ρ_{i,a} = Σ_j Σ_b w_j^b G_{ba}(R_ij, v_ij), ``(N, S)``."""
 
@@ -234,6 +235,7 @@ def _embedding(potential: Potential, density):
     return jax.jvp(potential.embedding, (density,), (jnp.ones_like(density),))
 
 
+@eqx.filter_jit  # also cached for calls outside jit (the row blocks are a loop)
 def site_energies(model: PairModel, positions, variance, weights) -> Float[Array, " n"]:
     """e_i = ½ Σ_j w_i·Φ w_j + Σ_a w_i^a F_a(ρ_{i,a}) (eV), ``(N,)``; ``variance`` ``(N,)`` or None."""
     potential = model.potential
@@ -251,6 +253,7 @@ def site_energies(model: PairModel, positions, variance, weights) -> Float[Array
     return _map_rows(pair_block, model)
 
 
+@eqx.filter_jit  # also cached for calls outside jit (the row blocks are a loop)
 def energy_gradient(model: PairModel, positions, variance, weights) -> Gradient:
     """Site energies and the analytic gradient of their sum (module docstring); two passes
     over the list for an embedded potential, one for a pair potential."""
@@ -323,6 +326,7 @@ def _total_energy_jvp(primals, tangents):
     return value, tangent
 
 
+@eqx.filter_jit  # also cached for calls outside jit (the row blocks are a loop)
 def plain_energy_gradient(model: PairModel, positions, species) -> tuple[Array, Array]:
     """Site energies ``(N,)`` and ∂E/∂X ``(N, d)`` of a plain configuration of integer
     ``species`` ``(N,)``: per pair only the splines of its own species pair

@@ -262,11 +262,15 @@ def _argmin(params, y0, anchor, neighbors, tolerance, max_steps, memory, colouri
     objective = lambda y: _objective(y, params, anchor, neighbors)
     if colouring is not None:
         return _newton(objective, y0, vg.pinned, colouring, tolerance, max_steps)
+    return _lbfgs(objective, y0, lambda gradient: _max_abs(_mask_pinned(gradient, vg.pinned)), tolerance, max_steps,
+                  memory)
+
+
+def _lbfgs(objective, y0, gradient_norm, tolerance, max_steps, memory):
+    """optax's L-BFGS (zoom line search) in a ``lax.while_loop`` until ``gradient_norm(∇) <=
+    tolerance``: ``(y, iterations, norm)``."""
     solver = optax.lbfgs(memory_size=memory)
     value_and_grad = optax.value_and_grad_from_state(objective)
-
-    def gradient_norm(gradient):
-        return _max_abs(_mask_pinned(gradient, vg.pinned))
 
     def cond(carry):
         _, _, iteration, norm, value = carry
@@ -439,3 +443,69 @@ def _relax_traced(vg, positions, order_parameter, neighbors, stiffness, toleranc
 
 
 _relax = eqx.filter_jit(_relax_traced)
+
+
+class StaticsResult(eqx.Module):
+    """Outcome of :func:`minimize_energy`: ``positions`` ``(N, d)`` Å, ``energy`` eV, ``iterations``,
+    ``force_norm`` (max |F| over unpinned atoms, eV/Å), ``converged`` and the valid ``neighbors``."""
+
+    positions: Float[Array, "n d"]
+    energy: Float[Array, ""]
+    iterations: Int[Array, ""]
+    force_norm: Float[Array, ""]
+    converged: Bool[Array, ""]
+    neighbors: NeighborList
+
+
+def minimize_energy(potential, positions, species, cell, neighbors: NeighborList, *, pinned=None,
+                    tolerance: float | None = None, max_steps: int = 10_000, memory: int = 20,
+                    throw: bool = True) -> StaticsResult:
+    """Molecular statics on the device: min V(X) over unpinned positions at fixed ``species``
+    (integer indices or mean-field weights), by the L-BFGS of :func:`relax` in one compiled
+    loop with the analytic forces of :func:`dmdjax.potential_energy`.
+
+    Arguments:
+        potential, positions ``(N, d)`` Å, species, cell, neighbors: as :func:`dmdjax.potential_energy`.
+        pinned: ``(N,)`` atoms held in place (default none).
+        tolerance: max |force| to reach, eV/Å (> 0); default :func:`default_tolerance`.
+        max_steps, memory: L-BFGS limits.
+        throw: raise :class:`RelaxationError` when not converged.
+
+    On the host the list is refreshed and the minimisation continued while atoms moved more
+    than half the list's skin (then it no longer holds every pair within the cut-off).
+    """
+    tolerance = default_tolerance(positions.dtype) if tolerance is None else tolerance
+    if not (np.isfinite(tolerance) and tolerance > 0):
+        raise ValueError(f"tolerance must be finite and > 0 eV/Å; got {tolerance!r}")
+    n = positions.shape[0]
+    pinned = jnp.zeros((n,), bool) if pinned is None else jnp.asarray(pinned, bool)
+    anchor, start, iterations = positions, positions, 0
+    for _ in range(MAX_REBUILDS + 1):
+        moved, energy, steps, norm = _minimize_energy(potential, anchor, start, species, cell, neighbors, pinned,
+                                                      jnp.asarray(tolerance, positions.dtype), max_steps, memory)
+        iterations += int(steps)
+        if float(neighbors.max_displacement(moved)) <= 0.5 * neighbors.skin or not bool(jnp.isfinite(energy)):
+            break
+        from .neighbors import refresh
+
+        neighbors, start = refresh(neighbors.update(moved), moved, cell), moved
+    converged = bool(norm <= tolerance) and bool(jnp.isfinite(energy))
+    if throw and not converged:
+        raise RelaxationError(f"molecular statics did not converge: max force {float(norm):.3g} eV/Å after "
+                              f"{iterations} iterations, tolerance {tolerance:.3g} eV/Å")
+    return StaticsResult(moved, energy, jnp.asarray(iterations), norm, jnp.asarray(converged), neighbors)
+
+
+@eqx.filter_jit
+def _minimize_energy(potential, anchor, start, species, cell, neighbors, pinned, tolerance, max_steps, memory):
+    from .energy import potential_energy
+
+    def objective(x):
+        return potential_energy(potential, jnp.where(pinned[:, None], anchor, x), species, cell, neighbors)
+
+    def force_norm(gradient):
+        return _max_abs(jnp.where(pinned[:, None], 0.0, gradient))
+
+    x, iterations, norm = _lbfgs(objective, start, force_norm, tolerance, max_steps, memory)
+    x = jnp.where(pinned[:, None], anchor, x)
+    return x, objective(x), iterations, norm

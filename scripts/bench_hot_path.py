@@ -14,21 +14,42 @@ columns are, on the same positions:
 
 Each time is the median of ``--trials`` calls after the compile, in ns per atom. For the JAX
 columns the compiled program's temporaries (XLA ``memory_analysis``) are given in bytes per atom,
-and the neighbour list's own bytes per atom; the first size prints each column's energy per atom
-as a cross-check.
+and the neighbour lists' own bytes per atom and build times; the first size prints each column's
+energy per atom as a cross-check; every row the peak host memory so far. (This script replaces
+the earlier ``bench_eam.py``, ``bench_free_energy.py`` and ``bench_gather_vjp.py``.)
 
     python scripts/bench_hot_path.py --repeats 14 29 63 --dtype float32 [--skip lammps] [--json out.json]
+
+14, 29 and 63 cells per side are 10 976, 97 556 and 1 000 188 atoms.
 """
 
 import argparse
 import json
 import platform
+import resource
 import time
 
 import jax
-from bench_free_energy import median_seconds  # scripts/ is on sys.path when a script runs
 
 COLUMNS = ("plain", "vg-al", "vg-almg", "jax-md", "lammps")
+
+
+def median_seconds(fn, *fn_args, trials=5):
+    """Median wall time of ``fn(*fn_args)`` over ``trials`` calls after a first (compiling) one, s."""
+    import numpy as np
+
+    jax.block_until_ready(fn(*fn_args))  # compile
+    times = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*fn_args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def peak_memory_gb() -> float:
+    """Peak resident memory of this process so far (host), GB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def temporaries(fn, *fn_args) -> float | None:
@@ -75,6 +96,8 @@ def main():
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=COLUMNS)
+    parser.add_argument("--jax-md-max-atoms", type=int, default=200_000,
+                        help="skip jax-md above this size (its Dense search needs N x 27 x cell occupancy memory)")
     parser.add_argument("--json")
     args = parser.parse_args()
     from dmdjax.cli import cpu_compile_flags
@@ -119,8 +142,11 @@ def main():
         positions = system.positions.astype(dtype)
         n = system.n_atoms
         row = {"atoms": n, "ns_per_atom": {}, "temporaries_bytes_per_atom": {}, "energy_per_atom": {}}
+        start = time.perf_counter()
         nbrs = dj.neighbor_list(positions, system.cell, cutoff, skin=skin)
-        row["plain_list_bytes_per_atom"] = nbrs.idx.nbytes / n
+        jax.block_until_ready(nbrs.idx)
+        row["plain_list_seconds"] = time.perf_counter() - start
+        row["plain_list_bytes_per_atom"] = nbrs.nbytes / n
 
         def record(name, fn, *fn_args):
             try:
@@ -139,12 +165,17 @@ def main():
                 continue
             vg = dj.VGFreeEnergy(potential, system.cell, 600.0, n, species=("Al", "Mg"))
             k = jnp.full((n,), 4.0, dtype)
+            start = time.perf_counter()
             wide = vg.neighbor_list(positions, k, skin=skin)
-            row["vg_list_bytes_per_atom"] = wide.idx.nbytes / n
+            jax.block_until_ready(wide.idx)
+            row["vg_list_seconds"] = time.perf_counter() - start
+            row["vg_list_bytes_per_atom"] = wide.nbytes / n
             vg_fn = jax.jit(jax.value_and_grad(lambda x, k, s, v=vg, nb=wide: v(dj.DMDState(x, k, s), nb),
                                                argnums=(0, 1, 2)))
             record(name, vg_fn, positions, k, jnp.full((n,), s, dtype))
-        if "jax-md" in columns:
+        if "jax-md" in columns and n > args.jax_md_max_atoms:
+            print(f"  jax-md: skipped above --jax-md-max-atoms {args.jax_md_max_atoms}")
+        elif "jax-md" in columns:
             box = float(atoms.cell[0, 0])
             displacement, _ = space.periodic(box)
             neighbor_fn, energy_fn = energy.eam_neighbor_list(
@@ -165,8 +196,10 @@ def main():
         cells = " ".join(f"{row['ns_per_atom'][c]:16.1f}" if c in row["ns_per_atom"] else f"{'—':>16s}"
                          for c in columns)
         memory = ", ".join(f"{c} {v:.0f}" for c, v in row["temporaries_bytes_per_atom"].items())
-        print(f"{n:9d} {cells}   {memory}; list {row['plain_list_bytes_per_atom']:.0f} (plain), "
-              f"{row.get('vg_list_bytes_per_atom', float('nan')):.0f} (VG)")
+        row["peak_memory_gb"] = peak_memory_gb()
+        print(f"{n:9d} {cells}   {memory}; list {row['plain_list_bytes_per_atom']:.0f} (plain, "
+              f"{row['plain_list_seconds']:.1f} s), {row.get('vg_list_bytes_per_atom', float('nan')):.0f} (VG, "
+              f"{row.get('vg_list_seconds', float('nan')):.1f} s); peak host memory {row['peak_memory_gb']:.1f} GB")
         if index == 0:
             print("  energy per atom (eV): " + ", ".join(f"{c} {v:.6f}" for c, v in row["energy_per_atom"].items()))
         rows.append(row)

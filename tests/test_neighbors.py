@@ -110,3 +110,44 @@ def test_small_cell_and_short_list_are_errors():
     nbrs = dj.neighbor_list(small.positions, small.cell, 1.0)
     with pytest.raises(ValueError, match="below the potential's"):
         dj.potential_energy(potential, small.positions, small.species, small.cell, nbrs)
+
+
+def test_blocked_search_equals_ase_and_updates_under_jit(monkeypatch):
+    """The cell-list search in many small row blocks lists exactly ASE's pairs (an independent
+    implementation), in a rattled triclinic crystal, and again after a jitted update that
+    moved atoms by more than half the skin."""
+    from ase.build import bulk
+    from ase.neighborlist import neighbor_list as ase_neighbor_list
+
+    monkeypatch.setattr(dj.neighbors, "SEARCH_BLOCK_CANDIDATES", 5000)  # ~10 rows per block
+    atoms = bulk("Cu", "fcc", a=3.6).repeat((6, 7, 5))  # primitive cell: triclinic
+    rng = np.random.default_rng(4)
+    atoms.positions += rng.normal(0.0, 0.1, atoms.positions.shape)
+    system = dj.from_ase(atoms)
+    cutoff, skin = 4.4, 0.4
+    nbrs = dj.neighbor_list(system.positions, system.cell, cutoff, skin=skin)
+
+    def ase_pairs(positions, radius):
+        moved = atoms.copy()
+        moved.positions = np.asarray(positions)
+        i, j = ase_neighbor_list("ij", moved, radius)
+        return set(zip(i.tolist(), j.tolist()))
+
+    assert len(ase_pairs(system.positions, cutoff)) > 20 * len(atoms)
+    assert _listed_pairs(nbrs, system.positions, system.cell, cutoff) == ase_pairs(system.positions, cutoff)
+    shifted = system.positions + jax.numpy.asarray(rng.normal(0.0, 0.15, atoms.positions.shape))
+    updated = jax.jit(lambda n, x: n.update(x))(nbrs, shifted)
+    assert float(nbrs.max_displacement(shifted)) > 0.5 * skin  # the update searched again
+    assert not bool(updated.overflow)
+    assert float(updated.max_displacement(shifted)) == 0.0
+    assert _listed_pairs(updated, shifted, system.cell, cutoff) == ase_pairs(shifted, cutoff)
+
+
+def test_crowded_cell_overflow_is_flagged():
+    """More atoms in one search cell than its capacity: the update flags overflow, even when no
+    atom has more neighbours than the list holds."""
+    system = dj.systems.fcc(4.05, (5, 5, 5))
+    nbrs = dj.neighbor_list(system.positions, system.cell, 3.0, skin=0.3, capacity_multiplier=1.0)
+    crowded = np.asarray(system.positions).copy()
+    crowded[:40] = crowded[0] + np.random.default_rng(0).uniform(0.0, 1.0, (40, 3))
+    assert bool(jax.jit(lambda n, x: n.update(x))(nbrs, crowded).overflow)

@@ -201,3 +201,36 @@ def test_newton_matches_lbfgs_with_a_coloured_hessian():
     # The method is chosen explicitly, never inferred from an optional argument.
     with pytest.raises(ValueError, match="colouring is for method='newton'"):
         dj.relax(vg, vg.initial_state(chain.positions, s, nbrs), nbrs, colouring=colouring)
+
+
+def test_minimize_energy_matches_scipy(mendelev):
+    """Molecular statics on the device (optax L-BFGS in one loop) reaches scipy's minimum of
+    the same energy (an independent optimiser on the host), on a rattled slab with a free
+    surface and one Mg, with pinned atoms kept in place."""
+    from scipy.optimize import minimize
+
+    system = dj.systems.fcc(4.05, (4, 5, 5), "Al", pbc=(False, True, True))
+    rng = np.random.default_rng(0)
+    positions = system.positions + jnp.asarray(rng.normal(0.0, 0.05, system.positions.shape))
+    species = system.species.at[7].set(mendelev.species_index("Mg"))
+    pinned = np.zeros(system.n_atoms, bool)
+    pinned[:4] = True
+    nbrs = dj.neighbor_list(positions, system.cell, mendelev.cutoff, skin=0.5)
+    from dmdjax.relax import minimize_energy
+
+    result = minimize_energy(mendelev, positions, species, system.cell, nbrs, pinned=pinned, tolerance=1e-7)
+    assert bool(result.converged) and float(result.force_norm) <= 1e-7
+    np.testing.assert_array_equal(result.positions[:4], positions[:4])
+    free = ~pinned
+
+    energy_and_gradient = jax.jit(jax.value_and_grad(
+        lambda x: dj.potential_energy(mendelev, x, species, system.cell, nbrs)))
+
+    def fun(flat):
+        e, g = energy_and_gradient(positions.at[free].set(jnp.asarray(flat.reshape(-1, 3))))
+        return float(e), np.asarray(g)[free].ravel()
+
+    reference = minimize(fun, np.asarray(positions)[free].ravel(), jac=True, method="L-BFGS-B",
+                         options={"gtol": 1e-8, "ftol": 1e-15, "maxiter": 5000})
+    assert float(result.energy) == pytest.approx(reference.fun, rel=1e-10)
+    np.testing.assert_allclose(np.asarray(result.positions)[free].ravel(), reference.x, atol=1e-5)

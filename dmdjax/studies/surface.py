@@ -40,7 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import dmd, io
-from ..energy import evaluate_arrays, potential_energy
+from ..energy import potential_energy
+from ..relax import default_tolerance
 from ..free_energy import VGFreeEnergy
 from ..neighbors import neighbor_list
 from ..systems import System, fcc
@@ -122,23 +123,14 @@ def build_slab(p: SurfaceParameters) -> tuple[System, np.ndarray]:
     return system, layers
 
 
-def _minimise_energy(potential, positions, species, cell, neighbors, gtol=1e-6):
-    """Molecular statics: min V over positions (scipy L-BFGS-B, jitted energy and forces)."""
-    from scipy.optimize import minimize
+def _minimise_energy(potential, positions, species, cell, neighbors, tolerance=1e-6):
+    """Molecular statics: min V over positions (:func:`dmdjax.relax.minimize_energy`, on the
+    device); the tolerance on max |force| is loosened to 1e-3 eV/Å in float32."""
+    from ..relax import minimize_energy
 
-    shape = positions.shape
-
-    def fun(flat):  # energy.evaluate's compiled kernel: one compilation for every species array
-        result = evaluate_arrays(potential, jnp.asarray(flat.reshape(shape), positions.dtype), species, cell, neighbors,
-                           False)
-        return float(result.energy), -np.asarray(result.forces, dtype=float).ravel()
-
-    result = minimize(fun, np.asarray(positions, dtype=float).ravel(), jac=True, method="L-BFGS-B",
-                      options={"gtol": gtol, "ftol": 1e-15, "maxiter": 10_000})
-    if not result.success and np.max(np.abs(result.jac)) > 10 * gtol:
-        raise RuntimeError(f"molecular statics did not converge: {result.message} (max force "
-                           f"{np.max(np.abs(result.jac)):.2e} eV/Å)")
-    return float(result.fun), jnp.asarray(result.x.reshape(shape), positions.dtype)
+    tolerance = max(tolerance, float(default_tolerance(positions.dtype)))
+    result = minimize_energy(potential, positions, species, cell, neighbors, tolerance=tolerance)
+    return float(result.energy), result.positions
 
 
 def segregation_energies(potential, slab: System, layers: np.ndarray, neighbors) -> dict:
