@@ -280,7 +280,7 @@ def evaluate_arrays(potential, positions, species, cell, neighbors, with_stress:
         energies, gradient, _, _ = pair_sums.energy_gradient(model, positions, None, weights)
     energies = _neighbors.check(energies, neighbors)
     sigma = full_to_voigt(stress(potential, positions, species, cell, neighbors)) if with_stress else None
-    return EnergyForcesStress(jnp.sum(energies), -gradient, sigma, energies)
+    return EnergyForcesStress(pair_sums.total(energies), -gradient, sigma, energies)
 
 
 def site_hessian_trace(potential: Potential, positions, species, cell: Cell, neighbors) -> Float[Array, " n"]:

@@ -334,7 +334,7 @@ class VGFreeEnergy(eqx.Module):
         self.check_neighbors(state, neighbors)
         dtype = state.positions.dtype
         entropy = self.entropy_terms(state.stiffness.astype(dtype), state.order_parameter.astype(dtype))
-        return self._average_energy(state, neighbors) + jnp.sum(entropy)
+        return self._average_energy(state, neighbors) + pair_sums.total(entropy)
 
     def average_energy(self, state: DMDState, neighbors) -> Float[Array, ""]:
         """⟨V⟩ in the species mean field, eV."""

@@ -23,12 +23,13 @@ def _brute_force_pairs(positions, cell, cutoff):
 def _listed_pairs(nbrs, positions, cell, cutoff):
     idx = np.asarray(nbrs.idx)
     n = len(positions)
-    pairs = set()
-    for i in range(n):
-        for j in idx[i]:
-            if j < n and np.linalg.norm(np.asarray(cell.displacement(positions[j], positions[i]))) < cutoff:
-                pairs.add((i, int(j)))
-    return pairs
+    rows = np.repeat(np.arange(n), idx.shape[1])
+    cols = idx.ravel()
+    listed = cols < n
+    rows, cols = rows[listed], cols[listed]
+    distance = np.linalg.norm(np.asarray(cell.displacement(positions[cols], positions[rows])), axis=1)
+    close = distance < cutoff
+    return set(zip(rows[close].tolist(), cols[close].tolist()))
 
 
 @pytest.mark.parametrize(

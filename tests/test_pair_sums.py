@@ -44,7 +44,8 @@ def _alloy_state(mendelev, temperature, surface=False, seed=0):
     return vg, state, vg.neighbor_list(system.positions, state.stiffness)
 
 
-@pytest.mark.parametrize("temperature, surface", [(300.0, False), (600.0, True), (900.0, False)])
+@pytest.mark.parametrize("temperature, surface", [pytest.param(300.0, False, marks=pytest.mark.slow), (600.0, True),
+                                                  pytest.param(900.0, False, marks=pytest.mark.slow)])
 def test_vg_free_energy_and_gradient_equal_autodiff(mendelev, temperature, surface):
     vg, state, nbrs = _alloy_state(mendelev, temperature, surface)
     oracle = _autodiff_free_energy(vg, nbrs)
