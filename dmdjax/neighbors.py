@@ -46,7 +46,8 @@ OVERFLOW_MESSAGE = (
 )
 
 
-#: Candidate pairs (row-block rows × candidates per row) per block of the search.
+#: Candidate pairs (row-block rows × candidates per row) per block of the search (CPU; 16 × on
+#: accelerators, where a block must fill the device).
 SEARCH_BLOCK_CANDIDATES = 1 << 20
 
 
@@ -212,7 +213,8 @@ def _search(fractional, vectors, search_range, pbc, grid, cell_capacity, capacit
         return table[:, :capacity], count
 
     per_row = int(_stencil(grid).shape[0]) * cell_capacity
-    block = int(max(1, min(n, SEARCH_BLOCK_CANDIDATES // max(per_row, 1))))
+    candidates = SEARCH_BLOCK_CANDIDATES * (1 if jax.default_backend() == "cpu" else 16)
+    block = int(max(1, min(n, candidates // max(per_row, 1))))
     n_blocks = -(-n // block)
     starts = jnp.minimum(jnp.arange(n_blocks) * block, n - block)
     idx, counts = jax.lax.map(lambda first_row: rows_of(first_row + jnp.arange(block, dtype=jnp.int32)), starts)

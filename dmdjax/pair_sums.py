@@ -48,6 +48,8 @@ from .quadrature import SQRT2, points_at_sigma
 #: for Gaussian averages (which hold every quadrature node of a slot). Measured best on a 2-core
 #: CPU (``scripts/bench_hot_path.py``); the temporaries of a block are a fixed cost, not per atom.
 BLOCK_SLOTS, AVERAGED_BLOCK_SLOTS = 1 << 15, 1 << 13
+#: The same on accelerators, where a block must fill the device (not yet measured on a GPU).
+ACCELERATOR_BLOCK_SLOTS, ACCELERATOR_AVERAGED_BLOCK_SLOTS = 1 << 22, 1 << 20
 
 
 class RadialAverages(eqx.Module):
@@ -144,7 +146,10 @@ def pair_model(radial: RadialAverages, cell: Cell, neighbor_idx, block_rows: int
     """A :class:`PairModel`; ``block_rows`` defaults to :data:`BLOCK_SLOTS` (or
     :data:`AVERAGED_BLOCK_SLOTS`) // M."""
     slots = max(1, neighbor_idx.shape[1])
-    per_block = BLOCK_SLOTS if radial.rule is None else AVERAGED_BLOCK_SLOTS
+    if jax.default_backend() == "cpu":
+        per_block = BLOCK_SLOTS if radial.rule is None else AVERAGED_BLOCK_SLOTS
+    else:
+        per_block = ACCELERATOR_BLOCK_SLOTS if radial.rule is None else ACCELERATOR_AVERAGED_BLOCK_SLOTS
     rows = max(1, per_block // slots) if block_rows is None else int(block_rows)
     return PairModel(radial, cell, neighbor_idx, rows)
 
