@@ -288,20 +288,16 @@ def site_hessian_trace(potential: Potential, positions, species, cell: Cell, nei
 
     Computed exactly and in O(N M) from the energy terms that depend on x_i alone —
     the pairs (i, j), the embedding of i, and the embedding of each neighbour j with
-    ρ_j changed only through f(r_ij) — by a d×d Hessian per atom. Needs a full
-    (both-ways) Dense neighbour list, which :func:`~dmdjax.neighbors.neighbor_list` is.
-    Used for the stiffness first guess k_i = tr ∇²_ii V / d (DESIGN.md §3).
+    ρ_j changed only through f(r_ij) — by a d×d Hessian per atom, in row blocks (bounded
+    memory). Needs a full (both-ways) Dense neighbour list, which
+    :func:`~dmdjax.neighbors.neighbor_list` is. Used for the stiffness first guess
+    k_i = tr ∇²_ii V / d (DESIGN.md §3).
     """
     weights = as_weights(species, potential.n_species, positions.dtype)
-    geometry = pair_geometry(positions, cell, neighbors.idx)
     fill = 2.0 * potential.cutoff
-    neighbor_weights = _neighbors.gather(weights, neighbors.idx)  # (N, M, S)
-    if potential.is_embedded:
-        pair_density0 = potential.radial(masked_distance(geometry.displacement, geometry.mask, fill))[:, :, DENSITY]
-        density0 = jnp.einsum("nmbh,nmb->nh", pair_density0, neighbor_weights, precision=HIGHEST)  # (N, S)
-        neighbor_density0 = _neighbors.gather(density0, neighbors.idx)
-    else:
-        pair_density0 = neighbor_density0 = None
+    n = positions.shape[0]
+    model = _model(potential, cell, neighbors)
+    density0 = pair_sums.densities(model, positions, None, weights) if potential.is_embedded else None
 
     def local_energy(shift, displacement, mask, w_i, w_j, rho_j0, f_ij0):
         # Energy terms that move with x_i -> x_i + shift (displacement is x_j - x_i).
@@ -320,6 +316,21 @@ def site_hessian_trace(potential: Potential, positions, species, cell: Cell, nei
         zero = jnp.zeros((cell.dim,), positions.dtype)
         return jnp.trace(jax.hessian(local_energy)(zero, *atom_data))
 
-    traces = jax.vmap(trace)(geometry.displacement, geometry.mask, weights, neighbor_weights, neighbor_density0,
-                             pair_density0)
-    return _neighbors.check(traces, neighbors)
+    def block(rows, idx):
+        mask = idx < n
+        displacement = cell.displacement(_neighbors.gather(positions, idx), positions[rows][:, None, :])
+        neighbor_weights = _neighbors.gather(weights, idx)  # (B, M, S)
+        if potential.is_embedded:
+            pair_density0 = potential.radial(masked_distance(displacement, mask, fill))[:, :, DENSITY]
+            neighbor_density0 = _neighbors.gather(density0, idx)
+        else:
+            pair_density0 = neighbor_density0 = None
+        return jax.vmap(trace)(displacement, mask, weights[rows], neighbor_weights, neighbor_density0,
+                               pair_density0)
+
+    rows = max(1, HESSIAN_BLOCK_SLOTS // max(1, neighbors.idx.shape[1]))
+    return _neighbors.check(pair_sums.map_rows(block, neighbors.idx, rows), neighbors)
+
+
+#: Neighbour slots per row block of :func:`site_hessian_trace` (each slot holds its d × d block).
+HESSIAN_BLOCK_SLOTS = 1 << 14

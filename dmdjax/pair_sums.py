@@ -164,12 +164,15 @@ class Gradient(NamedTuple):
 
 
 def _map_rows(fn, model: PairModel):
-    """``fn(rows, neighbor_idx)`` over blocks of ``block_rows`` rows (``lax.map``); outputs
-    concatenated to N rows. The last block is shifted back to end at row N (it overlaps the one
-    before), so nothing N-sized is padded or copied."""
-    idx = model.neighbor_idx
+    return map_rows(fn, model.neighbor_idx, model.block_rows)
+
+
+def map_rows(fn, idx: Int[Array, "n m"], block_rows: int):
+    """``fn(rows, neighbor_idx)`` over blocks of ``block_rows`` rows of a list (``lax.map``);
+    outputs concatenated to N rows. The last block is shifted back to end at row N (it overlaps
+    the one before), so nothing N-sized is padded or copied."""
     n = idx.shape[0]
-    block = min(model.block_rows, n)
+    block = min(block_rows, n)
     if block >= n:
         return fn(jnp.arange(n), idx)
     n_blocks = -(-n // block)
