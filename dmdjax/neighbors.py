@@ -49,6 +49,9 @@ OVERFLOW_MESSAGE = (
 #: Candidate pairs (row-block rows × candidates per row) per block of the search (CPU; 16 × on
 #: accelerators, where a block must fill the device).
 SEARCH_BLOCK_CANDIDATES = 1 << 20
+#: Below this many N × (candidates per atom), :func:`neighbor_list` searches once at the candidate
+#: bound and cuts the list to its capacity; above it, it counts first and then fills.
+SINGLE_PASS_SLOTS = 1 << 24
 
 
 class NeighborList(eqx.Module):
@@ -298,10 +301,20 @@ def neighbor_list(
     occupancy = int(np.bincount(numbers, minlength=1).max()) if n else 1
     cell_capacity = int(np.ceil(occupancy * capacity_multiplier))
     cartesian_vectors = jnp.asarray(vectors, dtype)
-    # Count first (capacity 0), then fill the list at the allocated capacity.
-    _, counts, _ = _search_jit(fractional, cartesian_vectors, search_range, cell.pbc, grid, cell_capacity, 0)
-    capacity = int(np.ceil(int(jnp.max(counts)) * capacity_multiplier)) if n else 0
-    idx, _, _ = _search_jit(fractional, cartesian_vectors, search_range, cell.pbc, grid, cell_capacity, capacity)
+    bound = int(_stencil(grid).shape[0]) * cell_capacity  # no atom has more candidates
+    if n * bound <= SINGLE_PASS_SLOTS:
+        # Small systems: one search at the bound, cut to the capacity (one compilation, not two).
+        idx, counts, _ = _search_jit(fractional, cartesian_vectors, search_range, cell.pbc, grid, cell_capacity,
+                                     bound)
+        capacity = int(np.ceil(int(jnp.max(counts)) * capacity_multiplier)) if n else 0
+        idx = idx[:, :capacity] if capacity <= bound else jnp.pad(idx, ((0, 0), (0, capacity - bound)),
+                                                                   constant_values=n)
+    else:
+        # Count first (capacity 0), then fill the list at the allocated capacity.
+        _, counts, _ = _search_jit(fractional, cartesian_vectors, search_range, cell.pbc, grid, cell_capacity, 0)
+        capacity = int(np.ceil(int(jnp.max(counts)) * capacity_multiplier)) if n else 0
+        idx, _, _ = _search_jit(fractional, cartesian_vectors, search_range, cell.pbc, grid, cell_capacity,
+                                capacity)
     return NeighborList(idx, fractional, jnp.asarray(False), template.search_inverse, template.origin, outside,
                         cell.pbc, float(cutoff), float(skin), grid, cell_capacity)
 

@@ -63,6 +63,7 @@ def test_vg_free_energy_and_gradient_equal_autodiff(mendelev, temperature, surfa
         np.testing.assert_allclose(g, w, rtol=0, atol=1e-11 * float(jnp.max(jnp.abs(w))))
 
 
+@pytest.mark.slow
 def test_temperature_and_parameter_derivatives(mendelev):
     """∂F/∂T (through a_i = 1/(βk_i), outside the rule) and ∂F/∂θ for a spline scale (the rule's
     model tangent, forward mode through the sums) equal the oracle's."""
@@ -127,7 +128,8 @@ def test_blocks_do_not_change_the_sums(mendelev):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(want))))
 
 
-@pytest.mark.parametrize("dim, rule", [(1, "gauss-hermite"), (2, "gauss-hermite"), (3, "third-degree")])
+@pytest.mark.parametrize("dim, rule", [(1, "gauss-hermite"), pytest.param(2, "gauss-hermite", marks=pytest.mark.slow),
+                                       pytest.param(3, "third-degree", marks=pytest.mark.slow)])
 def test_generic_rules_equal_autodiff(dim, rule):
     """Rules without a closed form (derivatives by forward mode inside the rule) in 1-3 D."""
     lj = dj.LennardJones([[1.0, 0.6], [0.6, 0.8]], [[1.0, 1.1], [1.1, 1.2]], species=("A", "B"), cutoff=2.5)

@@ -203,6 +203,7 @@ def test_newton_matches_lbfgs_with_a_coloured_hessian():
         dj.relax(vg, vg.initial_state(chain.positions, s, nbrs), nbrs, colouring=colouring)
 
 
+@pytest.mark.slow
 def test_minimize_energy_matches_scipy(mendelev):
     """Molecular statics on the device (optax L-BFGS in one loop) reaches scipy's minimum of
     the same energy (an independent optimiser on the host), on a rattled slab with a free
