@@ -480,16 +480,19 @@ def minimize_energy(potential, positions, species, cell, neighbors: NeighborList
     n = positions.shape[0]
     pinned = jnp.zeros((n,), bool) if pinned is None else jnp.asarray(pinned, bool)
     anchor, start, iterations = positions, positions, 0
+    from .neighbors import refresh
+
     for _ in range(MAX_REBUILDS + 1):
         moved, energy, steps, norm = _minimize_energy(potential, anchor, start, species, cell, neighbors, pinned,
                                                       jnp.asarray(tolerance, positions.dtype), max_steps, memory)
         iterations += int(steps)
-        if float(neighbors.max_displacement(moved)) <= 0.5 * neighbors.skin or not bool(jnp.isfinite(energy)):
+        # The list holds every pair within the cut-off while no atom moved more than skin/2.
+        covered = float(neighbors.max_displacement(moved)) <= 0.5 * neighbors.skin
+        if covered or not bool(jnp.isfinite(energy)):
             break
-        from .neighbors import refresh
-
-        neighbors, start = refresh(neighbors.update(moved), moved, cell), moved
-    converged = bool(norm <= tolerance) and bool(jnp.isfinite(energy))
+        neighbors, start = refresh(neighbors, moved, cell), moved
+    # A result whose list no longer covers it is not converged (its energy may miss pairs).
+    converged = bool(norm <= tolerance) and bool(jnp.isfinite(energy)) and covered
     if throw and not converged:
         raise RelaxationError(f"molecular statics did not converge: max force {float(norm):.3g} eV/Å after "
                               f"{iterations} iterations, tolerance {tolerance:.3g} eV/Å")
