@@ -20,12 +20,13 @@ at its start, and the state at each output time is relaxed, recorded and checked
 """
 
 from ..kinetics import GradientFlow, KineticLaw, MasterEquation, SpinDiffusion, species_rate
-from ._equilibrium import Equilibrium, equilibrium
+from ._equilibrium import Equilibrium, default_equilibrium_tolerance, equilibrium
 from ._run import run
 from ._solve import RELAX_AT, DMDError, Solution, solve
 from ._trajectory import Trajectory, load_trajectory
 
 __all__ = [
     "DMDError", "Equilibrium", "GradientFlow", "KineticLaw", "MasterEquation", "RELAX_AT", "Solution",
-    "SpinDiffusion", "Trajectory", "equilibrium", "load_trajectory", "run", "solve", "species_rate",
+    "SpinDiffusion", "Trajectory", "default_equilibrium_tolerance", "equilibrium", "load_trajectory", "run",
+    "solve", "species_rate",
 ]

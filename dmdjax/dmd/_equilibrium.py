@@ -57,12 +57,18 @@ def _potential_jacobian(vg, state, neighbors, colouring):
     return mu(z, order_parameter), f_ss - f_zs.T @ jnp.linalg.solve(h_zz, f_zs)
 
 
+def default_equilibrium_tolerance(dtype) -> float:
+    """The default tolerance of :func:`equilibrium` on max |μ_i − λ|, eV: 1e-10 in float64, 1e-5 in
+    float32 (its rounding floor is about 1e-6 eV on an EAM alloy)."""
+    return 1e-10 if jnp.dtype(dtype) == jnp.float64 else 1e-5
+
+
 def equilibrium(
     vg: VGFreeEnergy,
     state: DMDState,
     neighbors: NeighborList,
     *,
-    tolerance: float = 1e-10,
+    tolerance: float | None = None,
     max_steps: int = 100,
     relax_tolerance: float | None = None,
     relax_method: str = "lbfgs",
@@ -89,9 +95,12 @@ def equilibrium(
     one relaxation and one μ^ex per step, no Jacobian, so any N — for systems where F is
     convex in s and the solute feedback is weak (dilute alloys); it converges linearly.
 
+    ``tolerance`` (eV, on max |μ_i − λ|) defaults to :func:`default_equilibrium_tolerance` of
+    the state's dtype: 1e-10 in float64, 1e-5 in float32, where rounding (per-site terms of a few
+    eV, relaxed to max |∇F| ≤ 1e-3) leaves μ_i − λ noisy at about 1e-6 eV.
+
     Raises:
-        DMDError: if the iteration has not reached ``tolerance`` (eV, on max |μ_i − λ|)
-            after ``max_steps`` steps.
+        DMDError: if the iteration has not reached ``tolerance`` after ``max_steps`` steps.
     """
     if start not in ("uniform", "given"):
         raise ValueError(f"start must be 'uniform' or 'given'; got {start!r}")
@@ -99,6 +108,8 @@ def equilibrium(
         raise ValueError(f"method must be 'newton' or 'self-consistent'; got {method!r}")
     vg.check(state, neighbors)
     positions = state.positions
+    if tolerance is None:
+        tolerance = default_equilibrium_tolerance(positions.dtype)
     free = ~np.asarray(vg.pinned_species)
     n_free = int(free.sum())
     s = np.asarray(state.order_parameter, dtype=float).copy()

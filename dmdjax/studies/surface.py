@@ -222,10 +222,11 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
 
         steps = tqdm(steps, desc="isotherm", unit="composition")
     isotherm_layers, isotherm_rows = [], isotherm_rows or []
+    tolerance = max(1e-7, dmd.default_equilibrium_tolerance(slab.positions.dtype))  # 1e-5 eV in float32
     for index in steps:
         s = jnp.full(slab.n_atoms, 1.0 - 2.0 * nominal[index], slab.positions.dtype)
         state = dmd.equilibrium(vg, vg.initial_state(slab.positions, s, neighbors), neighbors,
-                                method="self-consistent", tolerance=1e-7)
+                                method="self-consistent", tolerance=tolerance)
         layer_c = group_means(mg_fraction(state.order_parameter), layers)
         isotherm_layers.append(layer_c)
         bulk = float(centre_mean(layer_c))
