@@ -84,11 +84,11 @@ class Cell(eqx.Module):
         for axis, (periodic, width) in enumerate(zip(self.pbc, widths)):
             if periodic and width < 2.0 * interaction_range:
                 raise ValueError(
-                    f"cell too small: periodic width {width:.4g} Å along cell vector {axis} is below "
-                    f"twice the interaction range {interaction_range:.4g} Å (the cut-off, plus the Gaussians' reach for "
+                    f"cell too small: periodic width {width:.6g} Å along cell vector {axis} is below "
+                    f"twice the interaction range {interaction_range:.6g} Å (the cut-off, plus the Gaussians' reach for "
                     "the VG free energy); "
                     "replicate the structure (e.g. atoms.repeat) so that each periodic width is at "
-                    f"least {2 * interaction_range:.4g} Å"
+                    f"least {2 * interaction_range:.6g} Å"
                 )
 
 

@@ -330,6 +330,9 @@ def _add_alloy(sub) -> None:
                    help="slab size in cubic cells, x free (default 10,5,5; NY, NZ >= 5)")
     s.add_argument("--isotherm", type=_fractions, default=None, metavar="C1,C2,...",
                    help="nominal Mg fractions of the Langmuir-McLean check (default 0.001,0.002,0.005,0.01,0.02)")
+    s.add_argument("--no-species-widths", dest="species_widths", action="store_false", default=None,
+                   help="skip the segregation free energy with per-species Gaussian widths (reported beside the "
+                   "one-width-per-site value; several relaxations' cost: skip it beyond ~10^4 atoms)")
     _add_alloy_options(s, "surface", surface.SurfaceParameters())
     d = studies.add_parser(
         "dislocation", help="Mg around an edge dislocation (Cottrell atmosphere): maps, pressure, frames",
@@ -350,7 +353,7 @@ def _run_alloy(args) -> int:
     from .studies import dislocation, surface
 
     parameters_class, run, own = {
-        "surface": (surface.SurfaceParameters, surface.run_surface_study, ("cells", "isotherm")),
+        "surface": (surface.SurfaceParameters, surface.run_surface_study, ("cells", "isotherm", "species_widths")),
         "dislocation": (dislocation.DislocationParameters, dislocation.run_dislocation_study, ("radius", "length")),
     }[args.study_name]
     parameters = parameters_class.quick() if args.quick else parameters_class()

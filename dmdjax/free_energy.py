@@ -37,6 +37,17 @@ just r_c + skin — or F, μ and ∇F depend on the skin. :meth:`VGFreeEnergy.ne
 such a list, host-side calls check it (``ValueError``), and :func:`dmdjax.relax` and
 :func:`dmdjax.dmd.run` rebuild it when k softens or atoms move.
 
+Per-species widths (``widths="species"``, DESIGN.md §2.1, as in the C++ code MAPP): site i
+holds species a with probability c_i^a and then x_i ~ N(X_i, (β k_ia)⁻¹ I_d), so k is
+``(N, 2)`` (columns: the s = +1 and s = −1 species), the pair variance of species (a, b) on
+sites (i, j) is 1/(βk_ia) + 1/(βk_jb) and the vibrational term is
+β⁻¹ (d/2) Σ_i Σ_a c_i^a [ln(β k_ia / 2π) − 1]. These sums run through JAX's autodiff
+(:func:`dmdjax.pair_sums.resolved_site_energies`): meant for up to ~10⁴ sites.
+
+The kinetic term (``include_kinetic=True``): d β⁻¹ Σ_i Σ_a c_i^a ln Λ_a with the thermal de
+Broglie wavelength Λ_a = h/√(2π m_a k_B T) (h in eV·fs, m_a in amu, Λ in Å), which makes F
+the absolute free energy MAPP reports; without it (the default) F is configurational only.
+
 Pinned atoms are clamped (zero variance, no vibrational term; their k is ignored).
 Pinned species sites may hold s = ±1 exactly; their configurational entropy is then a
 constant and their chemical potential is the excess part only.
@@ -60,8 +71,12 @@ from .state import DMDState
 from .energy import check_separation, masked_distance, pair_geometry, site_hessian_trace
 from . import pair_sums
 from .potentials import Potential
-from .units import beta_from_temperature
+from .units import beta_from_temperature, thermal_wavelength
 from .quadrature import QUADRATURE_RULES, gaussian_average, reach_factor
+
+#: The variational families of the Gaussian widths: one per site, or one per site and species.
+WIDTHS = ("site", "species")
+
 
 class VGFreeEnergy(eqx.Module):
     """The VG free energy (F1) of a system, as a callable pytree.
@@ -76,6 +91,9 @@ class VGFreeEnergy(eqx.Module):
         pinned_species: ``(N,)`` sites whose s does not evolve (may be exactly ±1).
         species_pair: indices (A, B) in ``potential.species`` of s = +1 and s = −1.
         quadrature, nodes: the Gaussian pair-average rule (module docstring).
+        widths: ``"site"`` (k ``(N,)``) or ``"species"`` (k ``(N, 2)``, module docstring).
+        include_kinetic: add the kinetic (de Broglie) term. masses: the potential's species'
+            masses (amu), or None when unknown (then ``include_kinetic`` is refused).
     """
 
     potential: Potential
@@ -86,6 +104,9 @@ class VGFreeEnergy(eqx.Module):
     species_pair: tuple[int, int] = eqx.field(static=True)
     quadrature: str = eqx.field(static=True)
     nodes: int = eqx.field(static=True)
+    widths: str = eqx.field(static=True)
+    include_kinetic: bool = eqx.field(static=True)
+    masses: tuple[float, ...] | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -99,6 +120,9 @@ class VGFreeEnergy(eqx.Module):
         species: Sequence[str] | None = None,
         quadrature: str = "gauss-hermite",
         nodes: int = 8,
+        widths: str = "site",
+        include_kinetic: bool = False,
+        masses=None,
     ):
         """
         Arguments:
@@ -109,6 +133,11 @@ class VGFreeEnergy(eqx.Module):
             species: names of the s = +1 and s = −1 species (default: the potential's
                 first two; a one-species potential uses it for both).
             quadrature, nodes: the pair-average rule and its number of nodes.
+            widths: ``"site"`` (default) or ``"species"``: one Gaussian width per site, or
+                one per site and species (module docstring).
+            include_kinetic: add the kinetic term d β⁻¹ Σ c_i^a ln Λ_a (default False).
+            masses: ``(S,)`` atomic masses (amu) of the potential's species, or a dict by
+                name; default the potential's (an EAM file's). Needed for ``include_kinetic``.
         """
         _validate.temperature(temperature)
         if quadrature not in QUADRATURE_RULES:
@@ -129,6 +158,25 @@ class VGFreeEnergy(eqx.Module):
         self.species_pair = pair
         self.quadrature = quadrature
         self.nodes = int(nodes)
+        if widths not in WIDTHS:
+            raise ValueError(f"widths must be one of {WIDTHS}; got {widths!r}")
+        self.widths = widths
+        self.include_kinetic = bool(include_kinetic)
+        self.masses = _masses(potential, masses)
+        if self.include_kinetic and self.masses is None:
+            raise ValueError(f"include_kinetic=True needs the species' masses: the potential {potential.species} "
+                             "carries none; pass masses=(m_1, ...) in amu")
+
+    @property
+    def stiffness_shape(self) -> tuple[int, ...]:
+        """``(N,)`` for one width per site, ``(N, 2)`` for one per site and species."""
+        n = self.pinned.shape[0]
+        return (n,) if self.widths == "site" else (n, 2)
+
+    @property
+    def pinned_stiffness(self) -> Bool[Array, "n ..."]:
+        """The pinned mask shaped to broadcast against k: ``(N,)`` or ``(N, 1)``."""
+        return self.pinned if self.widths == "site" else self.pinned[:, None]
 
     @property
     def beta(self) -> Float[Array, ""]:
@@ -139,7 +187,7 @@ class VGFreeEnergy(eqx.Module):
         """How far past the cut-off (Å) the pair averages reach at ``stiffness``: c σ_max with
         σ_max² = 2/(β k_min) over unpinned sites (module docstring). 0 if every atom is pinned."""
         dtype = jnp.result_type(stiffness)
-        free_stiffness = jnp.where(self.pinned, jnp.inf, jnp.asarray(stiffness, dtype))
+        free_stiffness = jnp.where(self.pinned_stiffness, jnp.inf, jnp.asarray(stiffness, dtype))
         largest_variance = 2.0 / (self.beta.astype(dtype) * jnp.min(free_stiffness))
         factor = reach_factor(self.cell.dim, self.quadrature, self.nodes)
         return factor * jnp.sqrt(jnp.where(jnp.isfinite(largest_variance), largest_variance, jnp.inf))
@@ -181,25 +229,34 @@ class VGFreeEnergy(eqx.Module):
         reach = float(self.reach(stiffness))
         if not np.isfinite(reach):
             raise ValueError(f"stiffness must be finite and > 0 on unpinned sites; the smallest is "
-                             f"{float(jnp.min(jnp.where(self.pinned, jnp.inf, stiffness)))!r}")
+                             f"{float(jnp.min(jnp.where(self.pinned_stiffness, jnp.inf, stiffness)))!r}")
         return _neighbors.covering(neighbors, positions, self.cell, self.potential.cutoff + reach,
                                    margin=(margin - 1.0) * reach)
 
     def initial_state(self, positions, order_parameter, neighbors) -> DMDState:
-        """The state (X, :meth:`initial_stiffness`, s): the usual start of :func:`dmdjax.relax`."""
+        """The state (X, :meth:`initial_stiffness`, s): the usual start of :func:`dmdjax.relax`
+        (with per-species widths both species start from the site's guess)."""
         order_parameter = jnp.asarray(order_parameter, positions.dtype)
         concrete = _validate.on_host((self, positions, order_parameter, neighbors))
         guess = _initial_stiffness_jit if concrete else VGFreeEnergy.initial_stiffness
-        return DMDState(positions, guess(self, positions, order_parameter, neighbors), order_parameter)
+        stiffness = guess(self, positions, order_parameter, neighbors)
+        return DMDState(positions, jnp.broadcast_to(stiffness[:, None], self.stiffness_shape)
+                        if self.widths == "species" else stiffness, order_parameter)
 
     def initial_stiffness(self, positions, order_parameter, neighbors) -> Float[Array, " n"]:
         """First guess k_i = tr ∇²_ii V / d at X (mean-field species), floored at 5 % of the
-        largest: atoms at unstable or nearly free sites get the floor; pinned atoms get 1."""
+        largest: atoms at unstable or nearly free sites get the floor; pinned atoms get 1.
+        One per site, ``(N,)``, for either family of widths."""
         weights = self.species_weights(order_parameter.astype(positions.dtype))
         traces = site_hessian_trace(self.potential, positions, weights, self.cell, neighbors)
         stiffness = traces / self.cell.dim
         floor = 0.05 * jnp.max(jnp.where(self.pinned, 0.0, stiffness))
         return jnp.where(self.pinned, 1.0, jnp.maximum(stiffness, floor))
+
+    def component_weights(self, order_parameter: Float[Array, " n"]) -> Float[Array, "n 2"]:
+        """``(N, 2)``: c_i and 1 − c_i, the weights of the s = +1 and s = −1 species."""
+        c = 0.5 * (1.0 + order_parameter)
+        return jnp.stack([c, 1.0 - c], axis=-1)
 
     def species_weights(self, order_parameter: Float[Array, " n"]) -> Float[Array, "n s"]:
         """Mean-field weights ``(N, S)``: c_i on species A, 1 − c_i on species B."""
@@ -218,7 +275,11 @@ class VGFreeEnergy(eqx.Module):
         positions, stiffness, order_parameter = state.positions, state.stiffness, state.order_parameter
         n = self.pinned.shape[0]
         _validate.shape(positions, (n, self.cell.dim), "positions")
-        _validate.shape(stiffness, (n,), "stiffness")
+        if jnp.shape(stiffness) != self.stiffness_shape:
+            family = ("one per site" if self.widths == "site" else "one per site and species, columns "
+                      f"{tuple(self.potential.species[a] for a in self.species_pair)}")
+            raise ValueError(f"stiffness must have shape {self.stiffness_shape} (widths={self.widths!r}: {family}); "
+                             f"got {jnp.shape(stiffness)}")
         _validate.shape(order_parameter, (n,), "order_parameter")
         if neighbors.idx.shape[0] != n:
             raise ValueError(f"neighbour list is for {neighbors.idx.shape[0]} sites but the free energy has {n}")
@@ -231,7 +292,7 @@ class VGFreeEnergy(eqx.Module):
         _validate.finite(positions, "positions")
         check_separation(self.potential, positions, self.cell, neighbors)
         free = ~np.asarray(self.pinned)
-        _validate.stiffness(np.asarray(stiffness)[free], "stiffness (of unpinned atoms)")
+        _validate.stiffness(np.asarray(stiffness)[free].reshape(-1), "stiffness (of unpinned atoms)")
         pinned_species = np.asarray(self.pinned_species)
         _validate.order_parameter(np.asarray(order_parameter)[~pinned_species], "order_parameter")
         s_pinned = np.asarray(order_parameter)[pinned_species]
@@ -260,8 +321,13 @@ class VGFreeEnergy(eqx.Module):
         """Gaussian pair averages of all radial functions on every listed pair, ``(N, M, T, S, S)``.
 
         ``neighbors``: any pair table with an ``idx`` ``(N, M)`` (a neighbour list or a
-        :class:`~dmdjax.kinetics.BondGraph`)."""
+        :class:`~dmdjax.kinetics.BondGraph`). With per-species widths the last two axes are the
+        two components (the s = +1 and s = −1 species), each pair at its own variance:
+        ``(N, M, T, 2, 2)``."""
         dtype = positions.dtype
+        if self.widths == "species":
+            variance = self.atom_variances(stiffness.astype(dtype))
+            return pair_sums.resolved_averages(self.pair_model(neighbors), positions, variance, self.species_pair)
         beta = self.beta.astype(dtype)
         inverse = jnp.where(self.pinned, 0.0, 1.0 / (beta * stiffness.astype(dtype)))  # 1/(βk), Å²
         geometry = pair_geometry(positions, self.cell, neighbors.idx)
@@ -275,12 +341,21 @@ class VGFreeEnergy(eqx.Module):
         return pair_sums.pair_model(radial, self.cell, neighbors.idx)
 
     def atom_variances(self, stiffness: Float[Array, " n"]) -> Float[Array, " n"]:
-        """a_i = 1/(βk_i) (Å²), 0 on pinned atoms: the pair variance is a_i + a_j."""
+        """a_i = 1/(βk_i) (Å²), 0 on pinned atoms: the pair variance is a_i + a_j (per species
+        with per-species widths: ``(N, 2)``, a_ia + a_jb)."""
         dtype = jnp.result_type(stiffness)
-        return jnp.where(self.pinned, 0.0, 1.0 / (self.beta.astype(dtype) * stiffness))
+        return jnp.where(self.pinned_stiffness, 0.0, 1.0 / (self.beta.astype(dtype) * stiffness))
+
+    def _resolved_site_energies(self, state: DMDState, neighbors) -> Float[Array, " n"]:
+        dtype = state.positions.dtype
+        return pair_sums.resolved_site_energies(
+            self.pair_model(neighbors), state.positions, self.atom_variances(state.stiffness.astype(dtype)),
+            self.component_weights(state.order_parameter.astype(dtype)), self.species_pair)
 
     def average_site_energies(self, state: DMDState, neighbors) -> Float[Array, " n"]:
         """Site terms of ⟨V⟩ in the species mean field (eV); they sum to ⟨V⟩."""
+        if self.widths == "species":
+            return _neighbors.check(self._resolved_site_energies(state, neighbors), neighbors)
         positions = state.positions
         dtype = positions.dtype
         weights = self.species_weights(state.order_parameter.astype(dtype))
@@ -289,6 +364,8 @@ class VGFreeEnergy(eqx.Module):
         return _neighbors.check(energies, neighbors)
 
     def _average_energy(self, state: DMDState, neighbors) -> Float[Array, ""]:
+        if self.widths == "species":
+            return _neighbors.check(pair_sums.total(self._resolved_site_energies(state, neighbors)), neighbors)
         positions = state.positions
         dtype = positions.dtype
         weights = self.species_weights(state.order_parameter.astype(dtype))
@@ -297,12 +374,16 @@ class VGFreeEnergy(eqx.Module):
         return _neighbors.check(total, neighbors)
 
     def weight_derivative(self, dtype=float) -> Float[Array, " s"]:
-        """∂w_i/∂s_i: +½ on species A, −½ on species B (zero on both if they coincide)."""
+        """∂w_i/∂s_i along the species axes of :meth:`averaged_radial`: +½ on species A, −½ on
+        species B (zero on both if they coincide); with per-species widths (+½, −½) on the components."""
+        if self.widths == "species":
+            return jnp.asarray([0.5, -0.5], dtype)
         a, b = self.species_pair
         return jnp.zeros((self.potential.n_species,), dtype).at[a].add(0.5).at[b].add(-0.5)
 
     def entropy_terms(self, stiffness, order_parameter) -> Float[Array, " n"]:
-        """β⁻¹ [c ln c + (1 − c) ln(1 − c)] + β⁻¹ (d/2)[ln(βk/2π) − 1] per site (eV)."""
+        """The non-energy terms of F per site (eV): the configurational part
+        β⁻¹ [c ln c + (1 − c) ln(1 − c)] plus :meth:`vibrational_terms`."""
         dtype = order_parameter.dtype
         beta = self.beta.astype(dtype)
         # Pinned species: a constant (no gradient, finite even at s = ±1).
@@ -314,9 +395,25 @@ class VGFreeEnergy(eqx.Module):
             return xlogy(c, c) + xlogy(1.0 - c, 1.0 - c)
 
         configurational = jnp.where(self.pinned_species, mixing(s_const), mixing(s_free)) / beta
-        k_safe = jnp.where(self.pinned, 1.0, stiffness.astype(dtype))
+        return configurational + self.vibrational_terms(stiffness, order_parameter)
+
+    def vibrational_terms(self, stiffness, order_parameter) -> Float[Array, " n"]:
+        """β⁻¹ (d/2)[ln(βk_i/2π) − 1] per site (eV; 0 on pinned atoms) — with per-species widths
+        Σ_a c_i^a β⁻¹ (d/2)[ln(βk_ia/2π) − 1] — plus, with ``include_kinetic``, the kinetic term
+        d β⁻¹ Σ_a c_i^a ln Λ_a (on every site: clamped atoms keep their momenta)."""
+        dtype = order_parameter.dtype
+        beta = self.beta.astype(dtype)
+        k_safe = jnp.where(self.pinned_stiffness, 1.0, stiffness.astype(dtype))
         vibrational = 0.5 * self.cell.dim * (jnp.log(beta * k_safe / (2 * np.pi)) - 1.0) / beta
-        return configurational + jnp.where(self.pinned, 0.0, vibrational)
+        weights = self.component_weights(order_parameter)
+        if self.widths == "species":
+            vibrational = jnp.sum(weights * vibrational, axis=-1)
+        out = jnp.where(self.pinned, 0.0, vibrational)
+        if self.include_kinetic:
+            masses = jnp.asarray([self.masses[a] for a in self.species_pair], dtype)
+            wavelength = thermal_wavelength(masses, self.temperature.astype(dtype))
+            out = out + self.cell.dim * jnp.sum(weights * jnp.log(wavelength), axis=-1) / beta
+        return out
 
     def site_free_energies(self, state: DMDState, neighbors) -> Float[Array, " n"]:
         """Per-site free energies (eV); they sum to F."""
@@ -349,13 +446,42 @@ class VGFreeEnergy(eqx.Module):
         return jax.grad(lambda s: self(DMDState(x, k, s), neighbors))(state.order_parameter)
 
     def excess_chemical_potential(self, state: DMDState, neighbors) -> Float[Array, " n"]:
-        """μ_i^ex = ∂⟨V⟩/∂s_i (eV), ``(N,)``."""
+        """μ_i^ex = μ_i − β⁻¹ artanh(s_i) (eV), ``(N,)``: ∂⟨V⟩/∂s_i, plus, with per-species widths
+        or the kinetic term, the s-derivative of :meth:`vibrational_terms` (DESIGN.md §2.1)."""
         self.check(state, neighbors)
+        self.check_neighbors(state, neighbors)
         x, k = state.positions, state.stiffness
-        return jax.grad(lambda s: self.average_energy(DMDState(x, k, s), neighbors))(state.order_parameter)
+        dtype = x.dtype
+
+        def excess(s):
+            average = self._average_energy(DMDState(x, k, s), neighbors)
+            if self.widths == "site" and not self.include_kinetic:
+                return average
+            return average + pair_sums.total(self.vibrational_terms(k.astype(dtype), s.astype(dtype)))
+
+        return jax.grad(excess)(state.order_parameter)
 
 
 _initial_stiffness_jit = eqx.filter_jit(VGFreeEnergy.initial_stiffness)
+
+
+def _masses(potential: Potential, masses) -> tuple[float, ...] | None:
+    """The species' masses (amu), ``(S,)``: given (a sequence, or a dict by species name), or the
+    potential's own, or None."""
+    if masses is None:
+        masses = getattr(potential, "masses", None)
+        if masses is None:
+            return None
+    if isinstance(masses, dict):
+        missing = [name for name in potential.species if name not in masses]
+        if missing:
+            raise ValueError(f"masses: no mass for species {missing} of the potential {potential.species}")
+        masses = [masses[name] for name in potential.species]
+    values = np.asarray(masses, dtype=float)
+    if values.shape != (potential.n_species,) or not np.all(np.isfinite(values) & (values > 0)):
+        raise ValueError(f"masses must be {potential.n_species} positive amu values, one per species "
+                         f"{potential.species}; got {masses!r}")
+    return tuple(float(m) for m in values)
 
 
 def _mask(value, n: int, name: str) -> Array:

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._precision import HIGHEST
 from .cell import Cell
 from .potentials import DENSITY, PAIR, Potential
 from .quadrature import SQRT2, points_at_sigma
@@ -305,6 +306,69 @@ def energy_gradient(model: PairModel, positions, variance, weights) -> Gradient:
     energies, g_positions, g_variance, g_weights = _map_rows(block, model)
     g_weights = g_weights.reshape(-1, n_species).astype(dtype)
     return Gradient(energies, g_positions, g_variance, g_weights)
+
+
+def _resolved_block(model: PairModel, positions, variance, rows, idx, components):
+    """Averages of a block of rows per component pair, ``(r, M, λ, κ, T)`` (λ the neighbour's, κ the
+    host's component; zero on padding slots)."""
+    _, distance, mask, _ = _pair_geometry(model, positions, None, rows, idx)
+    pair_variance = variance[rows][:, None, None, :] + _gather(variance, idx)[:, :, :, None]
+    distance = jnp.broadcast_to(distance[..., None, None], pair_variance.shape)
+    averaged = model.radial(distance, pair_variance)  # (r, M, λ, κ, T, S, S), [..., t, source, host]
+    n_components = len(components)
+    picked = jnp.stack([jnp.stack([averaged[:, :, lam, kap, :, components[lam], components[kap]]
+                                   for kap in range(n_components)], axis=2)
+                        for lam in range(n_components)], axis=2)
+    return jnp.where(mask[..., None, None, None], picked, 0.0)
+
+
+def resolved_averages(model: PairModel, positions, variance, components) -> Float[Array, "n m t c c"]:
+    """The Gaussian averages of every listed pair per component pair (per-species widths), in the
+    layout of :meth:`RadialAverages.__call__` over components: ``(N, M, T, C, C)``,
+    ``[..., t, λ (neighbour), κ (host)]``; arguments as :func:`resolved_site_energies`."""
+    components = tuple(int(a) for a in components)
+    picked = _resolved_block(model, positions, variance, jnp.arange(positions.shape[0]), model.neighbor_idx,
+                             components)
+    return jnp.moveaxis(picked, -1, 2)
+
+
+def resolved_site_energies(model: PairModel, positions, variance, weights, components) -> Float[Array, " n"]:
+    r"""Site energies (eV, ``(N,)``) of the species mean field with one Gaussian per site *and
+    species* (DESIGN.md §2.1): components κ (the mean field's species, potential species
+    ``components[κ]``) with weights w_iκ and variances a_iκ, pair variances a_iκ + a_jλ:
+
+    .. math::
+
+        e_i = Σ_κ w_iκ [½ Σ_j Σ_λ w_jλ ⟨φ_{κλ}⟩(R_ij, a_iκ + a_jλ) + F_κ(ρ_iκ)],
+        \qquad ρ_iκ = Σ_j Σ_λ w_jλ ⟨f_{λ→κ}⟩(R_ij, a_iκ + a_jλ).
+
+    Arguments:
+        model: a :class:`PairModel` with Gaussian averages. positions: ``(N, d)`` Å.
+        variance: ``(N, C)`` a_iκ = 1/(βk_iκ), Å² (0 on pinned atoms). weights: ``(N, C)``.
+        components: C potential species indices (static).
+
+    Differentiated by JAX's autodiff; each row block is rematerialised (``jax.checkpoint``) so the
+    reverse pass holds one block's pair values at a time. Every pair is averaged C² times.
+    """
+    potential = model.potential
+    components = tuple(int(a) for a in components)
+    n_components = len(components)
+
+    def block(rows, idx):
+        picked = _resolved_block(model, positions, variance, rows, idx, components)
+        summed = jnp.einsum("rmlkt,rml->rkt", picked, _gather(weights, idx), precision=HIGHEST)  # (r, κ, T)
+        own = weights[rows]
+        energy = 0.5 * jnp.sum(own * summed[..., PAIR], axis=-1)
+        if potential.is_embedded:
+            density = summed[..., DENSITY]
+            embedded = jnp.stack([potential.embedding(jnp.broadcast_to(density[:, kap, None],
+                                                                       (density.shape[0], potential.n_species)))
+                                  [:, components[kap]] for kap in range(n_components)], axis=-1)
+            energy = energy + jnp.sum(own * embedded, axis=-1)
+        return energy
+
+    rows = max(1, model.block_rows // (n_components * n_components))
+    return map_rows(jax.checkpoint(block), model.neighbor_idx, rows)
 
 
 @eqx.filter_custom_jvp

@@ -95,13 +95,14 @@ def _objective(y, params, anchor, neighbors):
     vg, order_parameter = params
     positions, log_stiffness = y
     positions = jnp.where(vg.pinned[:, None], anchor, positions)
-    stiffness = jnp.exp(jnp.where(vg.pinned, 0.0, log_stiffness))
+    stiffness = jnp.exp(jnp.where(vg.pinned_stiffness, 0.0, log_stiffness))
     return vg(DMDState(positions, stiffness, order_parameter), neighbors)
 
 
 def _mask_pinned(tree, pinned):
     positions, log_stiffness = tree
-    return jnp.where(pinned[:, None], 0.0, positions), jnp.where(pinned, 0.0, log_stiffness)
+    per_site = pinned.reshape(pinned.shape + (1,) * (log_stiffness.ndim - 1))  # k: (N,) or (N, 2)
+    return jnp.where(pinned[:, None], 0.0, positions), jnp.where(per_site, 0.0, log_stiffness)
 
 
 def _constant(tree):
@@ -185,11 +186,13 @@ def _newton(objective, y0, pinned, colouring, tolerance, max_steps):
     directions fall back to −∇F.
     """
     n, d = y0[0].shape
-    to_flat = lambda y: jnp.concatenate([y[0], y[1][:, None]], axis=1)
-    to_tree = lambda z: (z[:, :d], z[:, d])
+    stiffness_shape = y0[1].shape  # (N,) or, with per-species widths, (N, 2)
+    to_flat = lambda y: jnp.concatenate([y[0], y[1].reshape(n, -1)], axis=1)
+    to_tree = lambda z: (z[:, :d], z[:, d:].reshape(stiffness_shape))
     flat_objective = lambda z: objective(to_tree(z))
     gradient = jax.grad(flat_objective)
-    free = jnp.broadcast_to(~pinned[:, None], (n, d + 1)).reshape(-1)
+    width = to_flat(y0).shape[1]
+    free = jnp.broadcast_to(~pinned[:, None], (n, width)).reshape(-1)
 
     def masked_gradient(z):
         return jnp.where(free, gradient(z).reshape(-1), 0.0)
@@ -227,7 +230,7 @@ def _newton(objective, y0, pinned, colouring, tolerance, max_steps):
 
         def shorter(state):
             alpha, _ = state
-            return alpha / 2, flat_objective(z + (alpha / 2) * step.reshape(n, d + 1))
+            return alpha / 2, flat_objective(z + (alpha / 2) * step.reshape(n, width))
 
         # Armijo, with F's rounding level as slack: near the minimum the decrease of F is
         # below rounding while Newton still halves the gradient's digits. Off the convex
@@ -239,9 +242,9 @@ def _newton(objective, y0, pinned, colouring, tolerance, max_steps):
             return (alpha > 1e-10) & ~(trial <= value + 1e-4 * alpha * slope + rounding)
 
         alpha, new_value = jax.lax.while_loop(too_long, shorter,
-                                              (jnp.ones((), z.dtype), flat_objective(z + step.reshape(n, d + 1))))
+                                              (jnp.ones((), z.dtype), flat_objective(z + step.reshape(n, width))))
         moved = (alpha > 1e-10) | positive  # no acceptable step off the convex region: stay
-        z = jnp.where(moved, z + alpha * step.reshape(n, d + 1), z)
+        z = jnp.where(moved, z + alpha * step.reshape(n, width), z)
         new_value = jnp.where(moved, new_value, value)
         # The gradient is carried, not recomputed.
         return z, masked_gradient(z), iteration + 1, new_value, positive
@@ -403,8 +406,14 @@ def relax(
         positions, stiffness = result.positions, result.stiffness
     result = eqx.tree_at(lambda r: r.iterations, result, jnp.asarray(iterations, result.iterations.dtype))
     if throw and not bool(result.converged):
+        reason = ""
+        if np.all(np.isfinite(np.asarray(result.positions))):
+            try:  # the list cannot cover the result: a cell too small for the Gaussians' reach
+                vg.check_neighbors(result.state, neighbors)
+            except ValueError as err:
+                reason = f"; the result is not covered by a neighbour list: {err}"
         raise RelaxationError(f"{NOT_CONVERGED}; last gradient norm {float(result.gradient_norm):.3g} after "
-                              f"{iterations} iterations, tolerance {float(tolerance):.3g}")
+                              f"{iterations} iterations, tolerance {float(tolerance):.3g}{reason}")
     return result
 
 
@@ -426,11 +435,11 @@ def _relax_traced(vg, positions, order_parameter, neighbors, stiffness, toleranc
     ``positions``. Not converged where ``neighbors`` does not cover the result."""
     dtype = positions.dtype
     start = positions if start is None else start
-    y0 = (start, jnp.log(jnp.where(vg.pinned, 1.0, stiffness.astype(dtype))))
+    y0 = (start, jnp.log(jnp.where(vg.pinned_stiffness, 1.0, stiffness.astype(dtype))))
     y, iterations, norm = _argmin((vg, order_parameter), _constant(y0), _constant(positions),
                                   _constant(neighbors), tolerance, max_steps, memory, colouring)
     relaxed_positions = jnp.where(vg.pinned[:, None], positions, y[0])
-    relaxed_stiffness = jnp.where(vg.pinned, stiffness.astype(dtype), jnp.exp(y[1]))
+    relaxed_stiffness = jnp.where(vg.pinned_stiffness, stiffness.astype(dtype), jnp.exp(y[1]))
     relaxed = DMDState(relaxed_positions, relaxed_stiffness, order_parameter)
     free_energy = vg(relaxed, neighbors)
     norm = jax.lax.stop_gradient(norm)

@@ -22,7 +22,8 @@ class DMDState(eqx.Module):
 
     Attributes:
         positions: mean positions X, ``(..., N, d)`` Å.
-        stiffness: Gaussian stiffnesses k, ``(..., N)`` eV/Å² (> 0; ignored on pinned atoms).
+        stiffness: Gaussian stiffnesses k, ``(..., N)`` eV/Å² (> 0; ignored on pinned atoms), or
+            ``(..., N, 2)`` with one width per site and species (``VGFreeEnergy(widths="species")``).
         order_parameter: species order parameters s, ``(..., N)``, in [−1, 1] (strictly inside
             except on a free energy's pinned-species sites, which
             :meth:`~dmdjax.VGFreeEnergy.check` enforces).
@@ -37,14 +38,15 @@ class DMDState(eqx.Module):
     """
 
     positions: Float[Array, "*batch n d"]
-    stiffness: Float[Array, "*batch n"]
+    stiffness: Float[Array, "*batch n"] | Float[Array, "*batch n 2"]
     order_parameter: Float[Array, "*batch n"]
 
     def __check_init__(self):
         shapes = tuple(np.shape(a) for a in (self.positions, self.stiffness, self.order_parameter))
         x, k, s = shapes
-        if len(x) < 2 or k != x[:-1] or s != x[:-1]:
-            raise ValueError("DMDState needs positions (..., N, d) with stiffness and order_parameter (..., N); got "
+        if len(x) < 2 or k not in (x[:-1], x[:-1] + (2,)) or s != x[:-1]:
+            raise ValueError("DMDState needs positions (..., N, d) with stiffness (..., N) or (..., N, 2) and "
+                             "order_parameter (..., N); got "
                              f"positions {x}, stiffness {k}, order_parameter {s}")
         for name in ("positions", "stiffness", "order_parameter"):
             dtype = jnp.result_type(getattr(self, name))
@@ -63,7 +65,7 @@ class DMDState(eqx.Module):
     @property
     def n_sites(self) -> int:
         """N."""
-        return self.stiffness.shape[-1]
+        return self.order_parameter.shape[-1]
 
     @property
     def dtype(self):
@@ -72,7 +74,7 @@ class DMDState(eqx.Module):
 
     def __getitem__(self, index) -> "DMDState":
         """The state(s) at ``index`` of the leading (batch or time) axes."""
-        if np.ndim(self.stiffness) < 2:
+        if np.ndim(self.order_parameter) < 2:
             raise IndexError("DMDState[...] indexes the leading axes of a stacked state; this one has none")
         return jax.tree_util.tree_map(lambda a: a[index], self)
 

@@ -17,6 +17,10 @@ BOLTZMANN_EV_PER_K = 8.617333262e-5
 KB = BOLTZMANN_EV_PER_K
 #: 1 eV/Å³ in GPa.
 EV_PER_A3_TO_GPA = 160.21766208
+#: Planck constant h in eV·fs (exact in SI since 2019).
+PLANCK_EV_FS = 4.135667696923859
+#: 1 atomic mass unit (dalton) in eV·fs²/Å² (CODATA 2018).
+AMU_EV_FS2_PER_A2 = 103.64269652680504
 
 
 def beta_from_temperature(temperature):
@@ -52,6 +56,16 @@ def temperature_from_beta(beta):
     """T = 1/(k_B β) in K, the inverse of :func:`beta_from_temperature`."""
     _validate.positive(beta, "beta", " (1/eV)")
     return 1.0 / (BOLTZMANN_EV_PER_K * _as_float(beta))
+
+
+def thermal_wavelength(mass, temperature):
+    """The thermal de Broglie wavelength Λ = h/√(2π m k_B T) in Å, for ``mass`` in amu and T in K
+    (arrays broadcast; traced values allowed). In d dimensions a classical particle's momenta
+    contribute d k_B T ln Λ to its free energy (the kinetic term of the VG free energy)."""
+    _validate.temperature(temperature)
+    mass = _as_float(mass)
+    energy = BOLTZMANN_EV_PER_K * _as_float(temperature)
+    return PLANCK_EV_FS / jnp.sqrt(2.0 * jnp.pi * mass * AMU_EV_FS2_PER_A2 * energy)
 
 
 def _as_float(value):

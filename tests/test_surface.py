@@ -51,6 +51,8 @@ def test_dilute_isotherm_follows_langmuir_mclean_with_the_mean_field_segregation
     energies = summary["segregation_energy_ev"]
     assert energies["relaxed"] < energies["unrelaxed"] < 0  # Mg segregates; relaxation helps it
     assert abs(energies["mean_field"] - energies["unrelaxed"]) < 0.03  # mean field ≈ unrelaxed swap
+    # Per-species widths (the solute's own vibrational entropy) move ΔG by about a meV.
+    assert 1e-4 < abs(energies["mean_field_species_widths"] - energies["mean_field"]) < 0.005
     for row in summary["isotherm"]:
         assert row["residual_ev"] < 1e-7
         assert row["surface"] > 5 * row["bulk"]

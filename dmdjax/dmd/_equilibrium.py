@@ -43,12 +43,12 @@ def _potential_jacobian(vg, state, neighbors, colouring):
     the unpinned atoms), with the dense H_zz from compressed Hessian-vector products."""
     positions, stiffness, order_parameter = state.positions, state.stiffness, state.order_parameter
     n, d = positions.shape
-    log_stiffness = jnp.log(jnp.where(vg.pinned, 1.0, stiffness))
-    z = jnp.concatenate([positions, log_stiffness[:, None]], axis=1)
-    at = lambda z, s: DMDState(z[:, :d], jnp.exp(z[:, d]), s)
+    log_stiffness = jnp.log(jnp.where(vg.pinned_stiffness, 1.0, stiffness))
+    z = jnp.concatenate([positions, log_stiffness.reshape(n, -1)], axis=1)  # k: (N,) or (N, 2)
+    at = lambda z, s: DMDState(z[:, :d], jnp.exp(z[:, d:].reshape(stiffness.shape)), s)
     mu = lambda z, s: vg.chemical_potential(at(z, s), neighbors)
     gradient = jax.grad(lambda z, s: vg(at(z, s), neighbors))
-    free = jnp.broadcast_to(~vg.pinned[:, None], (n, d + 1)).reshape(-1)
+    free = jnp.broadcast_to(~vg.pinned[:, None], z.shape).reshape(-1)
     h_zz = dense_hessian(lambda z: gradient(z, order_parameter), z, colouring)
     h_zz = jnp.where(free[:, None] & free[None, :], h_zz, 0.0) + jnp.diag(~free)
     f_zs = jax.jacfwd(lambda s: gradient(z, s).reshape(-1))(order_parameter)

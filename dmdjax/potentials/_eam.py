@@ -41,6 +41,7 @@ class EAM(Potential):
         cutoff: the file's cut-off radius, Å.
         form: ``"eam"``, ``"alloy"`` or ``"fs"``.
         source: where the tables came from (file name), for provenance.
+        masses: the file's atomic masses (amu) per species, or None for tables without them.
     """
 
     radial_spline: UniformCubicSpline
@@ -49,6 +50,7 @@ class EAM(Potential):
     cutoff: float = eqx.field(static=True)
     form: str = eqx.field(static=True)
     source: str = eqx.field(static=True)
+    masses: tuple[float, ...] | None = eqx.field(static=True, default=None)
 
     @property
     def is_embedded(self) -> bool:
@@ -156,10 +158,12 @@ def load_eam(name_or_path: str | os.PathLike, form: str | None = None) -> EAM:
         embedding=parsed.embedded_data,
         form=form,
         source=path.name,
+        masses=[float(m) for m in parsed.mass],
     )
 
 
-def eam_from_tables(species, dr, drho, cutoff, rphi, density, embedding, form="alloy", source="tables") -> EAM:
+def eam_from_tables(species, dr, drho, cutoff, rphi, density, embedding, form="alloy", source="tables",
+                    masses=None) -> EAM:
     """Build an :class:`EAM` from tables on the grids r_k = k dr, ρ_k = k drho.
 
     Arguments:
@@ -169,6 +173,7 @@ def eam_from_tables(species, dr, drho, cutoff, rphi, density, embedding, form="a
         density: ``(S, n_r)`` f_b(r) for setfl files, or ``(S, S, n_r)`` f[source, host]
             for Finnis–Sinclair files.
         embedding: ``(S, n_rho)`` F_a(ρ) in eV.
+        masses: optional ``(S,)`` atomic masses in amu (the kinetic term of the free energy).
     """
     species = tuple(species)
     n = len(species)
@@ -198,4 +203,5 @@ def eam_from_tables(species, dr, drho, cutoff, rphi, density, embedding, form="a
         cutoff=float(cutoff),
         form=form,
         source=str(source),
+        masses=None if masses is None else tuple(float(m) for m in masses),
     )

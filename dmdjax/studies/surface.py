@@ -66,6 +66,10 @@ class SurfaceParameters:
         n_outputs: output times, log-spaced from ``t_first`` (also in 1/Γ₀) to ``t_end``.
         isotherm: nominal Mg fractions of the Langmuir–McLean check (dilute).
         low_temperature: K, the T → 0 reference of the decomposition of ΔG.
+        species_widths: also report ΔG with one Gaussian width per site and species
+            (``VGFreeEnergy(widths="species")``, DESIGN.md §2.1: the solute's own vibrational
+            entropy); its sums run through autodiff, several times the cost of the site family's
+            relaxation: turn it off for slabs beyond ~10⁴ atoms.
         potential: a bundled potential name or an EAM file with species Al and Mg.
         rtol, atol: the ODE tolerances; max_steps: solver steps per output interval.
     """
@@ -82,6 +86,7 @@ class SurfaceParameters:
     n_outputs: int = 13
     isotherm: tuple = (0.001, 0.002, 0.005, 0.01, 0.02)
     low_temperature: float = 20.0
+    species_widths: bool = True
     potential: str = "AlMg_Mendelev2009"
     rtol: float = 1e-6
     atol: float = 1e-8
@@ -175,7 +180,8 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
     ``n_layers``; ``wall_time_s`` (``statics``, ``isotherm``, ``kinetics``, ``total``);
     ``rate`` Γ₀ (per unit time); ``time_reached`` (run units) and ``time_reached_rate_units``
     (Γ₀ t); ``segregation_energy_ev``: ``relaxed``, ``unrelaxed`` (statics), ``mean_field``
-    (DMD's dilute ΔG at T) and ``mean_field_low_temperature`` (at ``low_temperature``);
+    (DMD's dilute ΔG at T), ``mean_field_low_temperature`` (at ``low_temperature``) and, with
+    ``species_widths``, ``mean_field_species_widths`` (ΔG at T with per-species widths);
     ``isotherm``: per nominal composition ``nominal``, ``bulk`` c_b, ``surface`` c_s,
     ``langmuir_mclean`` (c_s predicted from c_b and the relaxed E_seg), ``langmuir_mclean_mean_field``
     (from DMD's ΔG), ``residual_ev``; ``kinetics``: ``surface_final``, ``bulk_final``,
@@ -208,10 +214,15 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
         energies = {"relaxed": statics["relaxed"], "unrelaxed": statics["unrelaxed"],
                     "mean_field": mean_field_segregation(vg, slab.positions, layers, neighbors),
                     "mean_field_low_temperature": mean_field_segregation(cold, slab.positions, layers, neighbors)}
+        if p.species_widths:
+            resolved = VGFreeEnergy(potential, slab.cell, p.temperature, slab.n_atoms, species=SPECIES,
+                                    widths="species")
+            energies["mean_field_species_widths"] = mean_field_segregation(resolved, slab.positions, layers,
+                                                                           neighbors)
         io.write_json(output / "statics.json", energies)
     walls["statics"] = time.perf_counter() - tick
     log("E_seg (eV): relaxed {relaxed:+.4f}, unrelaxed {unrelaxed:+.4f}; DMD ΔG {mean_field:+.4f} at T, "
-        "{mean_field_low_temperature:+.4f} at T → 0".format(**energies))
+        "{mean_field_low_temperature:+.4f} at T → 0".format(**energies) + _species_widths_note(energies))
 
     tick = time.perf_counter()
     nominal = list(p.isotherm)
@@ -282,10 +293,17 @@ def _stage(path: Path, resume: bool):
         raise ValueError(f"--resume: {str(path)!r} is damaged ({err}); start again with --overwrite") from None
 
 
+def _species_widths_note(energies: dict) -> str:
+    if "mean_field_species_widths" not in energies:
+        return ""
+    return f"; with per-species widths {energies['mean_field_species_widths']:+.4f} (T)"
+
+
 def format_summary(summary: dict, output: Path) -> str:
     e = summary["segregation_energy_ev"]
     lines = [f"\nE_seg (eV): statics relaxed {e['relaxed']:+.4f}, unrelaxed {e['unrelaxed']:+.4f}; "
-             f"DMD ΔG {e['mean_field']:+.4f} (T), {e['mean_field_low_temperature']:+.4f} (T → 0)",
+             f"DMD ΔG {e['mean_field']:+.4f} (T), {e['mean_field_low_temperature']:+.4f} (T → 0)"
+             + _species_widths_note(e),
              f"{'nominal':>8s} {'c_b':>9s} {'c_s':>8s} {'LM(E_seg)':>10s} {'LM(ΔG)':>8s}"]
     for row in summary["isotherm"]:
         lines.append(f"{row['nominal']:8.4f} {row['bulk']:9.5f} {row['surface']:8.4f} {row['langmuir_mclean']:10.4f} "
