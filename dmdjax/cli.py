@@ -465,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dmdjax {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="only warnings and errors (no progress lines); results still go to the output files")
+    parser.add_argument("--verbose", "-v", action="store_true", help="also debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_build(sub)
@@ -497,9 +500,11 @@ def cpu_compile_flags() -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv  # accepted anywhere on the line
-    args = parser.parse_args([a for a in argv if a != "--debug"])
-    args.debug = debug
+    anywhere = {"--debug": "debug", "--quiet": "quiet", "-q": "quiet", "--verbose": "verbose", "-v": "verbose"}
+    flags = {name: any(a in argv for a, n in anywhere.items() if n == name) for name in set(anywhere.values())}
+    args = parser.parse_args([a for a in argv if a not in anywhere])  # these are accepted anywhere on the line
+    vars(args).update(flags)
+    _configure_logging(args)
     cpu_compile_flags()
     import jax
 
@@ -519,6 +524,27 @@ def main(argv=None) -> int:
         print("dmdjax: error: interrupted (files already written are complete; a study resumes with --resume)",
               file=sys.stderr)
         return 130
+
+
+def _configure_logging(args) -> None:
+    """The library's messages (logger ``"dmdjax"``) as plain lines on standard output: INFO, or
+    WARNING with ``--quiet``, DEBUG with ``--verbose``. Progress bars appear only on a terminal
+    (:mod:`dmdjax.progress`); redirected, the output holds no carriage returns."""
+    import logging
+
+    from .progress import logger
+
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logger.setLevel(level)
+    for handler in [h for h in logger.handlers if getattr(h, "_dmdjax_cli", False)]:
+        logger.removeHandler(handler)  # an earlier main() in this process: its stream may be gone
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._dmdjax_cli = True
+    logger.addHandler(handler)
+    logger.propagate = False
+    if args.quiet:
+        args.no_progress = True
 
 
 #: Exit status of a run that did not converge (a DMD run that stopped, a relaxation).

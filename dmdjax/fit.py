@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .progress import Progress
 
 
 class FitResult(eqx.Module):
@@ -82,11 +83,7 @@ def fit(
     if not np.isfinite(float(value)):
         raise ValueError(f"the loss is not finite at the starting parameters: {float(value)!r}")
     history, best, best_loss, converged = [float(value)], fitted, float(value), False
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_steps, desc="fit", unit="step")
+    bar = Progress(max_steps, "fit", "step", enabled=progress)
     taken = 0
     while True:
         if max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree_util.tree_leaves(gradient)) <= gradient_tolerance or history[-1] <= loss_tolerance:
@@ -99,18 +96,14 @@ def fit(
         taken += 1
         history.append(float(value))
         if not np.isfinite(history[-1]):
-            if bar is not None:
-                bar.close()
+            bar.close()
             error = FloatingPointError(f"the loss became non-finite at step {taken}; the best loss was {best_loss:g}")
             error.result = FitResult(eqx.combine(best, static), best_loss, np.asarray(history), taken, False)
             raise error
         if history[-1] < best_loss:
             best, best_loss = fitted, history[-1]
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]:.4g}")
-    if bar is not None:
-        bar.close()
+        bar.update(1, loss=history[-1])
+    bar.close()
     return FitResult(eqx.combine(best, static), best_loss, np.asarray(history), taken, converged)
 
 

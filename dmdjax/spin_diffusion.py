@@ -56,6 +56,7 @@ from ._precision import HIGHEST
 from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList, gather
 from .potentials import Potential
+from .progress import track
 from .state import DMDState
 from .units import beta_from_temperature, temperature_from_beta
 
@@ -548,10 +549,7 @@ def sample(
                   "devices": len(jax.devices()) if sharding is not None else 1}
     record = [_summary(states)]
     intervals = range(1, times.size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        intervals = tqdm(intervals, desc=f"spin-diffusion ({n_replicas} replicas)", unit="interval")
+    intervals = track(intervals, f"spin-diffusion ({n_replicas} replicas)", "interval", enabled=progress)
     for index in intervals:
         states = advance_replicas(sampler, states, jnp.asarray(times[index], dtype))
         if bool(jnp.any(states.displaced)):

@@ -14,6 +14,7 @@ import numpy as np
 from .. import kinetics
 from ..free_energy import VGFreeEnergy
 from ..neighbors import NeighborList, neighbor_list
+from ..progress import Progress
 from ..relax import check_method, hessian_colouring
 from ..state import DMDState
 from ._solve import DMDError, advance, failure_message, make_options
@@ -125,12 +126,8 @@ def run(
                            "(check the structure, or loosen tolerance)")
         states, energies = [first], [f0]
         write()
-    intervals = range(len(states), times.size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        intervals = tqdm(intervals, desc=f"DMD {type(law).__name__}", unit="interval")
-    for index in intervals:
+    bar = Progress(times.size - len(states), f"DMD {type(law).__name__}", "interval", enabled=progress)
+    for index in range(len(states), times.size):
         start = states[-1]
         lists.prepare(start, len(states) - 1)
         end, free_energy, ok, steps = lists.advance(values, graph, start, jnp.asarray(times[index - 1], dtype),
@@ -140,12 +137,13 @@ def run(
             error = DMDError(failure_message(times, index, end.order_parameter, vg.pinned_species, steps, max_steps)
                              + (f" and is saved in {str(output)!r}" if output is not None else ""))
             error.trajectory = stack(times[: len(states)], states, energies, parameters, builds)
+            bar.close()
             raise error
         states.append(end)
         energies.append(free_energy)
         write()
-        if progress:
-            intervals.set_postfix(t=f"{times[index]:g}", F=f"{float(free_energy):.6g}")
+        bar.update(1, t=times[index], F=float(free_energy))
+    bar.close()
     return stack(times, states, energies, parameters, builds)
 
 

@@ -44,6 +44,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..units import beta_from_temperature, temperature_from_thermal_energy, thermal_energy
+from ..progress import track
 from .lattice import MorseLattice
 from .stress import bond_stress
 
@@ -349,10 +350,7 @@ def sample_full(crystal: MorseCrystal, key, deformations, temperatures, *, repli
     state = burn_compiled(state, batch_f, batch_kt)
     parts = []
     iterator = range(chunks)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc="full system (BAOAB)", unit="chunk")
+    iterator = track(iterator, "full system (BAOAB)", "chunk", enabled=progress)
     for _ in iterator:
         state, out = run_compiled(state, batch_f, batch_kt)
         parts.append(jax.device_get(out))

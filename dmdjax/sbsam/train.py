@@ -22,6 +22,7 @@ import optax
 from . import losses
 from . import model as models
 from .model import thermal_length
+from ..progress import track
 
 LOSSES = ("implicit", "hutchinson", "sliced", "denoising", "force")
 
@@ -94,10 +95,7 @@ def fit(model, params, data: Dataset, kind: str, *, key, steps: int = 2000, batc
 
     history = []
     iterator = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc=f"score ({kind})", unit="step")
+    iterator = track(iterator, f"score ({kind})", "step", enabled=progress)
     for index, step_key in zip(iterator, jax.random.split(key, steps)):
         params, state, value = step(params, state, step_key)
         if index % log_every == 0 or index == steps - 1:

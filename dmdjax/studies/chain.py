@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import dmd, io, kinetics, spin_diffusion
+from ..progress import logger
 from ..free_energy import VGFreeEnergy
 from ..neighbors import neighbor_list
 from ..potentials import LennardJones
@@ -339,7 +340,7 @@ def interface(positions: np.ndarray, s: np.ndarray) -> tuple[float, float]:
 
 
 def run_chain_study(p: ChainParameters, output: str | os.PathLike, *, overwrite: bool = False,
-                    progress: bool = True, log=print) -> dict:
+                    progress: bool = True, log=logger.info) -> dict:
     """Run the whole study, write every file, and return the summary.
 
     The main K1/K2 runs, the sizes of (b), the sampler and the equilibrium run concurrently

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import dmd, ensemble, io
+from ..progress import logger
 from .chain import ChainParameters, chain_model, interface, solve_setup
 
 SWEEPABLE = ("kt", "beta", "tau", "mobility", "contrast", "epsilon_ab")
@@ -109,7 +110,7 @@ def _batched_solve(laws, members, neighbors, graph, times, rtol, atol, tolerance
 
 
 def run_chain_sweep(p: ChainParameters, name: str, values, output, *, overwrite: bool = False,
-                    log=print, progress: bool = True, heartbeat: float = 30.0) -> dict:
+                    log=logger.info, progress: bool = True, heartbeat: float = 30.0) -> dict:
     """K1 and K2 on the ``p.n_sites`` chain for every value of ``name``, to ``p.t_end``, as batches.
 
     ``summary.json`` keys: ``study`` ("chain-sweep"), ``parameter``, ``values``, ``batch``,

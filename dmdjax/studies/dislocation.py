@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import io
+from ..progress import logger
 from ..free_energy import VGFreeEnergy
 from ..neighbors import neighbor_list
 from ..potentials import resolve_potential_path
@@ -277,7 +278,7 @@ def angular_profile(values, relative: np.ndarray, mask: np.ndarray, n_sectors: i
 
 
 def run_dislocation_study(p: DislocationParameters, output, *, resume: bool = False, overwrite: bool = False,
-                          progress: bool = True, log=print) -> dict:
+                          progress: bool = True, log=logger.info) -> dict:
     """Build, relax and run the study; write every file and return the summary.
 
     ``summary.json`` keys: ``device``, ``platform``, ``dtype``; ``n_atoms``, ``n_mobile``

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..io import open_study_folder, write_json, write_study_summary
+from ..progress import logger
 from ..sbsam import harmonic, model as models, sample, stress, train
 
 ARCHITECTURES = ("mlp", "pair")
@@ -281,11 +282,10 @@ def run_harmonic_study(parameters: SBSAMParameters | None = None, output=None, *
                                                          exact, denoising, sample_key)
         per_loss[name] = {"score_error": score_errors, "sampled": sampled, "train_seconds": train_seconds,
                           "sample_seconds": sample_seconds, "sampler_step": step}
-        if progress:
-            print(f"{name}: held-out score error {np.mean(score_errors):.4f} (max {np.max(score_errors):.4f}), "
-                  f"covariance {max(r['covariance_error'] for r in sampled):.4f}, "
-                  f"stress {max(r['stress_error'] for r in sampled):.4f} (clamped {max(clamped_error):.4f}); "
-                  f"train {train_seconds:.0f} s, sample {sample_seconds:.0f} s")
+        logger.info(f"{name}: held-out score error {np.mean(score_errors):.4f} (max {np.max(score_errors):.4f}), "
+                    f"covariance {max(r['covariance_error'] for r in sampled):.4f}, "
+                    f"stress {max(r['stress_error'] for r in sampled):.4f} (clamped {max(clamped_error):.4f}); "
+                    f"train {train_seconds:.0f} s, sample {sample_seconds:.0f} s")
 
     table = {name: _loss_row(entry, exact_stress) for name, entry in per_loss.items()}
     best = min(table, key=lambda name: table[name]["score_error_mean"])
@@ -294,10 +294,9 @@ def run_harmonic_study(parameters: SBSAMParameters | None = None, output=None, *
     per_loss[best]["sampled_long"] = long_run
     best_row = {**_loss_row({**per_loss[best], "sampled": long_run, "sample_seconds": long_seconds}, exact_stress),
                 "loss": best}
-    if progress:
-        print(f"best loss {best}, long run: covariance {best_row['covariance_error_max']:.4f}, "
-              f"stress {best_row['stress_error_max']:.4f} ± {best_row['stress_relative_standard_error_max']:.4f}; "
-              f"{long_seconds:.0f} s")
+    logger.info(f"best loss {best}, long run: covariance {best_row['covariance_error_max']:.4f}, "
+                f"stress {best_row['stress_error_max']:.4f} ± {best_row['stress_relative_standard_error_max']:.4f}; "
+                f"{long_seconds:.0f} s")
     targets = {"score_error": 0.02, "covariance_error": 0.03, "stress_error": 0.01}
     meets = (best_row["score_error_max"] <= targets["score_error"]
              and best_row["covariance_error_max"] <= targets["covariance_error"]

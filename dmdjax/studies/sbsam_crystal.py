@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..io import atomic_path, open_study_folder, write_json, write_study_summary
+from ..progress import logger
 from ..sbsam import crystal as crystals, model as models, sample, train
 from ..sbsam.stress import zero_variance_mean
 
@@ -237,10 +238,9 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
               "energy_drift_z_max": float(np.max(np.abs(everything.checks["energy_drift_z"]))),
               "max_bond": everything.checks["max_bond"],
               "min_second_neighbour": everything.checks["min_second_neighbour"]}
-    if progress:
-        print(f"full system: {crystal.n_atoms} atoms, {len(train_t)} training + {len(test_t)} held-out conditions; "
-              f"sampling {everything.seconds:.0f} s; τ_int(inner stress) ≤ {checks['tau_inner_stress_max']:.2f} "
-              f"kept samples; longest bond {checks['max_bond']:.2f} Å")
+    logger.info(f"full system: {crystal.n_atoms} atoms, {len(train_t)} training + {len(test_t)} held-out conditions; "
+                f"sampling {everything.seconds:.0f} s; τ_int(inner stress) ≤ {checks['tau_inner_stress_max']:.2f} "
+                f"kept samples; longest bond {checks['max_bond']:.2f} Å")
 
     # --- training: force matching of the boundary correction on the reference score ------------
     m = crystal.n_inner
@@ -351,9 +351,8 @@ def run_crystal_study(parameters: CrystalParameters | None = None, output=None, 
             scores = np.asarray(jax.vmap(lambda v: thermal(name)(v, (f, t, index)))(x)).reshape(-1, 2 * m)
             stresses.append(zero_variance_mean(values, scores, chains))
         inner_results[name] = {"stresses": stresses, "seconds": seconds, "smallest_precision": float(smallest.min())}
-        if progress:
-            print(f"{name}: {chains} chains × {parameters.sampler_steps} steps at {len(test_t)} conditions, "
-                  f"{seconds:.0f} s")
+        logger.info(f"{name}: {chains} chains × {parameters.sampler_steps} steps at {len(test_t)} conditions, "
+                    f"{seconds:.0f} s")
 
     # --- the comparison -------------------------------------------------------------------------
     rows, target_error = [], 0.002
