@@ -180,7 +180,7 @@ def master_equation(
     """(K3) ṡ_i = ½ Σ_j [(1 + s_j)(1 − s_i) Γ_{j→i} − (1 + s_i)(1 − s_j) Γ_{i→j}].
 
     Arguments:
-        excess_chemical_potential: μ^ex = ∂⟨V⟩/∂s, eV (not the full μ: see the module docstring).
+        excess_chemical_potential: μ^ex = μ − β⁻¹ artanh s (∂⟨V⟩/∂s with one width per site), eV (not the full μ: see the module docstring).
         beta: 1/eV. attempt_frequency: ν (per unit time). activation_energy: Q, eV.
     """
     s_i = order_parameter[:, None]

@@ -3,7 +3,7 @@ r"""The DMD time integrator: species kinetics with quasistatic (X, k) (DESIGN.md
 s(t) follows one of the kinetic laws of :mod:`dmdjax.kinetics`; at every evaluation of the
 right-hand side (``relax_at="rhs"``) or at the output times (``"interval"``) (X, k) are relaxed
 at the current s (warm-started from the state at the start of the current output interval),
-and the law is driven by μ = ∂F/∂s or μ^ex = ∂⟨V⟩/∂s there (envelope theorem: no derivative
+and the law is driven by μ = ∂F/∂s or μ^ex = μ − β⁻¹ artanh s there (envelope theorem: no derivative
 through the relaxation).
 
 The run is split at the output times: each interval is one ``diffrax.diffeqsolve`` (adaptive
