@@ -29,6 +29,13 @@ def _add_energy(sub) -> None:
         "negative under compression) of a structure read by ASE, species from the file.",
     )
     p.add_argument("structure", help="structure file (any format ASE reads; extended XYZ recommended)")
+    p.add_argument("--format", default=None,
+                   help="the file's ASE format name (extxyz, vasp, cif, lammps-data, ...; default guessed from the name)")
+    p.add_argument("--atom-style", default=None,
+                   help="with --format lammps-data: the LAMMPS atom style (atomic, charge, full, ...; default guessed)")
+    p.add_argument("--types", type=lambda text: [t.strip() for t in text.split(",") if t.strip()], default=None,
+                   help="with --format lammps-data: the elements of atom types 1, 2, ... (default the potential's "
+                   "species in order, like pair_coeff * * file Al Mg)")
     p.add_argument("--potential", required=True,
                    help="EAM file (.eam, .alloy/.setfl, .fs) or a bundled name, e.g. AlMg_Mendelev2009")
     p.add_argument("--form", choices=["eam", "alloy", "fs"], help="EAM file format (default: from the suffix)")
@@ -62,7 +69,8 @@ def _run_energy(args) -> int:
     if args.output:
         _check_output_file(args.output, args.overwrite)
     potential = dj.load_eam(args.potential, form=args.form)
-    system, atoms = dj.io.read_structure(args.structure, species_names=potential.species)
+    system, atoms = dj.io.read_structure(args.structure, species_names=potential.species, format=args.format,
+                                         atom_style=args.atom_style, types=args.types)
     if args.temperature is not None:
         return _run_free_energy(args, potential, system, atoms)
     if args.relax or args.output:

@@ -83,23 +83,63 @@ def remove_temporary_files(folder: str | os.PathLike) -> list[Path]:
     return stale
 
 
-def read_structure(path: str | os.PathLike, species_names: Sequence[str] | None = None, index=-1):
+def read_structure(path: str | os.PathLike, species_names: Sequence[str] | None = None, index=-1, *,
+                   format: str | None = None, atom_style: str | None = None, types: Sequence[str] | None = None):
     """Read a structure with ``ase.io.read``; return ``(System, ase.Atoms)``.
+
+    Arguments:
+        path: the file. species_names: the species a potential knows (checked).
+        index: which frame of a trajectory (default the last).
+        format: an ASE format name (``"extxyz"``, ``"vasp"``, ``"lammps-data"``, ...); default
+            guessed by ASE from the name and contents.
+        atom_style: for ``lammps-data``: ``"atomic"``, ``"charge"``, ``"full"``, ... (default
+            guessed by ASE from the ``Atoms`` section).
+        types: for ``lammps-data``: the element of LAMMPS atom type 1, 2, ... (default
+            ``species_names`` in order, as ``pair_coeff * * file Al Mg`` maps them).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if ASE cannot read it, or a species is not in ``species_names``.
+        ValueError: if ASE cannot read it or tell its format, or a species is not in ``species_names``.
     """
     import ase.io
+    from ase.data import atomic_numbers
+    from ase.io.formats import UnknownFileTypeError
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"structure file not found: {str(p)!r}")
+    options = {}
+    if format == "lammps-data":
+        types = list(types if types is not None else species_names or [])
+        unknown = [name for name in types if name not in atomic_numbers]
+        if not types or unknown:
+            raise ValueError(f"a LAMMPS data file numbers its atom types: name their elements in order "
+                             f"(--types Al,Mg); got {types or None}")
+        options = {"Z_of_type": {i + 1: atomic_numbers[name] for i, name in enumerate(types)}, "units": "metal",
+                   "atom_style": atom_style}
+    elif atom_style is not None or types is not None:
+        raise ValueError(f"atom_style and types are for format='lammps-data'; got format={format!r}")
     try:
-        atoms = ase.io.read(p, index=index)
+        atoms = ase.io.read(p, index=index, format=format, **options)
+    except UnknownFileTypeError as err:
+        raise ValueError(f"cannot tell the format of {str(p)!r} ({err}); name it with --format (an ASE format "
+                         "name: extxyz, vasp, cif, lammps-data, ...)") from err
     except Exception as err:  # ASE raises many types for malformed files
-        raise ValueError(f"could not read structure {str(p)!r}: {err}") from err
+        if format is None:
+            hint = f"ASE took it for {_guessed_format(p)!r}: if it is not, name the format with --format"
+        else:
+            hint = f"as {format!r}"
+        raise ValueError(f"could not read structure {str(p)!r} ({hint}): {type(err).__name__}: {err}") from err
     return from_ase(atoms, species_names=species_names), atoms
+
+
+def _guessed_format(path: Path) -> str:
+    from ase.io.formats import filetype
+
+    try:
+        return filetype(str(path))
+    except Exception:  # noqa: BLE001 - only for the message
+        return "an unknown format"
 
 
 #: Per-atom concentration columns are named ``c_<species>`` (e.g. ``c_Al``, ``c_Mg``).

@@ -43,7 +43,7 @@ from jaxtyping import Array, Float, Int
 from ._precision import HIGHEST
 from .cell import Cell
 from .potentials import DENSITY, PAIR, Potential
-from .quadrature import SQRT2, points_at_sigma
+from .quadrature import SQRT2, pair_sigma, points_at_sigma
 
 #: Neighbour slots per row block, ``block_rows = max(1, slots // M)``: for the plain functions and
 #: for Gaussian averages (which hold every quadrature node of a slot). Measured best on a 2-core
@@ -73,8 +73,7 @@ class RadialAverages(eqx.Module):
         """The (averaged) densities alone, ``R.shape + (S, S)`` (the first pass of the EAM sums)."""
         if self.rule is None:
             return self.potential.density(distance)
-        positive = variance > 0
-        sigma = jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1.0)), 0.0)
+        sigma = pair_sigma(variance)
         if self.rule == "gauss-hermite" and self.dim == 3:
             r_q, f_q = points_at_sigma(distance, sigma, self.dim, self.rule, self.nodes)
             return jnp.sum(f_q[..., None, None] * self.potential.density(r_q), axis=-3)
@@ -88,8 +87,7 @@ class RadialAverages(eqx.Module):
                 return self.potential.radial(distance)
             values, d_r = self.potential.radial_and_derivative(distance)
             return values, d_r, jnp.zeros_like(values)
-        positive = variance > 0
-        sigma = jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1.0)), 0.0)
+        sigma = pair_sigma(variance)
         if self.rule == "gauss-hermite" and self.dim == 3:
             return self._hermite_3d(distance, sigma, derivatives)
         if not derivatives:

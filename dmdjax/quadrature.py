@@ -39,9 +39,14 @@ def quadrature_points(distance: Array, variance: Array, dim: int, rule: str = "g
     Returns:
         ``(r_q, f_q)``, each of shape ``distance.shape + (Q,)``.
     """
-    positive = variance > 0  # zero for a pair of clamped atoms and for padding slots
-    sigma = jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1.0)), 0.0)
-    return points_at_sigma(distance, sigma, dim, rule, nodes)
+    return points_at_sigma(distance, pair_sigma(variance), dim, rule, nodes)
+
+
+def pair_sigma(variance: Array) -> Array:
+    """σ = √v, 0 where v = 0 (a pair of clamped atoms, a padding slot), with a finite derivative
+    everywhere (no √0 in the gradient)."""
+    positive = variance > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1.0)), 0.0)
 
 
 def points_at_sigma(distance: Array, sigma: Array, dim: int, rule: str = "gauss-hermite", nodes: int = 8):

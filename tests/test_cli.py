@@ -56,6 +56,31 @@ def test_energy_missing_and_malformed_files(tmp_path, capsys):
     assert code == 2 and "structure file not found" in err
 
 
+def test_energy_of_a_lammps_data_file(tmp_path, capsys):
+    """--format lammps-data (types mapped to the potential's species in order, or --types) gives
+    the energy and forces of the same structure in extended XYZ; an unguessable name is a clear error."""
+    atoms = random_alloy(repeats=(4, 4, 4), fraction=0.3, seed=5)
+    xyz, data = tmp_path / "almg.xyz", tmp_path / "almg.data"
+    ase.io.write(xyz, atoms)
+    ase.io.write(data, atoms, format="lammps-data", specorder=["Al", "Mg"], atom_style="atomic")
+    _, reference, _ = _run(capsys, "energy", str(xyz), "--potential", "AlMg_Mendelev2009", "--json")
+    reference = json.loads(reference)
+    for extra in ([], ["--atom-style", "atomic", "--types", "Al,Mg"]):
+        code, out, _ = _run(capsys, "energy", str(data), "--potential", "AlMg_Mendelev2009", "--json",
+                            "--format", "lammps-data", *extra)
+        result = json.loads(out)
+        # the data file holds positions to ~1e-10 Å (ASE's writer): energies agree to ~1e-10 relative
+        assert code == 0 and result["energy"] == pytest.approx(reference["energy"], rel=1e-9)
+        np.testing.assert_allclose(result["forces"], reference["forces"], atol=1e-6)
+    code, _, err = _run(capsys, "energy", str(data), "--potential", "AlMg_Mendelev2009", "--format", "lammps-data",
+                        "--types", "Mg,Al")
+    assert code == 0  # swapped types: a different alloy, still read
+    code, _, err = _run(capsys, "energy", str(data), "--potential", "AlMg_Mendelev2009")
+    assert code == 2 and "name the format with --format" in err  # ASE guesses another format for *.data
+    code, _, err = _run(capsys, "energy", str(xyz), "--potential", "AlMg_Mendelev2009", "--types", "Al,Mg")
+    assert code == 2 and "for format='lammps-data'" in err
+
+
 def test_build_then_energy_as_a_subprocess(tmp_path):
     out = tmp_path / "almg.xyz"
     subprocess.run([sys.executable, "-m", "dmdjax.cli", "build", "fcc", "--repeat", "4", "4", "4",
