@@ -312,6 +312,9 @@ def _add_alloy_options(p, name: str, defaults) -> None:
     p.add_argument("--concentration", type=float, default=None,
                    help=f"nominal Mg fraction (default {defaults.concentration:g})")
     p.add_argument("--temperature", type=float, default=None, help=f"K (default {defaults.temperature:g})")
+    p.add_argument("--attempt-frequency", default=None, metavar="NU[/UNIT]",
+                   help=f"nu of the exchange rates, per the run's time unit (default {defaults.attempt_frequency:g}); "
+                   "with a unit, e.g. 1e13/s, every time the run reports is in that unit (s, ms, us, ns, ps, fs)")
     p.add_argument("--t-end", type=float, default=None,
                    help=f"end time in units of 1/Gamma0 (default {defaults.t_end:g})")
     p.add_argument("--outputs", type=int, default=None, help=f"number of output times (default {defaults.n_outputs})")
@@ -359,6 +362,7 @@ def _run_alloy(args) -> int:
     import dataclasses
 
     from .studies import dislocation, surface
+    from .studies.alloy import parse_frequency
 
     parameters_class, run, own = {
         "surface": (surface.SurfaceParameters, surface.run_surface_study, ("cells", "isotherm", "species_widths")),
@@ -368,6 +372,8 @@ def _run_alloy(args) -> int:
     names = {"concentration": "concentration", "temperature": "temperature", "t_end": "t_end",
              "outputs": "n_outputs", **{name: name for name in own}}
     changes = {field: getattr(args, option) for option, field in names.items() if getattr(args, option) is not None}
+    if args.attempt_frequency is not None:
+        changes["attempt_frequency"], changes["time_unit"] = parse_frequency(args.attempt_frequency)
     parameters = dataclasses.replace(parameters, **changes)  # validates
     run(parameters, args.output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     return 0

@@ -11,7 +11,8 @@ from conftest import check_study_resumes
 from dmdjax import cli, dmd
 from dmdjax.studies import surface
 
-TINY = ["--cells", "3,5,5", "--t-end", "0.3", "--outputs", "3", "--isotherm", "0.01", "--no-progress"]
+TINY = ["--cells", "3,5,5", "--t-end", "0.3", "--outputs", "3", "--isotherm", "0.01", "--no-progress",
+        "--attempt-frequency", "1e13/s"]
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +20,19 @@ def study(tmp_path_factory):
     output = tmp_path_factory.mktemp("surface") / "run"
     assert cli.main(["alloy", "surface", "--output", str(output), *TINY]) == 0
     return output, json.loads((output / "summary.json").read_text())
+
+
+def test_attempt_frequency_units():
+    from dmdjax.studies.alloy import parse_frequency
+
+    assert parse_frequency("10") == (10.0, "") and parse_frequency("1e13/s") == (1e13, "s")
+    assert parse_frequency("2.5e12 / ps") == (2.5e12, "ps")
+    with pytest.raises(ValueError, match="unit must be one of"):
+        parse_frequency("1e13/h")
+    with pytest.raises(ValueError, match="must be a number"):
+        parse_frequency("fast/s")
+    with pytest.raises(ValueError, match="time_unit must be one of"):
+        surface.SurfaceParameters(time_unit="hours")
 
 
 def test_langmuir_mclean_closed_form():
@@ -40,6 +54,9 @@ def test_study_writes_its_files_and_conserves_mg(study):
     assert kinetics["free_energy_max_increase"] <= 1e-9 and kinetics["free_energy_change"] < -0.1
     assert kinetics["surface_final"] > 0.06 > kinetics["subsurface_final"]  # Mg goes to the surface layer
     assert summary["time_reached_rate_units"] == pytest.approx(0.3)
+    # ν given per second: the run's times are in seconds (Γ₀ = ν e^{−βQ} = 3.4e6 s⁻¹ at 600 K)
+    assert summary["time_unit"] == "s"
+    assert summary["time_reached"] == pytest.approx(0.3 / (1e13 * np.exp(-0.77 / (8.617333262e-5 * 600))), rel=1e-9)
     trajectory = dmd.load_trajectory(output / "trajectory.npz")
     assert trajectory.parameters["relax_at"] == "interval" and trajectory.parameters["law"] == "MasterEquation"
 

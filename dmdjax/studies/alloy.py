@@ -47,6 +47,10 @@ def load_alloy_potential(name: str):
     return potential
 
 
+#: Units a study's ν may be given per (``time_unit``): every time of the run is then in that unit;
+#: "" (the default) is the run's own unit, 1/ν's.
+TIME_UNITS = ("", "s", "ms", "us", "ns", "ps", "fs")
+
 KINETIC_POSITIVE = ("temperature", "attempt_frequency", "lattice_constant", "kinetic_cutoff", "t_end", "t_first",
                     "rtol", "atol")
 
@@ -64,6 +68,23 @@ def validate_parameters(p, positive=()) -> None:
         raise ValueError(f"t_first ({p.t_first}) must be below t_end ({p.t_end})")
     if int(p.n_outputs) < 2:
         raise ValueError(f"n_outputs must be >= 2; got {p.n_outputs!r}")
+    if p.time_unit not in TIME_UNITS:
+        raise ValueError(f"time_unit must be one of {TIME_UNITS}; got {p.time_unit!r}")
+
+
+def parse_frequency(text: str) -> tuple[float, str]:
+    """``"10"`` -> (10.0, ""), ``"1e13/s"`` -> (1e13, "s"): an attempt frequency with the time unit it
+    is given per (one of :data:`TIME_UNITS`); ``ValueError`` naming a bad value or unit."""
+    value, _, unit = str(text).partition("/")
+    unit = unit.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"attempt frequency must be a number, optionally per a unit (1e13/s); got {text!r}") from None
+    if unit not in TIME_UNITS:
+        raise ValueError(f"attempt frequency unit must be one of {TIME_UNITS[1:]}; got {unit!r} in {text!r}")
+    return number, unit
+
 
 
 def arrhenius_rate(p) -> float:
@@ -135,15 +156,17 @@ def conservation(c, free_energy) -> dict:
 
 def summary_header(study: str, run: dict, walls: dict, times, rate: float) -> dict:
     """The ``summary.json`` keys both Al–Mg studies share: study, device, platform, dtype,
-    ``wall_time_s``, ``rate`` (Γ₀), ``time_reached`` (run units) and ``time_reached_rate_units``."""
+    ``wall_time_s``, ``rate`` (Γ₀), ``time_reached`` (in ``time_unit``: "" = the run's unit, 1/ν's) and
+    ``time_reached_rate_units``."""
     return {"study": study, "device": run["device"], "platform": run["platform"], "dtype": run["dtype"],
             "wall_time_s": walls, "rate": rate, "time_reached": float(times[-1]),
-            "time_reached_rate_units": float(times[-1] * rate)}
+            "time_reached_rate_units": float(times[-1] * rate), "time_unit": run["parameters"]["time_unit"]}
 
 
 def time_line(summary: dict, output) -> str:
     """The closing line of both studies' printed summary: physical time reached and wall time."""
-    return (f"physical time reached {summary['time_reached']:.4g} (run units); wall time "
+    unit = summary.get("time_unit") or "run units (1/ν)"
+    return (f"physical time reached {summary['time_reached']:.4g} {unit}; wall time "
             f"{summary['wall_time_s']['total']:.1f} s on {summary['device']} ({summary['platform']}); "
             f"files in {output}/")
 

@@ -67,7 +67,8 @@ class DislocationParameters:
         radius: Å, the cylinder around the core; ``boundary_width``: Å, its clamped outer
             shell (≥ the potential's cut-off); mobile sites lie within radius − boundary_width.
         length: periods of the line (5.03 Å each at a = 4.108 Å); ≥ 4 for the 7.5 Å cut-off.
-        concentration: nominal Mg fraction. temperature: K. attempt_frequency: ν per unit time;
+        concentration: nominal Mg fraction. temperature: K. attempt_frequency: ν per unit time (per ``time_unit``: "s", "ps", ...
+            or "", the run's own unit; every time of the run is in that unit);
             activation_energy: Q, eV. lattice_constant: Å. kinetic_cutoff: exchange bond, Å
             (first-neighbour exchanges).
         t_end, t_first: in units of 1/Γ₀ (Γ₀ = ν e^{−βQ}); ``n_outputs`` output times,
@@ -85,6 +86,7 @@ class DislocationParameters:
     concentration: float = 0.05
     temperature: float = 600.0
     attempt_frequency: float = 10.0
+    time_unit: str = ""
     activation_energy: float = 0.77
     lattice_constant: float = 4.108
     kinetic_cutoff: float = 3.5

@@ -60,7 +60,8 @@ class SurfaceParameters:
             reaches past the 7.5 Å cut-off by the Gaussians' reach (0.6-0.9 Å at 600 K), which
             4 cells (16.4 Å, half-width 8.2 Å) do not hold.
         concentration: nominal Mg fraction of the kinetic run.
-        temperature: K. attempt_frequency: ν per unit time; activation_energy: Q, eV.
+        temperature: K. attempt_frequency: ν per unit time (per ``time_unit``: "s", "ps", ...
+            or "", the run's own unit; every time of the run is in that unit); activation_energy: Q, eV.
         lattice_constant: Å. kinetic_cutoff: exchange bond length, Å (between the first,
             a/√2, and second, a, neighbour shells: first-neighbour exchanges).
         t_end: end of the kinetic run in units of 1/Γ₀ (Γ₀ = ν e^{−βQ});
@@ -79,6 +80,7 @@ class SurfaceParameters:
     concentration: float = 0.06
     temperature: float = 600.0
     attempt_frequency: float = 10.0
+    time_unit: str = ""
     activation_energy: float = 0.77
     lattice_constant: float = 4.108
     kinetic_cutoff: float = 3.5
