@@ -252,11 +252,16 @@ def read_state(path: str | os.PathLike, species_names: Sequence[str], index=-1):
     return system, state, pair
 
 
+#: Å of vacuum beyond the atoms along a free direction of a written frame.
+FRAME_VACUUM = 10.0
+
+
 def write_extxyz(
     path: str | os.PathLike,
     frames: System | Sequence[System],
     arrays: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
     info: Mapping | Sequence[Mapping] | None = None,
+    vacuum: float | None = FRAME_VACUUM,
 ) -> Path:
     """Write one or several frames as extended XYZ (read by ASE and OVITO).
 
@@ -266,6 +271,9 @@ def write_extxyz(
         arrays: per-atom arrays for each frame (e.g. ``{"c": c, "k": k}``); one mapping
             for all frames or one per frame.
         info: per-frame scalars (e.g. ``{"time": t}``); one mapping or one per frame.
+        vacuum: free directions get a finite cell vector spanning the atoms plus this many Å
+            (default :data:`FRAME_VACUUM`; OVITO's analyses need a non-degenerate cell), or
+            ASE's zero vector with None (:func:`~dmdjax.systems.to_ase`).
     """
     import ase.io
 
@@ -275,7 +283,7 @@ def write_extxyz(
     info_list = [info] * n if info is None or isinstance(info, Mapping) else list(info)
     if len(arrays_list) != n or len(info_list) != n:
         raise ValueError(f"arrays and info need one entry per frame ({n})")
-    images = [to_ase(f, a, i) for f, a, i in zip(frames, arrays_list, info_list)]
+    images = [to_ase(f, a, i, vacuum=vacuum) for f, a, i in zip(frames, arrays_list, info_list)]
     with atomic_path(path) as tmp:
         ase.io.write(tmp, images, format="extxyz")
     return Path(path)

@@ -260,8 +260,14 @@ def from_ase(atoms, species_names: Sequence[str] | None = None, pinned=None) -> 
     )
 
 
-def to_ase(system: System, arrays: Mapping[str, np.ndarray] | None = None, info: Mapping | None = None):
+def to_ase(system: System, arrays: Mapping[str, np.ndarray] | None = None, info: Mapping | None = None,
+           vacuum: float | None = None):
     """Convert a 3-D :class:`System` to ``ase.Atoms``.
+
+    A free (non-periodic) direction gets ASE's zero cell vector, or with ``vacuum`` (Å) a finite
+    one along it that spans the atoms (from the origin or the lowest atom, whichever is lower)
+    plus ``vacuum``: what OVITO's analyses (common-neighbour analysis, binning) need, which
+    refuse a degenerate cell. The atoms are not moved; the direction stays non-periodic.
 
     Species names that are chemical symbols become the atoms' symbols; other names
     (e.g. ``"A"``, ``"B"``) are stored in the per-atom array ``species_name`` with
@@ -278,12 +284,22 @@ def to_ase(system: System, arrays: Mapping[str, np.ndarray] | None = None, info:
     names = np.array(system.species_names)[species]
     all_symbols = all(n in chemical_symbols for n in system.species_names)
     cell = np.asarray(system.cell.vectors, dtype=float).copy()
+    positions = np.asarray(system.positions, dtype=float)
+    if vacuum is not None and not (np.isfinite(vacuum) and vacuum >= 0):
+        raise ValueError(f"vacuum must be finite and >= 0 Å; got {vacuum!r}")
     for i, periodic in enumerate(system.cell.pbc):
-        if not periodic:
+        if periodic:
+            continue
+        if vacuum is None:
             cell[i] = 0.0  # ASE's convention for a free direction
+            continue
+        norm = np.linalg.norm(cell[i])
+        direction = cell[i] / norm if norm > 0 else np.eye(3)[i]
+        along = positions @ direction
+        cell[i] = direction * (along.max(initial=0.0) - min(0.0, along.min(initial=0.0)) + vacuum)
     atoms = Atoms(
         symbols=names.tolist() if all_symbols else ["X"] * len(names),
-        positions=np.asarray(system.positions, dtype=float),
+        positions=positions,
         cell=cell,
         pbc=system.cell.pbc,
     )

@@ -88,6 +88,29 @@ def test_frames_open_in_ase(study):
         assert frame.info["time"] == pytest.approx(time)
     assert frames[-1].info["total_free_energy"] == pytest.approx(float(trajectory.free_energy[-1]))
     assert np.sum(frames[-1].arrays["site_free_energy"]) == pytest.approx(float(trajectory.free_energy[-1]), rel=1e-6)
+    # OVITO-ready: each atom its majority species, a finite cell along the free x (the slab + 10 Å)
+    last = frames[-1]
+    majority = np.where(last.arrays["c_Mg"] > 0.5, "Mg", "Al")
+    assert last.get_chemical_symbols() == majority.tolist()
+    assert tuple(last.pbc) == (False, True, True)
+    assert last.cell[0, 0] == pytest.approx(last.positions[:, 0].max() + 10.0, abs=1e-6)
+
+
+def test_ovito_classifies_the_slab_interior_as_fcc(study):
+    """OVITO (optional: skipped where it does not install) reads a frame and its common-neighbour
+    analysis runs (it refuses a degenerate cell) and finds the slab's interior fcc."""
+    ovito_io = pytest.importorskip("ovito.io")
+    from ovito.modifiers import CommonNeighborAnalysisModifier
+
+    output, summary = study
+    pipeline = ovito_io.import_file(str(output / "frames.extxyz"))
+    pipeline.modifiers.append(CommonNeighborAnalysisModifier())
+    data = pipeline.compute(pipeline.source.num_frames - 1)
+    structure = np.asarray(data.particles["Structure Type"])
+    x = np.asarray(data.particles.positions)[:, 0]
+    interior = (x > x.min() + 1.0) & (x < x.max() - 1.0)  # all but the two surface layers (a/2 = 2.05 Å apart)
+    assert np.all(structure[interior] == CommonNeighborAnalysisModifier.Type.FCC)
+    assert data.attributes["CommonNeighborAnalysis.counts.FCC"] == interior.sum()
 
 
 def test_a_killed_run_resumes_to_the_same_state(study, tmp_path):

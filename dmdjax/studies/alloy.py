@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
 from .. import dmd, io
 from ..potentials import load_eam
+from ..systems import System
 from ..units import beta_from_temperature
 
 SPECIES = ("Al", "Mg")  # s = +1 Al, s = −1 Mg
@@ -126,10 +126,12 @@ def run_kinetics(p, vg, positions, neighbors, output, *, resume: bool, overwrite
 def write_frames(path, vg, template, trajectory, neighbors, rate, arrays=None) -> None:
     """One extended-XYZ frame per output time of ``trajectory`` on the atoms of ``template``.
 
-    Per atom: ``c_Al``, ``c_Mg`` (concentrations), ``k`` (eV/Å²), ``site_free_energy`` (the site's term of F,
-    eV) and the entries of ``arrays`` (fixed per-atom arrays); per frame: ``time`` (run
-    units), ``time_rate_units`` (Γ₀t) and ``total_free_energy`` (eV). (Not ``energy`` or
-    ``free_energy``: ASE's reader moves those names into a calculator.)
+    Each atom is written as its majority species (Mg where c_Mg > ½, so OVITO colours by type);
+    per atom: ``c_Al``, ``c_Mg`` (concentrations), ``k`` (eV/Å²), ``site_free_energy`` (the site's term
+    of F, eV) and the entries of ``arrays`` (fixed per-atom arrays); per frame: ``time`` (the run's
+    time unit), ``time_rate_units`` (Γ₀t) and ``total_free_energy`` (eV). (Not ``energy`` or
+    ``free_energy``: ASE's reader moves those names into a calculator.) Free directions get a
+    finite cell vector (the atoms plus :data:`dmdjax.io.FRAME_VACUUM`), as OVITO's analyses need.
     """
     frames, per_atom, info = [], [], []
     for index in range(trajectory.time.shape[0]):
@@ -137,7 +139,8 @@ def write_frames(path, vg, template, trajectory, neighbors, rate, arrays=None) -
         x, k, s = state.positions, state.stiffness, state.order_parameter
         neighbors = vg.covering_neighbors(state, neighbors)  # rebuilt where the run had to rebuild its list
         energy = vg.site_free_energies(state, neighbors)
-        frames.append(eqx.tree_at(lambda system: system.positions, template, x))
+        majority = jnp.asarray(np.asarray(mg_fraction(s)) > 0.5, template.species.dtype)
+        frames.append(System(x, majority, template.cell, template.pinned, SPECIES))
         per_atom.append({**io.concentration_arrays(1.0 - mg_fraction(s), SPECIES), "k": np.asarray(k),
                          "site_free_energy": np.asarray(energy), **(arrays or {})})
         info.append({"time": float(trajectory.time[index]), "time_rate_units": float(trajectory.time[index]) * rate,
