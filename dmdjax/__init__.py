@@ -4,7 +4,7 @@ Metal units (eV, Å, K). See README.md for the public API and docs/design.md for
 """
 
 from . import (cell, dmd, state, energy, ensemble, free_energy, io, kinetics, neighbors, pair_sums, potentials,
-               quadrature, spin_diffusion, systems, units)
+               progress, quadrature, spin_diffusion, systems, units)
 from .cell import Cell, make_cell
 from .energy import evaluate, forces, potential_energy, site_energies, stress
 from .free_energy import VGFreeEnergy
@@ -22,6 +22,6 @@ __all__ = [
     "RelaxResult",
     "System", "TabulatedPair", "VGFreeEnergy", "beta_from_temperature", "cell", "energy", "ensemble", "evaluate", "forces",
     "free_energy", "from_ase", "initial_stiffness", "io", "kinetics", "load_eam", "make_cell", "make_system",
-    "neighbor_list", "neighbors", "potential_energy", "potentials", "relax", "site_energies", "spin_diffusion", "state", "stress", "systems",
+    "neighbor_list", "neighbors", "potential_energy", "potentials", "progress", "relax", "site_energies", "spin_diffusion", "state", "stress", "systems",
     "to_ase", "units",
 ]
