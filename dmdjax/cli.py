@@ -518,7 +518,7 @@ def main(argv=None) -> int:
     flags = {name: any(a in argv for a, n in anywhere.items() if n == name) for name in set(anywhere.values())}
     args = parser.parse_args([a for a in argv if a not in anywhere])  # these are accepted anywhere on the line
     vars(args).update(flags)
-    _configure_logging(args)
+    configure_logging(args)
     cpu_compile_flags()
     import jax
 
@@ -540,7 +540,7 @@ def main(argv=None) -> int:
         return 130
 
 
-def _configure_logging(args) -> None:
+def configure_logging(args) -> None:
     """The library's messages (logger ``"dmdjax"``) as plain lines on standard output: INFO, or
     WARNING with ``--quiet``, DEBUG with ``--verbose``. Progress bars appear only on a terminal
     (:mod:`dmdjax.progress`); redirected, the output holds no carriage returns."""
@@ -555,8 +555,7 @@ def _configure_logging(args) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._dmdjax_cli = True
-    logger.addHandler(handler)
-    logger.propagate = False
+    logger.addHandler(handler)  # propagation stays on: a caller's own root handlers still see the messages
     if args.quiet:
         args.no_progress = True
 

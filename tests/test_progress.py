@@ -30,13 +30,24 @@ def test_off_a_terminal_progress_is_periodic_log_lines(caplog, monkeypatch):
 
 @pytest.mark.slow
 def test_chain_quick_redirected_writes_plain_lines(tmp_path):
-    """`dmdjax chain --quick > log.txt`: progress as log lines, no carriage return in either stream;
-    --quiet leaves only the results table."""
+    """`dmdjax chain --quick > log.txt`: progress as log lines, no carriage return in either stream."""
     command = [sys.executable, "-c", "from dmdjax.cli import main; raise SystemExit(main())", "chain", "--quick",
                "--output", str(tmp_path / "run")]
     done = subprocess.run(command, capture_output=True, timeout=900)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert b"\r" not in done.stdout and b"\r" not in done.stderr
     assert b"DMD " in done.stdout  # the intervals' progress lines (at least the final one per run)
-    quiet = subprocess.run(command[:-1] + [str(tmp_path / "quiet"), "--quiet"], capture_output=True, timeout=900)
-    assert quiet.returncode == 0 and b"DMD " not in quiet.stdout and b"\r" not in quiet.stdout
+
+
+def test_quiet_and_verbose_set_the_level():
+    """--quiet: warnings only and no progress; --verbose: debug; either anywhere on the line."""
+    import argparse
+
+    from dmdjax import cli
+
+    for flags, level, progress_off in (([], logging.INFO, False), (["--quiet"], logging.WARNING, True),
+                                       (["-v"], logging.DEBUG, False)):
+        args = argparse.Namespace(quiet="--quiet" in flags, verbose="-v" in flags, no_progress=False)
+        cli.configure_logging(args)
+        assert progress.logger.level == level and args.no_progress == progress_off
+        assert sum(getattr(h, "_dmdjax_cli", False) for h in progress.logger.handlers) == 1

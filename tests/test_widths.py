@@ -125,6 +125,7 @@ def _lj_chain(epsilon_ab=0.7, sigma_ab=1.05, temperature=150.0):
     return vg, chain
 
 
+@pytest.mark.slow  # compiles the implicit JVP / a K3 run: ~40 s
 def test_implicit_derivatives_with_species_widths_match_re_relaxed_states():
     """d(X*, k*)/d(ε_AB, T) through a relaxation with per-species widths (implicit function
     theorem) against central differences of re-relaxed states; Newton's minimum equals L-BFGS's."""
@@ -140,9 +141,9 @@ def test_implicit_derivatives_with_species_widths_match_re_relaxed_states():
         return jnp.concatenate([result.positions[:, 0], jnp.log(result.stiffness).reshape(-1)])
 
     base = jnp.asarray([0.7, 150.0])
-    jacobian = np.asarray(jax.jacrev(relaxed)(base))
+    jacobian = np.asarray(jax.jacfwd(relaxed)(base))  # the implicit rule is a JVP: forward mode, one pass per input
     np.testing.assert_allclose(np.asarray(relaxed(base, "newton")), np.asarray(relaxed(base)), atol=1e-8)
-    # Steps large enough that the relaxations' own error (gradient 1e-11 on log k of a component of
+    # A step large enough that the relaxations' own error (gradient 1e-11 on log k of a component of
     # weight c ≈ 0.15: ~4e-9) stays below 1e-5 of the differences.
     for index, step in enumerate((1e-3, 2.0)):
         fd = np.asarray((relaxed(base.at[index].add(step)) - relaxed(base.at[index].add(-step))) / (2 * step))
@@ -152,6 +153,7 @@ def test_implicit_derivatives_with_species_widths_match_re_relaxed_states():
         assert (error[significant] / np.abs(fd)[significant]).max() < 1e-4, index
 
 
+@pytest.mark.slow  # compiles the implicit JVP / a K3 run: ~40 s
 def test_master_equation_with_species_widths_reaches_the_constrained_minimum():
     """K3 with per-species widths (μ^ex holds the widths' vibrational difference): Σs conserved, F
     non-increasing, and the long-time state is Newton's composition-constrained minimiser of F."""
