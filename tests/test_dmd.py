@@ -120,14 +120,14 @@ def test_self_consistent_equilibrium_is_the_newton_one(minimiser, setup):
 
 @pytest.mark.parametrize("method", ["newton", "self-consistent"])
 def test_float32_equilibrium_converges_to_its_default_tolerance(minimiser, setup, method):
-    """In float32 the default tolerance (1e-5 eV) lies above the rounding floor of μ_i − λ, and the
+    """In float32 the default tolerance (1e-4 eV) lies above the rounding floor of μ_i − λ, and the
     state agrees with the float64 minimiser; a float64 tolerance there fails with a clear error."""
     state = setup["state"]
     single = dj.DMDState(*(jnp.asarray(a, jnp.float32) for a in (state.positions, state.stiffness,
                                                                   state.order_parameter)))
-    assert dmd.default_equilibrium_tolerance(jnp.float32) == 1e-5
+    assert dmd.default_equilibrium_tolerance(jnp.float32) == 1e-4
     result = dmd.equilibrium(setup["vg"], single, setup["nbrs"], method=method)
-    assert result.residual <= 1e-5 and result.order_parameter.dtype == jnp.float32
+    assert result.residual <= 1e-4 and result.order_parameter.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(result.order_parameter), np.asarray(minimiser.order_parameter), atol=1e-3)
     with pytest.raises(dmd.DMDError, match="did not reach"):
         dmd.equilibrium(setup["vg"], single, setup["nbrs"], method=method, tolerance=1e-10, max_steps=10)

@@ -116,3 +116,24 @@ def test_ovito_classifies_the_slab_interior_as_fcc(study):
 def test_a_killed_run_resumes_to_the_same_state(study, tmp_path):
     output, _ = study
     check_study_resumes(["alloy", "surface", *TINY], output, tmp_path / "copy")
+
+
+@pytest.mark.slow
+def test_layer_uniform_equilibria_do_not_depend_on_the_cross_section():
+    """The dilute ΔG solved on the smallest cross-section (surface.layer_slab) equals that of a
+    wider slab: the layer-uniform state is the same per site for any periodic cross-section."""
+    import jax.numpy as jnp
+
+    from dmdjax import VGFreeEnergy, neighbor_list
+    from dmdjax.studies.alloy import load_alloy_potential
+
+    p = surface.SurfaceParameters(cells=(3, 6, 5))
+    potential = load_alloy_potential(p.potential)
+    values = []
+    for slab, layers in (surface.layer_slab(p), surface.build_slab(p)):
+        assert slab.positions.dtype == jnp.float64
+        neighbors = neighbor_list(slab.positions, slab.cell, potential.cutoff, skin=0.5)
+        vg = VGFreeEnergy(potential, slab.cell, p.temperature, slab.n_atoms, species=surface.SPECIES)
+        values.append(surface.mean_field_segregation(vg, slab.positions, layers, neighbors))
+    assert surface.layer_slab(p)[0].n_atoms == 300 and surface.build_slab(p)[0].n_atoms == 360
+    assert values[0] == pytest.approx(values[1], abs=1e-7)

@@ -149,6 +149,22 @@ def _energy_difference(first: np.ndarray, second: np.ndarray) -> float:
     return float(np.sum(np.asarray(first, np.float64) - np.asarray(second, np.float64)))
 
 
+MIN_CROSS_SECTION = 5
+"""Cubic cells across the slab (y, z) of the smallest periodic cell the study allows: the Gaussians
+of the 7.5 Å cut-off's pairs reach past the 8.2 Å half-width of 4 cells."""
+
+
+def layer_slab(p: SurfaceParameters) -> tuple[System, np.ndarray]:
+    """The slab with the smallest allowed cross-section (``MIN_CROSS_SECTION`` cells in y and z)
+    and its layer indices: where the mean-field state is uniform within each layer (the
+    dilute ΔG and the isotherm's equilibria, which start from uniform s on the perfect lattice),
+    every site of a layer is equivalent by the lattice translations across the slab, so these
+    equilibria are the same per site for any periodic cross-section and are solved on this one
+    (at ``--cells 32,32,32``: 3 200 sites in place of 131 072)."""
+    nx, ny, nz = p.cells
+    return build_slab(dataclasses.replace(p, cells=(nx, min(ny, MIN_CROSS_SECTION), min(nz, MIN_CROSS_SECTION))))
+
+
 def segregation_energies(potential, slab: System, layers: np.ndarray, neighbors) -> dict:
     """E_seg (eV) of one Mg by molecular statics: surface layer minus centre layer.
 
@@ -219,19 +235,25 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
     log(f"slab {p.cells[0]}×{p.cells[1]}×{p.cells[2]} cells, {slab.n_atoms} atoms, {n_layers} layers; "
         f"Γ₀ = {p.rate:.4g} per unit time; {run['device']}, {run['dtype']}")
 
+    # The layer-uniform equilibria (dilute ΔG, isotherm) on the smallest cross-section: layer_slab.
+    thin, thin_layers = layer_slab(p)
+    thin_neighbors = neighbor_list(thin.positions, thin.cell, potential.cutoff, skin=0.5)
+    thin_vg = VGFreeEnergy(potential, thin.cell, p.temperature, thin.n_atoms, species=SPECIES)
+
     tick = time.perf_counter()
     energies = _stage(output / "statics.json", resume)
     if energies is None:
         statics = segregation_energies(potential, slab, layers, neighbors)
-        cold = VGFreeEnergy(potential, slab.cell, p.low_temperature, slab.n_atoms, species=SPECIES)
+        cold = VGFreeEnergy(potential, thin.cell, p.low_temperature, thin.n_atoms, species=SPECIES)
         energies = {"relaxed": statics["relaxed"], "unrelaxed": statics["unrelaxed"],
-                    "mean_field": mean_field_segregation(vg, slab.positions, layers, neighbors),
-                    "mean_field_low_temperature": mean_field_segregation(cold, slab.positions, layers, neighbors)}
+                    "mean_field": mean_field_segregation(thin_vg, thin.positions, thin_layers, thin_neighbors),
+                    "mean_field_low_temperature": mean_field_segregation(cold, thin.positions, thin_layers,
+                                                                         thin_neighbors)}
         if p.species_widths:
-            resolved = VGFreeEnergy(potential, slab.cell, p.temperature, slab.n_atoms, species=SPECIES,
+            resolved = VGFreeEnergy(potential, thin.cell, p.temperature, thin.n_atoms, species=SPECIES,
                                     widths="species")
-            energies["mean_field_species_widths"] = mean_field_segregation(resolved, slab.positions, layers,
-                                                                           neighbors)
+            energies["mean_field_species_widths"] = mean_field_segregation(resolved, thin.positions, thin_layers,
+                                                                           thin_neighbors)
         io.write_json(output / "statics.json", energies)
     walls["statics"] = time.perf_counter() - tick
     log("E_seg (eV): relaxed {relaxed:+.4f}, unrelaxed {unrelaxed:+.4f}; DMD ΔG {mean_field:+.4f} at T, "
@@ -243,12 +265,12 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
     steps = range(0 if isotherm_rows is not None else len(nominal))
     steps = track(steps, "isotherm", "composition", enabled=progress)
     isotherm_layers, isotherm_rows = [], isotherm_rows or []
-    tolerance = max(1e-7, dmd.default_equilibrium_tolerance(slab.positions.dtype))  # 1e-5 eV in float32
+    tolerance = max(1e-7, dmd.default_equilibrium_tolerance(thin.positions.dtype))  # 1e-4 eV in float32
     for index in steps:
-        s = jnp.full(slab.n_atoms, 1.0 - 2.0 * nominal[index], slab.positions.dtype)
-        state = dmd.equilibrium(vg, vg.initial_state(slab.positions, s, neighbors), neighbors,
+        s = jnp.full(thin.n_atoms, 1.0 - 2.0 * nominal[index], thin.positions.dtype)
+        state = dmd.equilibrium(thin_vg, thin_vg.initial_state(thin.positions, s, thin_neighbors), thin_neighbors,
                                 method="self-consistent", tolerance=tolerance)
-        layer_c = group_means(mg_fraction(state.order_parameter), layers)
+        layer_c = group_means(mg_fraction(state.order_parameter), thin_layers)
         isotherm_layers.append(layer_c)
         bulk = float(centre_mean(layer_c))
         isotherm_rows.append({"nominal": nominal[index], "bulk": bulk, "surface": float(layer_c[0]),
