@@ -32,7 +32,7 @@ from . import neighbors as _neighbors
 from . import pair_sums
 from .cell import Cell
 from .potentials import DENSITY, PAIR, Potential
-from .systems import System, species_weights
+from .systems import System, replicas_needed, replicate, species_weights
 
 
 class PairGeometry(NamedTuple):
@@ -256,9 +256,19 @@ def evaluate(potential: Potential, system: System, neighbors: _neighbors.Neighbo
 
     The system's species are mapped onto the potential's by name (a species the
     potential lacks raises ``ValueError``). A neighbour list is built when none is given.
+    A periodic cell narrower than twice (cut-off + skin) — a primitive or 4-atom fcc cell —
+    is replicated (:func:`dmdjax.systems.replicate`) when no list is given, and the results
+    are folded back: the energy per copy, the first copy's forces and site energies, the
+    same stress.
     """
     system = system.with_species_names(potential.species)
     if neighbors is None:
+        repeats = replicas_needed(system.cell, potential.cutoff + skin)
+        if repeats != (1,) * system.dim:
+            result = evaluate(potential, replicate(system, repeats), skin=skin)
+            n, copies = system.n_atoms, int(np.prod(repeats))
+            return EnergyForcesStress(result.energy / copies, result.forces[:n], result.stress,
+                                      result.site_energies[:n])
         neighbors = _neighbors.neighbor_list(system.positions, system.cell, potential.cutoff, skin=skin)
     _check_inputs(potential, system.positions, system.species, system.cell, neighbors)
     check_separation(potential, system.positions, system.cell, neighbors)

@@ -458,6 +458,34 @@ class VGFreeEnergy(eqx.Module):
 
         return jax.grad(excess)(state.order_parameter)
 
+    def stress(self, state: DMDState, neighbors) -> Float[Array, "d d"]:
+        """The free energy's stress σ_F = (1/V) ∂F/∂ε (eV/Å³, ASE's sign: σ = −P for a
+        hydrostatic pressure P), ``(d, d)`` symmetric, for the
+        homogeneous strain X → (I + ε) X of the mean positions and the cell at fixed k and s.
+        At (X, k) relaxed (:func:`dmdjax.relax`) or k relaxed at fixed X
+        (:func:`dmdjax.relax.relax_stiffness`) this is the total strain derivative of the
+        relaxed F (the envelope theorem: ∂F/∂k = 0 there). Only ⟨V⟩ depends on the strain.
+        Fully periodic cells only. Forward mode over the d² strain components.
+
+        Raises:
+            ValueError: a cell that is not fully periodic.
+        """
+        if not self.cell.fully_periodic:
+            raise ValueError(f"the free energy's stress needs a fully periodic cell; pbc is {self.cell.pbc}")
+        self.check(state, neighbors)
+        self.check_neighbors(state, neighbors)
+        dtype = state.positions.dtype
+        vectors = self.cell.vectors.astype(dtype)
+
+        def strained(strain):
+            deformation = jnp.eye(self.cell.dim, dtype=dtype) + strain
+            vg = eqx.tree_at(lambda v: v.cell.vectors, self, vectors @ deformation.T)
+            moved = DMDState(state.positions @ deformation.T, state.stiffness, state.order_parameter)
+            return vg._average_energy(moved, neighbors)
+
+        derivative = jax.jacfwd(strained)(jnp.zeros((self.cell.dim, self.cell.dim), dtype))
+        return 0.5 * (derivative + derivative.T) / jnp.abs(jnp.linalg.det(vectors))
+
 
 _initial_stiffness_jit = eqx.filter_jit(VGFreeEnergy.initial_stiffness)
 

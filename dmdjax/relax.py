@@ -521,3 +521,88 @@ def _minimize_energy(potential, anchor, start, species, cell, neighbors, pinned,
     x, iterations, norm = _lbfgs(objective, start, force_norm, tolerance, max_steps, memory)
     x = jnp.where(pinned[:, None], anchor, x)
     return x, objective(x), iterations, norm
+
+
+def relax_stiffness(vg: VGFreeEnergy, state: DMDState, neighbors: NeighborList, *, exchange_potential=None,
+                    tolerance: float | None = None, max_steps: int = 2000, memory: int = 20,
+                    throw: bool = True) -> RelaxResult:
+    """Minimise F(X, k, s) over k at fixed mean positions X — and, given ``exchange_potential``
+    Δμ (eV), also over s: min_{k, s} F − Δμ Σ_i s_i, the semi-grand-canonical equilibrium in
+    which every site's μ_i = ∂F/∂s_i equals Δμ (s = tanh u, so |s| < 1; pinned species keep
+    theirs). F at the result is the free energy of the structure X at temperature; −∂F/∂X the
+    forces on X and :meth:`~dmdjax.VGFreeEnergy.stress` its stress (the envelope theorem).
+    Used by :class:`dmdjax.ase.FreeEnergyCalculator`.
+
+    Arguments:
+        vg, state, neighbors: as :func:`relax` (the state's X and, without ``exchange_potential``,
+            s held fixed; its k the start). The list is rebuilt on the host where it does not
+            cover the result (k softened), as in :func:`relax`.
+        exchange_potential: None (s fixed) or Δμ in eV.
+        tolerance: on max |k ∂F/∂k| (eV) and, with s free, max |∂(F − Δμ Σs)/∂u| (eV); default
+            :func:`default_tolerance`.
+        max_steps, memory, throw: as :func:`relax`.
+
+    Returns:
+        A :class:`RelaxResult` (``free_energy`` is F, without −Δμ Σ s). Not differentiable
+        implicitly (use :func:`relax` for that); host side only.
+
+    Raises:
+        RelaxationError: ``throw`` and not converged.
+    """
+    vg.check(state, neighbors)
+    if not _validate.on_host((vg, state, neighbors)):
+        raise ValueError("relax_stiffness runs on the host (not inside jit/grad/vmap)")
+    tolerance = default_tolerance(state.positions.dtype) if tolerance is None else tolerance
+    if not (np.isfinite(tolerance) and tolerance > 0):
+        raise ValueError(f"tolerance must be finite and > 0; got {tolerance!r}")
+    if exchange_potential is not None:
+        _validate.finite(np.asarray(exchange_potential), "exchange_potential")
+        exchange_potential = jnp.asarray(exchange_potential, state.positions.dtype)
+    iterations = 0
+    for _ in range(MAX_REBUILDS + 1):
+        neighbors = vg.covering_neighbors(state, neighbors)
+        state, free_energy, steps, norm = _relax_stiffness(vg, state, neighbors, exchange_potential,
+                                                           jnp.asarray(tolerance, state.positions.dtype),
+                                                           max_steps, memory)
+        iterations += int(steps)
+        if not bool(jnp.isfinite(free_energy)) or float(vg.neighbor_fault(state, neighbors)) <= 0:
+            break
+    converged = bool(norm <= tolerance) and bool(jnp.isfinite(free_energy)) and float(
+        vg.neighbor_fault(state, neighbors)) <= 0
+    if throw and not converged:
+        raise RelaxationError(f"relaxation of k{'' if exchange_potential is None else ' and s'} at fixed X did "
+                              f"not converge: gradient norm {float(norm):.3g} after {iterations} iterations, "
+                              f"tolerance {tolerance:.3g}")
+    return RelaxResult(state, free_energy, jnp.asarray(iterations), norm, jnp.asarray(converged), neighbors)
+
+
+@eqx.filter_jit
+def _relax_stiffness(vg, state, neighbors, exchange_potential, tolerance, max_steps, memory):
+    dtype = state.positions.dtype
+    positions, s0 = state.positions, state.order_parameter.astype(dtype)
+    k0 = state.stiffness.astype(dtype)
+    pinned_k = vg.pinned_stiffness
+    free_s = ~vg.pinned_species
+
+    def unpack(y):
+        stiffness = jnp.where(pinned_k, k0, jnp.exp(y[0]))
+        s = s0 if exchange_potential is None else jnp.where(free_s, jnp.tanh(y[1]), s0)
+        return DMDState(positions, stiffness, s)
+
+    def objective(y):
+        current = unpack(y)
+        value = vg(current, neighbors)
+        if exchange_potential is not None:
+            value = value - exchange_potential * jnp.sum(current.order_parameter)
+        return value
+
+    log_k = jnp.log(jnp.where(pinned_k, 1.0, k0))
+    y0 = (log_k,) if exchange_potential is None else (log_k, jnp.arctanh(jnp.clip(s0, -1 + 1e-6, 1 - 1e-6)))
+
+    def gradient_norm(gradient):
+        masked = (jnp.where(pinned_k, 0.0, gradient[0]),) + tuple(jnp.where(free_s, g, 0.0) for g in gradient[1:])
+        return _max_abs(masked)
+
+    y, iterations, norm = _lbfgs(objective, y0, gradient_norm, tolerance, max_steps, memory)
+    relaxed = unpack(y)
+    return relaxed, vg(relaxed, neighbors), iterations, norm

@@ -168,6 +168,43 @@ def make_system(
     )
 
 
+def replicas_needed(cell: Cell, interaction_range: float) -> tuple[int, ...]:
+    """The fewest copies along each cell vector for which every periodic width is at least
+    twice ``interaction_range`` (the minimum-image condition of the neighbour lists); 1 along
+    free vectors. ``(1, ..., 1)`` when the cell is already wide enough."""
+    widths = cell.perpendicular_widths()
+    return tuple(int(np.ceil(2.0 * interaction_range / w - 1e-12)) if periodic and w < 2.0 * interaction_range else 1
+                 for periodic, w in zip(cell.pbc, widths))
+
+
+def replicate(system: System, repeats: Sequence[int]) -> System:
+    """The supercell of ``repeats[a]`` copies along each periodic cell vector a (1 along free
+    ones), like ASE's ``atoms.repeat``: copy c = (c_0, c_1, ...) of atom i is atom
+    ``c_flat · N + i`` (C order over the copies), so copy 0 is ``system`` itself and per-atom
+    results fold back by taking the first N rows (every copy sees the same environment).
+
+    Raises:
+        ValueError: a repeat < 1, or > 1 along a free direction.
+    """
+    repeats = tuple(int(r) for r in repeats)
+    if len(repeats) != system.dim or min(repeats) < 1:
+        raise ValueError(f"repeats must be {system.dim} integers >= 1; got {repeats!r}")
+    bad = [axis for axis, (r, periodic) in enumerate(zip(repeats, system.cell.pbc)) if r > 1 and not periodic]
+    if bad:
+        raise ValueError(f"cannot repeat along free cell vector(s) {bad}; repeats {repeats!r}, pbc {system.cell.pbc}")
+    if repeats == (1,) * system.dim:
+        return system
+    vectors = np.asarray(system.cell.vectors)
+    copies = np.stack(np.meshgrid(*[np.arange(r) for r in repeats], indexing="ij"), axis=-1).reshape(-1, system.dim)
+    shifts = jnp.asarray(copies @ vectors, dtype=system.positions.dtype)
+    positions = (shifts[:, None, :] + system.positions[None]).reshape(-1, system.dim)
+    count = len(copies)
+    cell = Cell(jnp.asarray(vectors * np.asarray(repeats, float)[:, None], dtype=system.cell.vectors.dtype),
+                system.cell.pbc)
+    return System(positions=positions, species=jnp.tile(system.species, count), cell=cell,
+                  pinned=jnp.tile(system.pinned, count), species_names=system.species_names)
+
+
 # --------------------------------------------------------------------------- lattices
 
 
