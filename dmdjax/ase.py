@@ -38,13 +38,29 @@ def _potential(potential) -> Potential:
     return load_eam(potential) if isinstance(potential, (str, bytes)) or hasattr(potential, "__fspath__") else potential
 
 
-class EAMCalculator(Calculator):
+class _ListCache:
+    """The neighbour list of the previous call, updated (no new search, no recompilation) while
+    the atoms and cell are the same and its cut-off is the one wanted."""
+
+    _neighbors = _cell = None
+
+    def _neighbor_list(self, system, cutoff: float, skin: float):
+        previous = self._neighbors
+        if (previous is not None and previous.idx.shape[0] == system.n_atoms and previous.cutoff == cutoff
+                and np.array_equal(self._cell, np.asarray(system.cell.vectors))):
+            return refresh(previous, system.positions, system.cell)
+        self._cell = np.asarray(system.cell.vectors)
+        return neighbor_list(system.positions, system.cell, cutoff, skin=skin)
+
+
+class EAMCalculator(_ListCache, Calculator):
     """Potential energy (eV), forces (eV/Å), stress (eV/Å³, periodic 3-D cells) and per-atom
     energies of a dmdjax potential (:func:`dmdjax.evaluate`).
 
     Arguments:
         potential: a :class:`~dmdjax.potentials.Potential`, a bundled potential name or an EAM file.
-        skin: neighbour-list skin, Å.
+        skin: neighbour-list skin, Å; the list is kept between calls (molecular dynamics) and
+            searched again only when an atom moved more than skin/2 or the cell changed.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -57,15 +73,19 @@ class EAMCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         system = from_ase(self.atoms, species_names=self.potential.species)
-        result = evaluate(self.potential, system, skin=self.skin)
-        energy = float(result.energy)
-        self.results = {"energy": energy, "free_energy": energy, "forces": np.asarray(result.forces, float),
-                        "energies": np.asarray(result.site_energies, float)}
+        repeats = replicas_needed(system.cell, self.potential.cutoff + self.skin)
+        big = replicate(system, repeats)
+        self._neighbors = self._neighbor_list(big, self.potential.cutoff, self.skin)
+        result = evaluate(self.potential, big, self._neighbors)
+        n, copies = system.n_atoms, int(np.prod(repeats))
+        energy = float(result.energy) / copies
+        self.results = {"energy": energy, "free_energy": energy, "forces": np.asarray(result.forces, float)[:n],
+                        "energies": np.asarray(result.site_energies, float)[:n]}
         if result.stress is not None:
             self.results["stress"] = np.asarray(result.stress, float)
 
 
-class FreeEnergyCalculator(Calculator):
+class FreeEnergyCalculator(_ListCache, Calculator):
     """The VG free energy F(X, k*, s) of the atoms' positions taken as the mean positions X, at
     ``temperature``: ASE's energy is F (eV), forces −∂F/∂X (eV/Å), stress σ_F (eV/Å³, periodic
     3-D cells), ``energies`` the site free energies.
@@ -110,16 +130,7 @@ class FreeEnergyCalculator(Calculator):
         if not (np.isfinite(self.reach) and self.reach >= 0):
             raise ValueError(f"reach must be finite and >= 0 Å; got {reach!r}")
         self.order_parameter = None
-        self._stiffness = self._neighbors = self._cell = None
-
-    def _neighbor_list(self, system, cutoff: float):
-        """The previous call's list, updated, while the cell and atoms are the same; else a new one."""
-        previous = self._neighbors
-        if (previous is not None and previous.idx.shape[0] == system.n_atoms and previous.cutoff == cutoff
-                and np.array_equal(self._cell, np.asarray(system.cell.vectors))):
-            return refresh(previous, system.positions, system.cell)
-        self._cell = np.asarray(system.cell.vectors)
-        return neighbor_list(system.positions, system.cell, cutoff, skin=self.skin)
+        self._stiffness = None
 
     def _order_parameter(self, atoms) -> np.ndarray:
         if "order_parameter" in atoms.arrays:
@@ -152,7 +163,7 @@ class FreeEnergyCalculator(Calculator):
             vg = VGFreeEnergy(self.potential, big.cell, self.temperature, big.n_atoms, species=self.species,
                               pinned_species=np.full(big.n_atoms, self.exchange_potential is None),
                               quadrature=self.quadrature, nodes=self.nodes)
-            neighbors = self._neighbor_list(big, cutoff)
+            neighbors = self._neighbor_list(big, cutoff, self.skin)
             order_parameter = np.tile(s, copies).astype(dtype)
             if self._stiffness is not None and self._stiffness.shape[0] == n:
                 stiffness = np.tile(self._stiffness, copies).astype(dtype)
