@@ -606,3 +606,92 @@ def _relax_stiffness(vg, state, neighbors, exchange_potential, tolerance, max_st
     y, iterations, norm = _lbfgs(objective, y0, gradient_norm, tolerance, max_steps, memory)
     relaxed = unpack(y)
     return relaxed, vg(relaxed, neighbors), iterations, norm
+
+
+def relax_cell(vg: VGFreeEnergy, state: DMDState, neighbors: NeighborList, *, pressure=0.0,
+               tolerance: float | None = None, max_steps: int = 2000, memory: int = 20,
+               throw: bool = True) -> tuple[VGFreeEnergy, RelaxResult]:
+    """Minimise F(X, k, s) + P V over (X, k) and the cell at fixed s: the VG state at temperature
+    and hydrostatic pressure P (zero free-energy stress at P = 0: the thermal expansion of
+    the VG model). The cell strains by X → (I + ε) X, cell → (I + ε) cell, ε symmetric and
+    confined to the periodic directions; L-BFGS over (X in the unstrained frame, log k, ε).
+
+    Arguments:
+        vg, state, neighbors: as :func:`relax`; no pinned atoms.
+        pressure: P in eV/Å³ (``dmdjax.units.EV_PER_A3_TO_GPA`` converts), default 0.
+        tolerance: on max |∂/∂X| (eV/Å), |∂/∂log k| (eV) and |∂/∂ε| = V |σ_F + P| (eV);
+            default :func:`default_tolerance`.
+        max_steps, memory, throw: as :func:`relax`.
+
+    Returns:
+        ``(vg, result)``: the free energy on the relaxed cell (``vg.cell``) and the
+        :class:`RelaxResult` there (``free_energy`` is F, without PV; ``neighbors`` valid for
+        the new cell). Host side; not differentiable implicitly.
+
+    Raises:
+        RelaxationError: ``throw`` and not converged. ValueError: pinned atoms, bad pressure.
+    """
+    vg.check(state, neighbors)
+    if not _validate.on_host((vg, state, neighbors)):
+        raise ValueError("relax_cell runs on the host (not inside jit/grad/vmap)")
+    if bool(np.any(np.asarray(vg.pinned))):
+        raise ValueError("relax_cell does not take pinned atoms (they would have to follow the strain)")
+    if not any(vg.cell.pbc):
+        raise ValueError(f"relax_cell needs a periodic direction; pbc is {vg.cell.pbc}")
+    if not np.isfinite(pressure):
+        raise ValueError(f"pressure must be finite (eV/Å³); got {pressure!r}")
+    dtype = state.positions.dtype
+    tolerance = default_tolerance(dtype) if tolerance is None else tolerance
+    if not (np.isfinite(tolerance) and tolerance > 0):
+        raise ValueError(f"tolerance must be finite and > 0; got {tolerance!r}")
+    iterations = 0
+    for _ in range(MAX_REBUILDS + 1):
+        neighbors = vg.covering_neighbors(state, neighbors)
+        vectors, state, free_energy, steps, norm = _relax_cell(vg, state, neighbors, jnp.asarray(pressure, dtype),
+                                                               jnp.asarray(tolerance, dtype), max_steps, memory)
+        iterations += int(steps)
+        vg = eqx.tree_at(lambda v: v.cell.vectors, vg, vectors)
+        if not bool(jnp.isfinite(free_energy)):
+            break
+        # The list was built in the unstrained cell: rebuild it in the new one and go on from there.
+        rebuilt = vg.neighbor_list(state.positions, state.stiffness, skin=neighbors.skin)
+        if float(vg.neighbor_fault(state, rebuilt)) <= 0 and int(steps) == 0:
+            neighbors = rebuilt
+            break
+        neighbors = rebuilt
+    converged = bool(norm <= tolerance) and bool(jnp.isfinite(free_energy)) and float(
+        vg.neighbor_fault(state, neighbors)) <= 0
+    if throw and not converged:
+        raise RelaxationError(f"relaxation of (X, k) and the cell did not converge: gradient norm {float(norm):.3g} "
+                              f"after {iterations} iterations, tolerance {tolerance:.3g}")
+    free_energy = vg(state, neighbors)
+    return vg, RelaxResult(state, free_energy, jnp.asarray(iterations), norm, jnp.asarray(converged), neighbors)
+
+
+@eqx.filter_jit
+def _relax_cell(vg, state, neighbors, pressure, tolerance, max_steps, memory):
+    dtype = state.positions.dtype
+    d = vg.cell.dim
+    periodic = jnp.asarray(vg.cell.pbc)
+    allowed = (periodic[:, None] & periodic[None, :]).astype(dtype)
+    vectors = vg.cell.vectors.astype(dtype)
+
+    def unpack(y):
+        positions, log_stiffness, strain = y
+        strain = 0.5 * (strain + strain.T) * allowed
+        deformation = jnp.eye(d, dtype=dtype) + strain
+        strained = eqx.tree_at(lambda v: v.cell.vectors, vg, vectors @ deformation.T)
+        return strained, DMDState(positions @ deformation.T, jnp.exp(log_stiffness), state.order_parameter)
+
+    def objective(y):
+        strained, current = unpack(y)
+        volume = jnp.abs(jnp.linalg.det(jnp.where(periodic[:, None], strained.cell.vectors, jnp.eye(d, dtype=dtype))))
+        return strained(current, neighbors) + pressure * volume
+
+    def gradient_norm(gradient):
+        return _max_abs((gradient[0], gradient[1], gradient[2] * allowed))
+
+    y0 = (state.positions, jnp.log(state.stiffness.astype(dtype)), jnp.zeros((d, d), dtype))
+    y, iterations, norm = _lbfgs(objective, y0, gradient_norm, tolerance, max_steps, memory)
+    strained, relaxed = unpack(y)
+    return strained.cell.vectors, relaxed, strained(relaxed, neighbors), iterations, norm

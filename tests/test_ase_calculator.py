@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from ase.calculators.eam import EAM as AseEAM
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+from ase.filters import FrechetCellFilter
+from ase.optimize import BFGS
 from conftest import random_alloy
 
 import dmdjax as dj
@@ -106,9 +108,6 @@ def test_free_energy_of_a_small_cell_equals_its_supercell(mendelev):
 
 
 def test_cell_relaxation_at_600_k_reaches_zero_free_energy_pressure():
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import BFGS
-
     atoms = ase.build.bulk("Al", "fcc", a=4.05, cubic=True)
     atoms.calc = FreeEnergyCalculator("AlMg_Mendelev2009", 600.0, tolerance=1e-10, reach=1.0)
     BFGS(FrechetCellFilter(atoms), logfile=None).run(fmax=1e-7, steps=100)
@@ -120,6 +119,28 @@ def test_cell_relaxation_at_600_k_reaches_zero_free_energy_pressure():
     cold.calc = EAMCalculator("AlMg_Mendelev2009")
     BFGS(FrechetCellFilter(cold), logfile=None).run(fmax=1e-7, steps=100)
     assert 0.01 < a - cold.cell.lengths()[0] < 0.1
+
+
+@pytest.mark.slow
+def test_relax_cell_equals_the_ase_route(mendelev):
+    """dj.relax_cell (one L-BFGS over X, log k and the strain) finds the a(600 K) of ASE's
+    FrechetCellFilter on FreeEnergyCalculator (k relaxed at each cell), and zero stress."""
+    atoms = ase.build.bulk("Al", "fcc", a=4.05, cubic=True)
+    atoms.calc = FreeEnergyCalculator(mendelev, 600.0, tolerance=1e-10, reach=1.0)
+    BFGS(FrechetCellFilter(atoms), logfile=None).run(fmax=1e-7, steps=100)
+    system = dj.systems.fcc(4.05, (5, 5, 5)).with_species_names(mendelev.species)
+    n = system.n_atoms
+    vg = dj.VGFreeEnergy(mendelev, system.cell, 600.0, n, pinned_species=np.ones(n, bool))
+    neighbors = vg.neighbor_list(system.positions, skin=0.5)
+    relaxed_vg, result = dj.relax_cell(vg, vg.initial_state(system.positions, np.ones(n), neighbors), neighbors)
+    assert bool(result.converged)
+    np.testing.assert_allclose(np.asarray(relaxed_vg.cell.vectors) / 5, np.eye(3) * atoms.cell.lengths()[0],
+                               atol=2e-5)
+    stress = np.asarray(relaxed_vg.stress(result.state, result.neighbors)) * GPA_PER_EV_A3
+    assert np.abs(stress).max() < 1e-3
+    with pytest.raises(ValueError, match="pinned"):
+        pinned = dj.VGFreeEnergy(mendelev, system.cell, 600.0, n, pinned=np.arange(n) == 0)
+        dj.relax_cell(pinned, pinned.initial_state(system.positions, np.full(n, 0.9), neighbors), neighbors)
 
 
 def test_free_energy_calculator_relaxes_s_at_an_exchange_potential(mendelev):
