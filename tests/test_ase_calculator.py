@@ -79,6 +79,7 @@ def _strained_alloy():
     return atoms
 
 
+@pytest.mark.slow
 def test_free_energy_calculator_passes_ase_finite_differences():
     atoms = _strained_alloy()
     atoms.calc = FreeEnergyCalculator("AlMg_Mendelev2009", 600.0, tolerance=1e-10, reach=1.0)
@@ -88,6 +89,7 @@ def test_free_energy_calculator_passes_ase_finite_differences():
     np.testing.assert_allclose(stress, calculate_numerical_stress(atoms, 1e-5), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_free_energy_of_a_small_cell_equals_its_supercell(mendelev):
     """F per atom of the 4-atom cell (replicated inside) equals that of the 256-atom cell, and
     that of the explicit VGFreeEnergy on a 864-atom cell."""
@@ -143,6 +145,7 @@ def test_relax_cell_equals_the_ase_route(mendelev):
         dj.relax_cell(pinned, pinned.initial_state(system.positions, np.full(n, 0.9), neighbors), neighbors)
 
 
+@pytest.mark.slow
 def test_free_energy_calculator_relaxes_s_at_an_exchange_potential(mendelev):
     """With Δμ given, s relaxes to μ_i = ∂F/∂s_i = Δμ on every site (Δμ = −1.045 eV: μ at s = 0.8
     on this cell; from the atoms' species the Mg site stays Mg-rich, a local minimum of the mean field)."""
