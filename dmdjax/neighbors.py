@@ -231,6 +231,7 @@ def _search(fractional, vectors, search_range, pbc, grid, cell_capacity, capacit
 
 
 _search_jit = jax.jit(_search, static_argnums=(2, 3, 4, 5, 6))
+_update_jit = eqx.filter_jit(lambda neighbors, positions: neighbors.update(positions))
 
 
 def _search_cell(positions: np.ndarray, cell: Cell, search_range: float) -> tuple[np.ndarray, np.ndarray]:
@@ -322,7 +323,7 @@ def neighbor_list(
 def refresh(neighbors: NeighborList, positions: Float[Array, "n d"], cell: Cell,
             capacity_multiplier: float = 1.25) -> NeighborList:
     """Update ``neighbors`` for ``positions``; re-allocate (host side) when it overflows."""
-    updated = neighbors.update(positions)
+    updated = _update_jit(neighbors, positions)  # compiled once per list shape (eager: op by op)
     if bool(updated.overflow):
         return neighbor_list(positions, cell, neighbors.cutoff, skin=neighbors.skin,
                              capacity_multiplier=capacity_multiplier)
