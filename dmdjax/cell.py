@@ -67,9 +67,13 @@ class Cell(eqx.Module):
         return 1.0 / np.linalg.norm(inverse, axis=0)
 
     def within_minimum_image(self, wanted: float, needed: float) -> float:
-        """``wanted`` (a list cut-off with room to spare), lowered to half the narrowest periodic
-        width where that is smaller, but never below ``needed`` (then :meth:`check_minimum_image`
-        raises when the list is built)."""
+        """``wanted`` (a list cut-off with room to spare) rounded up to a multiple of 1/8 Å,
+        lowered to half the narrowest periodic width where that is smaller, but never below
+        ``needed`` (then :meth:`check_minimum_image` raises when the list is built). The
+        rounding keeps the cut-offs few: a list's cut-off is static, and every new value
+        compiles every function that takes the list again (thousands of them once exhausted
+        XLA:CPU's code memory and crashed the process)."""
+        wanted = float(np.ceil(float(wanted) * 8.0) / 8.0)
         widths = [w for periodic, w in zip(self.pbc, self.perpendicular_widths()) if periodic]
         if not widths:
             return float(wanted)
