@@ -654,11 +654,9 @@ def relax_cell(vg: VGFreeEnergy, state: DMDState, neighbors: NeighborList, *, pr
         if not bool(jnp.isfinite(free_energy)):
             break
         # The list was built in the unstrained cell: rebuild it in the new one and go on from there.
-        rebuilt = vg.neighbor_list(state.positions, state.stiffness, skin=neighbors.skin)
-        if float(vg.neighbor_fault(state, rebuilt)) <= 0 and int(steps) == 0:
-            neighbors = rebuilt
+        neighbors = vg.neighbor_list(state.positions, state.stiffness, skin=neighbors.skin)
+        if int(steps) == 0 and float(vg.neighbor_fault(state, neighbors)) <= 0:
             break
-        neighbors = rebuilt
     converged = bool(norm <= tolerance) and bool(jnp.isfinite(free_energy)) and float(
         vg.neighbor_fault(state, neighbors)) <= 0
     if throw and not converged:
