@@ -137,3 +137,30 @@ def test_layer_uniform_equilibria_do_not_depend_on_the_cross_section():
         values.append(surface.mean_field_segregation(vg, slab.positions, layers, neighbors))
     assert surface.layer_slab(p)[0].n_atoms == 300 and surface.build_slab(p)[0].n_atoms == 360
     assert values[0] == pytest.approx(values[1], abs=1e-7)
+
+
+@pytest.mark.slow
+def test_the_kinetic_start_tiled_from_the_layer_slab_is_relaxed():
+    """(X, k) relaxed on the layer slab and copied layer by layer is the relaxed state of a wider
+    slab: relaxing from it stops at once, and matches the relaxation from the lattice."""
+    import jax.numpy as jnp
+
+    from dmdjax import VGFreeEnergy, neighbor_list, relax
+    from dmdjax.studies.alloy import load_alloy_potential
+
+    p = surface.SurfaceParameters(cells=(3, 6, 5), concentration=0.06)
+    potential = load_alloy_potential(p.potential)
+    parts = []
+    for slab, layers in (surface.layer_slab(p), surface.build_slab(p)):
+        neighbors = neighbor_list(slab.positions, slab.cell, potential.cutoff, skin=0.5)
+        parts.append((slab, layers, neighbors, VGFreeEnergy(potential, slab.cell, p.temperature, slab.n_atoms,
+                                                            species=surface.SPECIES)))
+    (thin, thin_layers, thin_neighbors, thin_vg), (slab, layers, neighbors, vg) = parts
+    start = surface.layer_relaxed_start(slab, layers, p.concentration, thin_vg, thin, thin_layers, thin_neighbors)
+    assert start.positions.dtype == jnp.float64 and np.all(np.asarray(start.order_parameter) == 1 - 2 * 0.06)
+    warm = relax(vg, start, neighbors)
+    cold = relax(vg, vg.initial_state(slab.positions, start.order_parameter, neighbors), neighbors)
+    assert int(warm.iterations) <= 2 < int(cold.iterations)
+    np.testing.assert_allclose(warm.positions, cold.positions, atol=1e-5)
+    np.testing.assert_allclose(warm.stiffness, cold.stiffness, rtol=1e-5)
+    assert float(warm.free_energy) == pytest.approx(float(cold.free_energy), abs=1e-8 * slab.n_atoms)

@@ -108,19 +108,29 @@ def check_checkpoint(output, resume: bool) -> None:
         dmd.load_trajectory(checkpoint)
 
 
-def run_kinetics(p, vg, positions, neighbors, output, *, resume: bool, overwrite: bool, progress: bool):
+def run_kinetics(p, vg, positions, neighbors, output, *, resume: bool, overwrite: bool, progress: bool,
+                 start=None):
     """The K3 run of a study from the uniform nominal composition, checkpointed in
     ``output/trajectory.npz`` (``resume`` continues it); returns ``(trajectory, resumed_from)``,
-    the number of outputs the checkpoint already held."""
+    the number of outputs the checkpoint already held. ``start``: the (X, k) to relax from at
+    that composition (a :class:`~dmdjax.DMDState`; default the lattice ``positions`` and the
+    first-guess k)."""
     checkpoint = Path(output) / "trajectory.npz"
     resumed_from = len(dmd.load_trajectory(checkpoint).time) if resume and checkpoint.exists() else 0
-    s0 = jnp.full(positions.shape[0], 1.0 - 2.0 * p.concentration, positions.dtype)
+    s0 = uniform_order_parameter(p.concentration, positions.shape[0], positions.dtype)
+    if start is None:
+        start = vg.initial_state(positions, s0, neighbors)
     law = dmd.MasterEquation(p.attempt_frequency, p.activation_energy)
-    trajectory = dmd.run(vg, vg.initial_state(positions, s0, neighbors), neighbors, law, save_times(p),
+    trajectory = dmd.run(vg, start, neighbors, law, save_times(p),
                          kinetic_cutoff=p.kinetic_cutoff,
                          relax_at="interval", rtol=p.rtol, atol=p.atol, max_steps=p.max_steps, output=checkpoint,
                          resume=resume and checkpoint.exists(), overwrite=overwrite, progress=progress)
     return trajectory, resumed_from
+
+
+def uniform_order_parameter(concentration: float, n_sites: int, dtype):
+    """s = 1 − 2c on every site: the uniform Mg fraction ``concentration`` (Al = +1, Mg = −1)."""
+    return jnp.full(n_sites, 1.0 - 2.0 * concentration, dtype)
 
 
 def write_frames(path, vg, template, trajectory, neighbors, rate, arrays=None) -> None:
