@@ -277,6 +277,24 @@ def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
         assert data["positions"].shape == (7, 6, 1) and data["positions"].dtype == np.float64
 
 
+
+def test_a_checkpoint_with_float32_times_resumes(setup, tmp_path):
+    """Without x64, JAX stores the checkpoint's times in float32 (0.1 → 0.10000000149…): they
+    are still the prefix of the float64 save_times, so the run resumes."""
+    import equinox as eqx
+
+    output = tmp_path / "run.npz"
+    law, times = dmd.SpinDiffusion(0.1, "exact"), [0.0, 0.1, 0.3]
+    arguments = (setup["vg"], setup["state"], setup["nbrs"], law)
+    done = dmd.run(*arguments, times[:2], kinetic_cutoff=KINETIC_CUTOFF, output=output, **OPTIONS)
+    eqx.tree_at(lambda t: t.time, done, np.asarray(done.time, np.float32)).save(output)
+    assert dmd.load_trajectory(output).time.dtype == np.float32
+    resumed = dmd.run(*arguments, times, kinetic_cutoff=KINETIC_CUTOFF, output=output, resume=True, **OPTIONS)
+    assert resumed.time.shape == (3,)
+    np.testing.assert_array_equal(np.asarray(resumed.order_parameter)[:2], np.asarray(done.order_parameter))
+    with pytest.raises(ValueError, match="not a prefix"):
+        dmd.run(*arguments, [0.0, 0.2, 0.3], kinetic_cutoff=KINETIC_CUTOFF, output=output, resume=True, **OPTIONS)
+
 @pytest.mark.slow
 def test_gradients_through_a_whole_run_match_finite_differences(setup):
     """dL/dθ of a loss on a DMD trajectory (dmd.solve, K2 exact, fixed steps) by reverse mode

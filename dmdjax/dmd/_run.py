@@ -203,6 +203,7 @@ def _check_checkpoint(checkpoint: Trajectory, parameters, times, output):
         changed = sorted(k for k in set(saved) | set(parameters) if saved.get(k) != parameters.get(k))
         raise ValueError(f"checkpoint {str(output)!r} was written with different parameters: {changed}")
     n = checkpoint.time.shape[0]
-    if n > times.size or not np.array_equal(np.asarray(checkpoint.time), times[:n]):
+    saved_times = np.asarray(checkpoint.time)  # float32 where the run was (JAX without x64)
+    if n > times.size or not np.array_equal(saved_times, times[:n].astype(saved_times.dtype)):
         raise ValueError(f"checkpoint {str(output)!r} has times {np.asarray(checkpoint.time).tolist()}, "
                          f"not a prefix of save_times")

@@ -306,9 +306,9 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
 
     tick = time.perf_counter()
     times = p.save_times()
-    start = layer_relaxed_start(slab, layers, p.concentration, thin_vg, thin, thin_layers, thin_neighbors)
+    kinetic_start = layer_relaxed_start(slab, layers, p.concentration, thin_vg, thin, thin_layers, thin_neighbors)
     trajectory, resumed_from = run_kinetics(p, vg, slab.positions, neighbors, output, resume=resume,
-                                            overwrite=overwrite, progress=progress, start=start)
+                                            overwrite=overwrite, progress=progress, start=kinetic_start)
     walls["kinetics"] = time.perf_counter() - tick
 
     c = mg_fraction(trajectory.order_parameter)
