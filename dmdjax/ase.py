@@ -172,7 +172,9 @@ class FreeEnergyCalculator(_ListCache, Calculator):
             needed = float(vg.interaction_range(stiffness)) - self.potential.cutoff
             if needed <= reach:
                 break
-            reach, self._neighbors = 1.25 * needed, None  # the Gaussians reach further: replicate more
+            # The Gaussians reach further: replicate more (reach rounded up to 1/8 Å, so that nearby
+            # needs share one list cut-off and one compilation).
+            reach, self._neighbors = np.ceil(1.25 * needed * 8.0) / 8.0, None
         state = DMDState(big.positions, np.asarray(stiffness, dtype), order_parameter)
         result = relax_stiffness(vg, state, neighbors, exchange_potential=self.exchange_potential,
                                  tolerance=self.tolerance)

@@ -549,12 +549,7 @@ def relax_stiffness(vg: VGFreeEnergy, state: DMDState, neighbors: NeighborList, 
     Raises:
         RelaxationError: ``throw`` and not converged.
     """
-    vg.check(state, neighbors)
-    if not _validate.on_host((vg, state, neighbors)):
-        raise ValueError("relax_stiffness runs on the host (not inside jit/grad/vmap)")
-    tolerance = default_tolerance(state.positions.dtype) if tolerance is None else tolerance
-    if not (np.isfinite(tolerance) and tolerance > 0):
-        raise ValueError(f"tolerance must be finite and > 0; got {tolerance!r}")
+    tolerance = _host_arguments("relax_stiffness", vg, state, neighbors, tolerance)
     if exchange_potential is not None:
         _validate.finite(np.asarray(exchange_potential), "exchange_potential")
         exchange_potential = jnp.asarray(exchange_potential, state.positions.dtype)
@@ -567,12 +562,31 @@ def relax_stiffness(vg: VGFreeEnergy, state: DMDState, neighbors: NeighborList, 
         iterations += int(steps)
         if not bool(jnp.isfinite(free_energy)) or float(vg.neighbor_fault(state, neighbors)) <= 0:
             break
+    what = "k" if exchange_potential is None else "k and s"
+    return _host_result(f"{what} at fixed X", vg, state, free_energy, iterations, norm, neighbors, tolerance, throw)
+
+
+def _host_arguments(name, vg, state, neighbors, tolerance) -> float:
+    """The checks shared by the host-side relaxations: the state, host (not traced) arrays and
+    the tolerance (default :func:`default_tolerance`), which is returned."""
+    vg.check(state, neighbors)
+    if not _validate.on_host((vg, state, neighbors)):
+        raise ValueError(f"{name} runs on the host (not inside jit/grad/vmap)")
+    tolerance = default_tolerance(state.positions.dtype) if tolerance is None else tolerance
+    if not (np.isfinite(tolerance) and tolerance > 0):
+        raise ValueError(f"tolerance must be finite and > 0; got {tolerance!r}")
+    return tolerance
+
+
+def _host_result(what, vg, state, free_energy, iterations, norm, neighbors, tolerance, throw) -> RelaxResult:
+    """The :class:`RelaxResult` of a host-side relaxation of ``what``: converged where the norm is
+    within ``tolerance``, F is finite and ``neighbors`` covers the state; else, with ``throw``, a
+    :class:`RelaxationError`."""
     converged = bool(norm <= tolerance) and bool(jnp.isfinite(free_energy)) and float(
         vg.neighbor_fault(state, neighbors)) <= 0
     if throw and not converged:
-        raise RelaxationError(f"relaxation of k{'' if exchange_potential is None else ' and s'} at fixed X did "
-                              f"not converge: gradient norm {float(norm):.3g} after {iterations} iterations, "
-                              f"tolerance {tolerance:.3g}")
+        raise RelaxationError(f"relaxation of {what} did not converge: gradient norm {float(norm):.3g} after "
+                              f"{iterations} iterations, tolerance {tolerance:.3g}")
     return RelaxResult(state, free_energy, jnp.asarray(iterations), norm, jnp.asarray(converged), neighbors)
 
 
@@ -631,9 +645,7 @@ def relax_cell(vg: VGFreeEnergy, state: DMDState, neighbors: NeighborList, *, pr
     Raises:
         RelaxationError: ``throw`` and not converged. ValueError: pinned atoms, bad pressure.
     """
-    vg.check(state, neighbors)
-    if not _validate.on_host((vg, state, neighbors)):
-        raise ValueError("relax_cell runs on the host (not inside jit/grad/vmap)")
+    tolerance = _host_arguments("relax_cell", vg, state, neighbors, tolerance)
     if bool(np.any(np.asarray(vg.pinned))):
         raise ValueError("relax_cell does not take pinned atoms (they would have to follow the strain)")
     if not any(vg.cell.pbc):
@@ -641,9 +653,6 @@ def relax_cell(vg: VGFreeEnergy, state: DMDState, neighbors: NeighborList, *, pr
     if not np.isfinite(pressure):
         raise ValueError(f"pressure must be finite (eV/Å³); got {pressure!r}")
     dtype = state.positions.dtype
-    tolerance = default_tolerance(dtype) if tolerance is None else tolerance
-    if not (np.isfinite(tolerance) and tolerance > 0):
-        raise ValueError(f"tolerance must be finite and > 0; got {tolerance!r}")
     iterations = 0
     for _ in range(MAX_REBUILDS + 1):
         neighbors = vg.covering_neighbors(state, neighbors)
@@ -656,14 +665,9 @@ def relax_cell(vg: VGFreeEnergy, state: DMDState, neighbors: NeighborList, *, pr
         # The list was built in the unstrained cell: rebuild it in the new one and go on from there.
         neighbors = vg.neighbor_list(state.positions, state.stiffness, skin=neighbors.skin)
         if int(steps) == 0 and float(vg.neighbor_fault(state, neighbors)) <= 0:
-            break
-    converged = bool(norm <= tolerance) and bool(jnp.isfinite(free_energy)) and float(
-        vg.neighbor_fault(state, neighbors)) <= 0
-    if throw and not converged:
-        raise RelaxationError(f"relaxation of (X, k) and the cell did not converge: gradient norm {float(norm):.3g} "
-                              f"after {iterations} iterations, tolerance {tolerance:.3g}")
-    free_energy = vg(state, neighbors)
-    return vg, RelaxResult(state, free_energy, jnp.asarray(iterations), norm, jnp.asarray(converged), neighbors)
+            break  # no step: F was computed on a list built at this very state and cell
+    return vg, _host_result("(X, k) and the cell", vg, state, free_energy, iterations, norm, neighbors, tolerance,
+                            throw)
 
 
 @eqx.filter_jit
