@@ -144,7 +144,9 @@ def test_resume_keeps_statics_and_removes_stale_temporary_files(tmp_path):
     """A resumed surface run reuses statics.json and isotherm.json and lists no temporary file."""
     from dmdjax.studies.surface import SurfaceParameters, run_surface_study
 
-    p = dataclasses.replace(SurfaceParameters.quick(), isotherm=(0.01,), n_outputs=3)
+    # The smallest slab and no per-species widths: what is tested is the resume, not the study.
+    p = SurfaceParameters(cells=(3, 5, 5), t_end=0.3, t_first=0.03, n_outputs=3, isotherm=(0.01,),
+                          species_widths=False)
     output = tmp_path / "surface"
     first = run_surface_study(p, output, progress=False, log=lambda *a: None)
     statics = json.loads((output / "statics.json").read_text())
