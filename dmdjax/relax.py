@@ -660,12 +660,10 @@ def relax_cell(vg: VGFreeEnergy, state: DMDState, neighbors: NeighborList, *, pr
                                                                jnp.asarray(tolerance, dtype), max_steps, memory)
         iterations += int(steps)
         vg = eqx.tree_at(lambda v: v.cell.vectors, vg, vectors)
-        if not bool(jnp.isfinite(free_energy)):
-            break
+        if not bool(jnp.isfinite(free_energy)) or int(steps) == 0:
+            break  # no step: state and cell are the ones the (covering) list was taken at
         # The list was built in the unstrained cell: rebuild it in the new one and go on from there.
         neighbors = vg.neighbor_list(state.positions, state.stiffness, skin=neighbors.skin)
-        if int(steps) == 0 and float(vg.neighbor_fault(state, neighbors)) <= 0:
-            break  # no step: F was computed on a list built at this very state and cell
     return vg, _host_result("(X, k) and the cell", vg, state, free_energy, iterations, norm, neighbors, tolerance,
                             throw)
 

@@ -164,3 +164,5 @@ def test_the_kinetic_start_tiled_from_the_layer_slab_is_relaxed():
     np.testing.assert_allclose(warm.positions, cold.positions, atol=1e-5)
     np.testing.assert_allclose(warm.stiffness, cold.stiffness, rtol=1e-5)
     assert float(warm.free_energy) == pytest.approx(float(cold.free_energy), abs=1e-8 * slab.n_atoms)
+    with pytest.raises(ValueError, match="not the same stack"):
+        surface.layer_relaxed_start(slab, layers + 1, p.concentration, thin_vg, thin, thin_layers, thin_neighbors)

@@ -205,5 +205,5 @@ def _check_checkpoint(checkpoint: Trajectory, parameters, times, output):
     n = checkpoint.time.shape[0]
     saved_times = np.asarray(checkpoint.time)  # float32 where the run was (JAX without x64)
     if n > times.size or not np.array_equal(saved_times, times[:n].astype(saved_times.dtype)):
-        raise ValueError(f"checkpoint {str(output)!r} has times {np.asarray(checkpoint.time).tolist()}, "
+        raise ValueError(f"checkpoint {str(output)!r} has times {saved_times.tolist()}, "
                          f"not a prefix of save_times")

@@ -112,24 +112,29 @@ def run_kinetics(p, vg, positions, neighbors, output, *, resume: bool, overwrite
                  start=None):
     """The K3 run of a study from the uniform nominal composition, checkpointed in
     ``output/trajectory.npz`` (``resume`` continues it); returns ``(trajectory, resumed_from)``,
-    the number of outputs the checkpoint already held. ``start``: the (X, k) to relax from at
-    that composition (a :class:`~dmdjax.DMDState`; default the lattice ``positions`` and the
-    first-guess k)."""
+    the number of outputs the checkpoint already held. ``start``: a function of no arguments
+    that returns the state to relax from at that composition (a :class:`~dmdjax.DMDState`),
+    called only when the run starts afresh; default the lattice ``positions`` and the
+    first-guess k."""
     checkpoint = Path(output) / "trajectory.npz"
-    resumed_from = len(dmd.load_trajectory(checkpoint).time) if resume and checkpoint.exists() else 0
+    resuming = resume and checkpoint.exists()
+    resumed_from = len(dmd.load_trajectory(checkpoint).time) if resuming else 0
     s0 = uniform_order_parameter(p.concentration, positions.shape[0], positions.dtype)
-    if start is None:
+    if start is None or resuming:  # a resumed run starts from its checkpoint (dmd.run reads it)
         start = vg.initial_state(positions, s0, neighbors)
+    else:
+        start = start()
     law = dmd.MasterEquation(p.attempt_frequency, p.activation_energy)
     trajectory = dmd.run(vg, start, neighbors, law, save_times(p),
                          kinetic_cutoff=p.kinetic_cutoff,
                          relax_at="interval", rtol=p.rtol, atol=p.atol, max_steps=p.max_steps, output=checkpoint,
-                         resume=resume and checkpoint.exists(), overwrite=overwrite, progress=progress)
+                         resume=resuming, overwrite=overwrite, progress=progress)
     return trajectory, resumed_from
 
 
 def uniform_order_parameter(concentration: float, n_sites: int, dtype):
-    """s = 1 − 2c on every site: the uniform Mg fraction ``concentration`` (Al = +1, Mg = −1)."""
+    """s = 1 − 2c on every site: the uniform Mg fraction ``concentration`` (Al = +1, Mg = −1; the
+    inverse of :func:`mg_fraction`)."""
     return jnp.full(n_sites, 1.0 - 2.0 * concentration, dtype)
 
 

@@ -53,7 +53,8 @@ from ..systems import System, from_ase
 from ..state import DMDState
 from ..units import thermal_energy
 from .alloy import (SPECIES, arrhenius_rate, check_checkpoint, conservation, group_means, load_alloy_potential,
-                     mg_fraction, run_kinetics, save_times, summary_header, time_line, validate_parameters, write_frames)
+                     mg_fraction, run_kinetics, save_times, summary_header, time_line, uniform_order_parameter,
+                     validate_parameters, write_frames)
 
 EV_PER_A3_PER_GPA = 1.0 / 160.21766208  # 1 GPa in eV/Å³
 NEIGHBOR_SKIN = 0.5  # Å
@@ -226,7 +227,7 @@ def mean_field_misfit_volume(potential, p: DislocationParameters, bulk_modulus: 
     for sign in (-1.0, 1.0):
         crystal = fcc(p.lattice_constant * (1.0 + sign * strain), (5, 5, 5), "Al")  # holds k >= 0.5 reach
         vg = VGFreeEnergy(potential, crystal.cell, p.temperature, crystal.n_atoms, species=SPECIES)
-        s = jnp.full(crystal.n_atoms, 1.0 - 2.0 * p.concentration, crystal.positions.dtype)
+        s = uniform_order_parameter(p.concentration, crystal.n_atoms, crystal.positions.dtype)
 
         def uniform(k):
             return jnp.full(crystal.n_atoms, k, crystal.positions.dtype)

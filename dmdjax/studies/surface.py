@@ -209,9 +209,16 @@ def layer_relaxed_start(slab: System, layers: np.ndarray, concentration: float, 
     ``concentration`` on the layer slab (``thin``, :func:`layer_slab`) and copied layer by layer
     — each layer's shift along x (the only one the symmetry allows) and its k. Exact for the
     layer-uniform state (every site of a layer is equivalent), so relaxing the full slab from it
-    takes a few iterations where a start from the lattice takes tens of F + ∇F of every site."""
+    takes a few iterations where a start from the lattice takes tens of F + ∇F of every site.
+
+    Raises:
+        ValueError: the two slabs do not have the same layers.
+    """
     from ..relax import relax
 
+    if int(thin_layers.max()) != int(layers.max()):
+        raise ValueError(f"the layer slab has {int(thin_layers.max()) + 1} layers and the slab "
+                         f"{int(layers.max()) + 1}: not the same stack")
     s = uniform_order_parameter(concentration, thin.n_atoms, thin.positions.dtype)
     relaxed = relax(thin_vg, thin_vg.initial_state(thin.positions, s, thin_neighbors), thin_neighbors).state
     shift = group_means(relaxed.positions[:, 0] - thin.positions[:, 0], thin_layers)
@@ -306,9 +313,10 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
 
     tick = time.perf_counter()
     times = p.save_times()
-    kinetic_start = layer_relaxed_start(slab, layers, p.concentration, thin_vg, thin, thin_layers, thin_neighbors)
-    trajectory, resumed_from = run_kinetics(p, vg, slab.positions, neighbors, output, resume=resume,
-                                            overwrite=overwrite, progress=progress, start=kinetic_start)
+    trajectory, resumed_from = run_kinetics(
+        p, vg, slab.positions, neighbors, output, resume=resume, overwrite=overwrite, progress=progress,
+        start=lambda: layer_relaxed_start(slab, layers, p.concentration, thin_vg, thin, thin_layers,
+                                             thin_neighbors))
     walls["kinetics"] = time.perf_counter() - tick
 
     c = mg_fraction(trajectory.order_parameter)
