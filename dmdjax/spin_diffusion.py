@@ -10,7 +10,10 @@ State (x, σ), σ_i = ±1 (+1 is ``potential.species[0]``), Σσ fixed. Generato
   Δ_ij V = V(x, σ^{ij}) − V(x, σ), which satisfies detailed balance with e^{−βV(x,σ)}.
   Simulated exactly in continuous time by uniformisation: candidates at rate Λ = B/τ
   (B bonds), a bond drawn uniformly, accepted with probability τ r_ij = 1/(1 + e^{βΔV}).
-  Δ_ij V is computed from the site energies of i, j and their neighbours only. Nothing a
+  Δ_ij V is computed locally: a pair potential's from the bonds of i and j; an EAM's from
+  those bonds and the densities of the sites within the cut-off of i or j, which the state
+  keeps while x is held (``"joint"``, ``"frozen"``: O(M) work per candidate, M listed
+  neighbours; the scale-separated modes recompute the neighbours' rows, O(M²)). Nothing a
   candidate sees depends on its time within an interval in which x is held (the sampler's
   whole interval, or one Langevin step in ``"joint"``), so the candidates of an interval of
   length Δt are drawn as their number, Poisson(ΛΔt), and run in order: the same law as
@@ -47,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from . import _validate, io, kinetics
+from . import _validate, io, kinetics, pair_sums
 from .cell import Cell
 from .energy import (site_energies_from_geometry, assemble_site_energies, masked_distance, pair_geometry,
                      radial_from_geometry)
@@ -55,12 +58,13 @@ from .ensemble import batch_sharding
 from ._precision import HIGHEST
 from .free_energy import VGFreeEnergy
 from .neighbors import NeighborList, gather
-from .potentials import Potential
+from .potentials import DENSITY, PAIR, Potential
 from .progress import track
 from .state import DMDState
 from .units import beta_from_temperature, temperature_from_beta
 
 MODES = ("joint", "scale-separated", "frozen")
+CANDIDATES = ("bonds", "minority")
 RATE_AVERAGES = ("basin", "gaussian")
 _SELECT_SWAP_MAX_SITES = 128  # see SpinDiffusionSampler._candidate
 
@@ -68,6 +72,11 @@ _SELECT_SWAP_MAX_SITES = 128  # see SpinDiffusionSampler._candidate
 def spin_weights(spins: Float[Array, " n"]) -> Float[Array, "n 2"]:
     """One-hot species weights of spins: σ = +1 → species 0, σ = −1 → species 1."""
     return jnp.stack([(1 + spins) / 2, (1 - spins) / 2], axis=-1)
+
+
+def _species(spins) -> Int[Array, " n"]:
+    """Integer species of spins: σ = +1 → 0, σ = −1 → 1."""
+    return (spins < 0).astype(jnp.int32)
 
 
 class SamplerState(eqx.Module):
@@ -78,6 +87,12 @@ class SamplerState(eqx.Module):
         spins: σ ``(N,)`` (±1, in the dtype of the positions).
         stiffness: k* ``(N,)`` eV/Å² (``"gaussian"`` mode; ones otherwise).
         noise: the Leimkuhler–Matthews noise ξ_n ``(N, d)``.
+        density: EAM: each site's density of its own species, ρ_i = Σ_j f_{σ_j→σ_i}(r_ij)
+            ``(N,)`` at the current x and σ, kept by the modes in which x is held between
+            candidates (``"joint"``, ``"frozen"``) so that a candidate's swap energy is O(M);
+            zeros otherwise.
+        minority: ``candidates="minority"``: the sites of the σ = −1 species ``(K,)``, in no
+            particular order (an exchange moves one entry); empty otherwise.
         time: t. fast_time_debt: fast time not yet integrated (``"joint"``).
         candidates, accepted: event counters. displaced: True if an atom moved more than
         skin/2 from where the neighbour list was built (the run is then invalid).
@@ -88,6 +103,8 @@ class SamplerState(eqx.Module):
     spins: Float[Array, " n"]
     stiffness: Float[Array, " n"]
     noise: Float[Array, "n d"]
+    density: Float[Array, " n"]
+    minority: Int[Array, " k"]
     time: Float[Array, ""]
     fast_time_debt: Float[Array, ""]
     candidates: Int[Array, ""]
@@ -109,6 +126,7 @@ class SpinDiffusionSampler(eqx.Module):
     neighbors: NeighborList
     reference_positions: Float[Array, "n d"]
     bonds: Int[Array, "b 2"]
+    kinetic_neighbors: Int[Array, "n z"]
     pinned: Bool[Array, " n"]
     beta: Float[Array, ""]
     tau: Float[Array, ""]
@@ -117,6 +135,9 @@ class SpinDiffusionSampler(eqx.Module):
     mode: str = eqx.field(static=True)
     rate_average: str = eqx.field(static=True)
     basin_steps: int = eqx.field(static=True)
+    candidates: str = eqx.field(static=True, default="bonds")
+    minority_sites: int = eqx.field(static=True, default=0)
+    nonlocal_slots: int = eqx.field(static=True, default=0)
     free_energy: VGFreeEnergy | None = None
     frozen_radial: Float[Array, "n m t s s"] | None = None
 
@@ -131,7 +152,9 @@ class SpinDiffusionSampler(eqx.Module):
 
     @property
     def candidate_rate(self) -> Float[Array, ""]:
-        """Λ = B/τ, the uniformisation rate."""
+        """Λ, the uniformisation rate: B/τ (``candidates="bonds"``) or K·z/τ (``"minority"``)."""
+        if self.candidates == "minority":
+            return self.minority_sites * (self.kinetic_neighbors.shape[1] + self.nonlocal_slots) / self.tau
         return self.bonds.shape[0] / self.tau
 
     # -- energies -------------------------------------------------------------------------
@@ -142,9 +165,13 @@ class SpinDiffusionSampler(eqx.Module):
 
     def force(self, positions, spins) -> Float[Array, "n d"]:
         """−∇_x V(x, σ), eV/Å. Pair potentials: analytic row sums over the full neighbour list
-        (no scatter: every bond is listed from both ends); EAM: ``jax.grad``."""
+        (no scatter: every bond is listed from both ends); EAM: the analytic plain-configuration
+        gradient of :func:`dmdjax.pair_sums.plain_energy_gradient` (only each pair's own
+        species' splines; 6× faster than ``jax.grad`` of :meth:`energy` on a 1000-atom slab)."""
         if self.potential.is_embedded:
-            return -jax.grad(self.energy)(positions, spins)
+            model = pair_sums.pair_model(pair_sums.RadialAverages(self.potential, self.cell.dim), self.cell,
+                                         self.neighbor_idx)
+            return -pair_sums.plain_energy_gradient(model, positions, _species(spins))[1]
         geometry = pair_geometry(positions, self.cell, self.neighbor_idx)
         r = masked_distance(geometry.displacement, geometry.mask, 2.0 * self.potential.cutoff)
         _, slope = jax.jvp(self.potential.pair, (r,), (jnp.ones_like(r),))  # dφ_ab/dr, (N, M, 2, 2)
@@ -155,8 +182,85 @@ class SpinDiffusionSampler(eqx.Module):
         return jnp.sum(dphi[:, :, None] * geometry.displacement, axis=1)
 
     def swap_energy_change(self, positions, spins, i, j) -> Float[Array, ""]:
-        """Δ_ij V = V(x, σ^{ij}) − V(x, σ) from the site energies of i, j and their neighbours."""
+        """Δ_ij V = V(x, σ^{ij}) − V(x, σ) from the site energies of i, j and their neighbours
+        (EAM: from the densities of i's and j's neighbours, :meth:`site_density`)."""
+        if self.potential.is_embedded:
+            return self._eam_swap(positions, spins, self.site_density(positions, spins), i, j)[0]
         return self._swap_energy_change(spins, i, j, positions)
+
+    @property
+    def _keeps_density(self) -> bool:
+        """EAM in the modes that hold x between candidates: the state carries ρ_i (O(M) swaps)."""
+        return self.potential.is_embedded and self.mode in ("joint", "frozen")
+
+    def site_density(self, positions, spins) -> Float[Array, " n"]:
+        """EAM: each site's density of its own species, ρ_i = Σ_j f_{σ_j→σ_i}(r_ij) ``(N,)``."""
+        geometry = pair_geometry(positions, self.cell, self.neighbor_idx)
+        distance = masked_distance(geometry.displacement, geometry.mask, 2.0 * self.potential.cutoff)
+        weights = spin_weights(spins.astype(positions.dtype))
+        density = jnp.einsum("nmba,nmb->na", self.potential.density(distance), gather(weights, self.neighbor_idx),
+                             precision=HIGHEST)
+        return jnp.sum(weights * density, axis=-1)
+
+    def _eam_swap(self, positions, spins, density, i, j):
+        """Δ_ij V of an EAM potential in O(M), and the change of the cached densities.
+
+        Only the bonds of i and j and the densities at their neighbours change. With
+        w_i, w_j the species weights before the swap (after it they trade places):
+
+        * the rows of i and j, recomputed: ΔV_ij = Σ_{r∈{i,j}} [w'_r·Σ_l φ(r_rl) w'_l
+          − w_r·Σ_l φ(r_rl) w_l] + [F_{σ'_r}(ρ'_r) − F_{σ_r}(ρ_r)] (every changed bond is in
+          one of the two rows; the i–j bond's own change is zero);
+        * every other site k within the cut-off of i or j: ΔF_k = F_{σ_k}(ρ_k + Δρ_k) −
+          F_{σ_k}(ρ_k), Δρ_k = Σ_b (w_j − w_i)^b [f_{b→σ_k}(r_ik) − f_{b→σ_k}(r_jk)], with ρ_k
+          the cached density. A site within the cut-off of i is taken from i's row (its
+          distance to j computed afresh), any other from j's row: each site once.
+
+        Returns (ΔV, sites ``(2 + 2M,)``, density changes ``(2 + 2M,)``; site index N on
+        entries that change nothing).
+        """
+        n = spins.shape[0]
+        cutoff = self.potential.cutoff
+        spins = spins.astype(positions.dtype)
+        weights = spin_weights(spins)
+        rows = jnp.stack([i, j])
+        idx = self.neighbor_idx[rows]  # (2, M)
+        valid = idx < n
+        safe = jnp.where(valid, idx, 0)
+        own = weights[rows]  # (2, S): w_i, w_j
+        swapped_own = own[::-1]
+        neighbor_weights = jnp.where(valid[..., None], weights[safe], 0.0)
+        swapped_neighbors = jnp.where((idx == i)[..., None], own[1], jnp.where((idx == j)[..., None], own[0],
+                                                                               neighbor_weights))
+        to_rows = self.cell.displacement(positions[safe], positions[rows][:, None, :])  # (2, M, d)
+        distance = masked_distance(to_rows, valid, 2.0 * cutoff)
+        radial = self.potential.radial(distance)  # (2, M, T, S, S)
+        before = jnp.einsum("rmtbx,rmb->rtx", radial, neighbor_weights, precision=HIGHEST)
+        after = jnp.einsum("rmtbx,rmb->rtx", radial, swapped_neighbors, precision=HIGHEST)
+        own_density_after = jnp.sum(swapped_own * after[:, DENSITY], axis=-1)
+        change = (jnp.sum(swapped_own * after[:, PAIR]) - jnp.sum(own * before[:, PAIR])
+                  + jnp.sum(swapped_own * self.potential.embedding(after[:, DENSITY]))
+                  - jnp.sum(own * self.potential.embedding(before[:, DENSITY])))
+        # The other sites: from i's row those within the cut-off of i, from j's row the rest.
+        to_other = self.cell.displacement(positions[safe], positions[rows[::-1]][:, None, :])
+        other_distance = masked_distance(to_other, valid, 2.0 * cutoff)  # row i: r_jk; row j: r_ik
+        from_i = jnp.stack([distance[0] < cutoff, other_distance[1] >= cutoff])
+        affected = valid & (idx != i) & (idx != j) & from_i
+        other_density = self.potential.density(jnp.where(jnp.arange(2)[:, None] == 0, other_distance,
+                                                         2.0 * cutoff))  # f(r_jk) on i's row only
+        source_change = own[1] - own[0]  # w_j − w_i: the species change at i (minus it at j)
+        kernel = jnp.stack([radial[0, :, DENSITY] - other_density[0],
+                            -radial[1, :, DENSITY]])  # (2, M, S_b, S_a)
+        host = jnp.where(valid[..., None], weights[safe], 0.0)
+        increment = jnp.einsum("b,rmba,rma->rm", source_change, kernel, host, precision=HIGHEST)
+        cached = density[safe]
+        host_species = host.reshape(-1, host.shape[-1])
+        embed = lambda rho: jnp.sum(host_species * self.potential.embedding(
+            jnp.broadcast_to(rho.reshape(-1)[:, None], host_species.shape)), axis=-1).reshape(rho.shape)
+        change = change + jnp.sum(jnp.where(affected, embed(cached + increment) - embed(cached), 0.0))
+        sites = jnp.concatenate([rows, jnp.where(affected, idx, n).reshape(-1)])
+        increments = jnp.concatenate([own_density_after - density[rows], jnp.where(affected, increment, 0.0).reshape(-1)])
+        return change, sites, increments
 
     def _row_radial(self, positions, rows) -> Float[Array, "r m t s s"]:
         """Radial values (φ_ab, f_{b→a}) from atoms ``rows`` to their listed neighbours
@@ -224,8 +328,11 @@ class SpinDiffusionSampler(eqx.Module):
 
         positions, noise, key = jax.lax.fori_loop(0, n_steps, body, (state.positions, state.noise, state.key))
         moved = jnp.max(jnp.abs(positions - self.reference_positions)) > 0.5 * self.skin
-        return eqx.tree_at(lambda s: (s.positions, s.noise, s.key, s.displaced), state,
-                           (positions, noise, key, state.displaced | moved))
+        state = eqx.tree_at(lambda s: (s.positions, s.noise, s.key, s.displaced), state,
+                            (positions, noise, key, state.displaced | moved))
+        if self._keeps_density:
+            state = eqx.tree_at(lambda s: s.density, state, self.site_density(positions, state.spins))
+        return state
 
     def _relax(self, state: SamplerState) -> SamplerState:
         from .relax import relax
@@ -238,11 +345,12 @@ class SpinDiffusionSampler(eqx.Module):
     def _candidate(self, state: SamplerState, uniforms, move_key, due=True) -> SamplerState:
         """One candidate exchange if ``due`` (else ``state``).
 
-        ``uniforms``: two U(0, 1) draws (bond, acceptance); ``move_key``: the key of the
+        ``uniforms``: U(0, 1) draws (bond, acceptance and, with ``nonlocal_slots``, the far
+        site); ``move_key``: the key of the
         basin/Gaussian sample of x (scale-separated). ``state.spins`` may be int8 (the
         ``"frozen"`` loop carries them so: a swap rewrites N bytes, not N floats).
         """
-        due = jnp.asarray(due)
+        due = counted = jnp.asarray(due)
         u_bond, u_accept = uniforms[0], uniforms[1]
         if self.mode == "scale-separated" and self.rate_average == "basin":
             # A fresh LM noise: the basin sample must not remember the last exchange.
@@ -259,10 +367,31 @@ class SpinDiffusionSampler(eqx.Module):
             width = jnp.sqrt(1.0 / (self.beta * state.stiffness))[:, None]
             sample = positions + width * jax.random.normal(move_key, positions.shape, positions.dtype)
             positions = jnp.where(self.pinned[:, None], positions, sample)
-        bond = jnp.minimum((u_bond * self.bonds.shape[0]).astype(jnp.int32), self.bonds.shape[0] - 1)
-        i, j = self.bonds[bond, 0], self.bonds[bond, 1]
-        # "frozen": x is the lattice, whose radial values are tabulated (positions=None).
-        delta = self._swap_energy_change(state.spins, i, j, None if self.mode == "frozen" else positions)
+        n = state.spins.shape[0]
+        if self.candidates == "minority":
+            # A σ = −1 site and one of its z bond slots: every bond from a σ = −1 site to a
+            # σ = +1 site once (the others exchange nothing), at rate Λ/(K·(z + w)) = 1/τ each.
+            # The w non-local slots pick any site uniformly: rate w/(Nτ) per (σ = −1, σ = +1)
+            # pair, the same both ways, so detailed balance holds for the added moves too.
+            z, w = self.kinetic_neighbors.shape[1], self.nonlocal_slots
+            draw = jnp.minimum((u_bond * (self.minority_sites * (z + w))).astype(jnp.int32),
+                               self.minority_sites * (z + w) - 1)
+            entry, slot = draw // (z + w), draw % (z + w)
+            i = state.minority[entry]
+            j = self.kinetic_neighbors[i, jnp.minimum(slot, z - 1)]
+            if w:
+                far = jnp.minimum((uniforms[2] * n).astype(jnp.int32), n - 1)
+                j = jnp.where(slot < z, j, far)
+            due = due & (j < n)
+            j = jnp.where(j < n, j, self.kinetic_neighbors[i, 0])  # an empty slot: any bond, not exchanged
+        else:
+            bond = jnp.minimum((u_bond * self.bonds.shape[0]).astype(jnp.int32), self.bonds.shape[0] - 1)
+            i, j = self.bonds[bond, 0], self.bonds[bond, 1]
+        if self._keeps_density:
+            x = self.reference_positions if self.mode == "frozen" else positions
+            delta, sites, increments = self._eam_swap(x, state.spins, state.density, i, j)
+        else:  # "frozen": x is the lattice, whose radial values are tabulated (positions=None).
+            delta = self._swap_energy_change(state.spins, i, j, None if self.mode == "frozen" else positions)
         spin_i, spin_j = state.spins[i], state.spins[j]
         accept = due & (spin_i != spin_j) & (u_accept < jax.nn.sigmoid(-self.beta * delta))
         # The exchange flips both spins (they differ). Under vmap XLA:CPU runs a scatter as
@@ -273,9 +402,15 @@ class SpinDiffusionSampler(eqx.Module):
             spins = jnp.where(accept & ((site == i) | (site == j)), -state.spins, state.spins)
         else:
             spins = state.spins.at[jnp.stack([i, j])].multiply(jnp.where(accept, -1, 1).astype(state.spins.dtype))
+        if self._keeps_density:
+            density = state.density.at[sites].add(jnp.where(accept, increments, 0.0), mode="drop")
+            state = eqx.tree_at(lambda s: s.density, state, density)
+        if self.candidates == "minority":
+            state = eqx.tree_at(lambda s: s.minority, state,
+                                state.minority.at[entry].set(jnp.where(accept, j, i)))
         state = eqx.tree_at(
             lambda s: (s.spins, s.candidates, s.accepted), state,
-            (spins, state.candidates + due.astype(state.candidates.dtype),
+            (spins, state.candidates + counted.astype(state.candidates.dtype),
              state.accepted + accept.astype(state.accepted.dtype)))
         if self.mode == "scale-separated" and self.rate_average == "gaussian":
             state = jax.lax.cond(accept, lambda s: self._relax(s), lambda s: s, state)  # a bound method would be hashed
@@ -299,13 +434,26 @@ class SpinDiffusionSampler(eqx.Module):
         key, k_noise = jax.random.split(key)
         state = SamplerState(
             positions=positions, spins=spins.astype(dtype), stiffness=jnp.ones(spins.shape, dtype),
-            noise=jax.random.normal(k_noise, positions.shape, dtype), time=jnp.zeros((), dtype),
+            noise=jax.random.normal(k_noise, positions.shape, dtype),
+            density=(self.site_density(self.reference_positions if self.mode == "frozen" else positions, spins)
+                     if self._keeps_density else jnp.zeros(spins.shape, dtype)),
+            minority=self._minority(spins), time=jnp.zeros((), dtype),
             fast_time_debt=jnp.zeros((), dtype), candidates=jnp.zeros((), jnp.int32),
             accepted=jnp.zeros((), jnp.int32), displaced=jnp.zeros((), bool), key=key)
         if self.mode == "scale-separated" and self.rate_average == "gaussian":
             stiffness = self.free_energy.initial_stiffness(positions, state.spins, self.neighbors)
             state = self._relax(eqx.tree_at(lambda s: s.stiffness, state, stiffness))
         return state
+
+    def _minority(self, spins) -> Int[Array, " k"]:
+        """``candidates="minority"``: the σ = −1 sites (an error inside jit if there are not
+        ``minority_sites`` of them); empty otherwise."""
+        if self.candidates != "minority":
+            return jnp.zeros((0,), jnp.int32)
+        count = jnp.sum(spins < 0)
+        spins = eqx.error_if(spins, count != self.minority_sites,
+                             "candidates='minority': the spins do not have minority_sites sites of σ = −1")
+        return jnp.nonzero(spins < 0, size=self.minority_sites, fill_value=spins.shape[0])[0].astype(jnp.int32)
 
     def _exchanges(self, state: SamplerState, duration) -> SamplerState:
         """The candidate exchanges of an interval of length ``duration`` in which x is held:
@@ -320,7 +468,7 @@ class SpinDiffusionSampler(eqx.Module):
         def run_block(carry):
             done, s = carry
             key, k_uniform, k_move = jax.random.split(s.key, 3)
-            uniforms = jax.random.uniform(k_uniform, (block, 2), s.time.dtype)
+            uniforms = jax.random.uniform(k_uniform, (block, 3 if self.nonlocal_slots else 2), s.time.dtype)
             move_keys = jax.random.split(k_move, block) if moves else None
 
             def slot(index, s):
@@ -383,6 +531,9 @@ def spin_diffusion_sampler(
     pinned=None,
     pinned_species=None,
     quadrature: str = "gauss-hermite",
+    candidates: str = "bonds",
+    minority_sites: int | None = None,
+    nonlocal_slots: int = 0,
 ) -> SpinDiffusionSampler:
     """Build a sampler (see the module docstring for the model).
 
@@ -403,6 +554,19 @@ def spin_diffusion_sampler(
         basin_steps: Langevin steps at the current σ before each candidate (``"basin"``).
         pinned: ``(N,)`` atoms that do not move. pinned_species: ``(N,)`` sites whose spin
             never exchanges.
+        candidates: how the uniformised process draws a candidate (the same law either way):
+            ``"bonds"`` — one of the B kinetic bonds, Λ = B/τ; ``"minority"`` — one of the
+            ``minority_sites`` σ = −1 sites and one of its z bond slots (z the largest kinetic
+            coordination), Λ = K·z/τ: a dilute solute's candidates only, B/(K·z) times fewer
+            (24× at 2 % in fcc), every one of them a bond that can exchange unless its
+            neighbour is a solute too or the slot is empty (a surface site).
+        minority_sites: K, the number of σ = −1 sites (``candidates="minority"``; every
+            replica's spins must have exactly K).
+        nonlocal_slots: w ≥ 0 (``candidates="minority"``): each σ = −1 site also attempts w
+            exchanges per τ with a uniformly drawn site anywhere, at the same detailed-balance
+            acceptance. They keep the stationary law (the equilibrium) but are not the
+            kinetics: for equilibrium sampling only, where a solute would otherwise need to
+            diffuse across the system.
 
     Raises:
         ValueError: naming the bad value (mode, rate average, non-positive parameters, a
@@ -418,6 +582,14 @@ def spin_diffusion_sampler(
     for name, value in (("temperature", temperature), ("tau", tau), ("epsilon", epsilon),
                         ("langevin_step", langevin_step), ("kinetic_cutoff", kinetic_cutoff)):
         _validate.positive(value, name, "")
+    if candidates not in CANDIDATES:
+        raise ValueError(f"candidates must be one of {CANDIDATES}; got {candidates!r}")
+    if candidates == "minority" and not (isinstance(minority_sites, (int, np.integer)) and minority_sites >= 1):
+        raise ValueError(f"candidates='minority' needs minority_sites, a positive integer; got {minority_sites!r}")
+    if not (isinstance(nonlocal_slots, (int, np.integer)) and nonlocal_slots >= 0):
+        raise ValueError(f"nonlocal_slots must be a non-negative integer; got {nonlocal_slots!r}")
+    if nonlocal_slots and candidates != "minority":
+        raise ValueError(f"nonlocal_slots={nonlocal_slots} needs candidates='minority'")
     if not (isinstance(basin_steps, int) and basin_steps >= 1):
         raise ValueError(f"basin_steps must be a positive integer; got {basin_steps!r}")
     n = positions.shape[0]
@@ -430,6 +602,11 @@ def spin_diffusion_sampler(
     bonds = np.unique(pairs[pairs[:, 0] < pairs[:, 1]], axis=0)
     if bonds.shape[0] == 0:
         raise ValueError(f"no exchange bonds within kinetic_cutoff={kinetic_cutoff} Å between free-species sites")
+    coordination = np.bincount(rows, minlength=n)
+    kinetic_neighbors = np.full((n, int(coordination.max())), n, np.int32)
+    order = np.argsort(rows, kind="stable")
+    slot = np.arange(rows.size) - np.repeat(np.cumsum(coordination) - coordination, coordination)
+    kinetic_neighbors[rows[order], slot] = idx[rows, slots][order]
     dtype = positions.dtype
     free_energy = None
     if mode == "scale-separated" and rate_average == "gaussian":
@@ -437,13 +614,16 @@ def spin_diffusion_sampler(
                                    quadrature=quadrature)
     return SpinDiffusionSampler(
         potential=potential, cell=cell, neighbors=neighbors, reference_positions=positions,
-        bonds=jnp.asarray(bonds, jnp.int32), pinned=jnp.asarray(pinned),
+        bonds=jnp.asarray(bonds, jnp.int32), kinetic_neighbors=jnp.asarray(kinetic_neighbors), pinned=jnp.asarray(pinned),
         beta=jnp.asarray(beta_from_temperature(temperature), dtype), tau=jnp.asarray(tau, dtype),
         epsilon=jnp.asarray(epsilon, dtype), langevin_step=jnp.asarray(langevin_step, dtype),
         mode=mode, rate_average=rate_average, basin_steps=basin_steps, free_energy=free_energy,
-        # "frozen": x never moves, so the radial values of every listed pair are a table.
+        candidates=candidates, minority_sites=int(minority_sites) if candidates == "minority" else 0,
+        nonlocal_slots=int(nonlocal_slots),
+        # "frozen": x never moves, so the radial values of every listed pair are a table
+        # (pair potentials; EAM keeps each site's density instead, SamplerState.density).
         frozen_radial=(radial_from_geometry(potential, pair_geometry(positions, cell, neighbors.idx))
-                       if mode == "frozen" else None))
+                       if mode == "frozen" and not potential.is_embedded else None))
 
 
 class SamplerTrajectory(eqx.Module):
@@ -510,6 +690,34 @@ def sample(
         ValueError: bad spins or times. RuntimeError: a replica's atoms moved beyond the
             neighbour list's skin/2 (build the sampler with a larger skin).
     """
+    if output is not None and os.path.exists(output) and not overwrite:
+        raise FileExistsError(f"{str(output)!r} exists: pass overwrite=True to replace it")
+    times = np.asarray(save_times, dtype=float)
+    dtype = sampler.reference_positions.dtype
+    parameters = {"model": "spin-diffusion", "mode": sampler.mode, "candidates": sampler.candidates,
+                  "nonlocal_slots": sampler.nonlocal_slots,
+                  "rate_average": sampler.rate_average if sampler.mode == "scale-separated" else None,
+                  "basin_steps": sampler.basin_steps, "temperature": float(temperature_from_beta(sampler.beta)),
+                  "tau": float(sampler.tau), "epsilon": float(sampler.epsilon),
+                  "langevin_step": float(sampler.langevin_step), "n_bonds": int(sampler.bonds.shape[0]),
+                  "n_replicas": n_replicas, "n_sites": sampler.reference_positions.shape[0],
+                  "dtype": jnp.dtype(dtype).name}
+    record = []
+    for index, states in replica_states(sampler, key, spins, save_times, n_replicas=n_replicas,
+                                        positions=positions, progress=progress):
+        if index == 0:
+            parameters["devices"] = len(states.spins.sharding.device_set)
+        record.append(_summary(states))
+        if output is not None and index > 0:
+            _trajectory(times[: index + 1], record, parameters).save(output)
+    return _trajectory(times, record, parameters)
+
+
+def replica_states(sampler: SpinDiffusionSampler, key: PRNGKeyArray, spins, save_times: Sequence[float], *,
+                   n_replicas: int, positions=None, progress: bool = False, label: str | None = None):
+    """The replicas of :func:`sample` (same arguments), yielded as ``(index, states)`` at every
+    save time (index 0: the initial states; ``states`` a batched :class:`SamplerState`), for
+    callers that keep per-replica observables (time averages with replica standard errors)."""
     times = np.asarray(save_times, dtype=float)
     if times.ndim != 1 or times.size < 2 or times[0] != 0 or np.any(np.diff(times) <= 0):
         raise ValueError(f"save_times must start at 0 and increase; got {times.tolist()}")
@@ -520,8 +728,6 @@ def sample(
                          "sample shorter runs")
     if not (isinstance(n_replicas, int) and n_replicas >= 1):
         raise ValueError(f"n_replicas must be a positive integer; got {n_replicas!r}")
-    if output is not None and os.path.exists(output) and not overwrite:
-        raise FileExistsError(f"{str(output)!r} exists: pass overwrite=True to replace it")
     dtype = sampler.reference_positions.dtype
     n = sampler.reference_positions.shape[0]
     spins = np.asarray(spins, dtype=float)
@@ -529,6 +735,11 @@ def sample(
         bad = spins[~np.isin(spins, (-1.0, 1.0))]
         raise ValueError(f"spins must be ±1 with shape ({n},) or ({n_replicas}, {n}); got shape {spins.shape}"
                          + (f" and value {float(bad.flat[0])!r}" if bad.size else ""))
+    if sampler.candidates == "minority":
+        counts = np.unique(np.sum(spins < 0, axis=-1))
+        if counts.tolist() != [sampler.minority_sites]:
+            raise ValueError(f"candidates='minority' with minority_sites={sampler.minority_sites}: the spins have "
+                             f"{counts.tolist()} sites of σ = −1")
     spins = jnp.broadcast_to(jnp.asarray(spins, dtype), (n_replicas, n))
     if positions is not None and sampler.mode == "frozen":
         raise ValueError("positions cannot be given in 'frozen' mode: x is the sampler's lattice; build the "
@@ -540,16 +751,9 @@ def sample(
     if sharding is not None:
         keys, spins, x0 = (jax.device_put(a, sharding) for a in (keys, spins, x0))
     states = init_replicas(sampler, keys, x0, spins)
-    parameters = {"model": "spin-diffusion", "mode": sampler.mode,
-                  "rate_average": sampler.rate_average if sampler.mode == "scale-separated" else None,
-                  "basin_steps": sampler.basin_steps, "temperature": float(temperature_from_beta(sampler.beta)),
-                  "tau": float(sampler.tau), "epsilon": float(sampler.epsilon),
-                  "langevin_step": float(sampler.langevin_step), "n_bonds": int(sampler.bonds.shape[0]),
-                  "n_replicas": n_replicas, "n_sites": n, "dtype": jnp.dtype(dtype).name,
-                  "devices": len(jax.devices()) if sharding is not None else 1}
-    record = [_summary(states)]
+    yield 0, states
     intervals = range(1, times.size)
-    intervals = track(intervals, f"spin-diffusion ({n_replicas} replicas)", "interval", enabled=progress)
+    intervals = track(intervals, label or f"spin-diffusion ({n_replicas} replicas)", "interval", enabled=progress)
     for index in intervals:
         states = advance_replicas(sampler, states, jnp.asarray(times[index], dtype))
         if bool(jnp.any(states.displaced)):
@@ -558,10 +762,7 @@ def sample(
                 f"{np.flatnonzero(np.asarray(states.displaced))[:10].tolist()} moved more than skin/2 = "
                 f"{sampler.skin / 2:g} Å from the lattice (or a Gaussian-mode relaxation failed); "
                 "rebuild the neighbour list with a larger skin")
-        record.append(_summary(states))
-        if output is not None:
-            _trajectory(times[: index + 1], record, parameters).save(output)
-    return _trajectory(times, record, parameters)
+        yield index, states
 
 
 def _summary(states: SamplerState):

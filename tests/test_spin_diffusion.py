@@ -58,14 +58,21 @@ def test_local_swap_energy_equals_the_global_difference(mendelev):
             exact = float(energy(x, swapped) - energy(x, s))
             local = float(swap(x, s, i, j))
             assert local == pytest.approx(exact, abs=1e-10), (i, j)
+        if model is eam:  # EAM: also sites that are not bonded (no shared row), and far apart
+            rng = np.random.default_rng(3)
+            for i, j in rng.choice(system.n_atoms, (6, 2), replace=False):
+                swapped = s.at[i].set(s[j]).at[j].set(s[i])
+                assert float(swap(x, s, i, j)) == pytest.approx(float(energy(x, swapped) - energy(x, s)), abs=1e-10)
         # The sampler's forces (analytic for pair potentials) are −∇V.
         np.testing.assert_allclose(np.asarray(model.force(x, s)), -np.asarray(jax.grad(model.energy)(x, s)),
                                    atol=1e-10)
 
 
-def test_exchange_frequencies_match_the_rates():
-    """From a fixed (x, σ), accepted candidates per unit time on each bond → r_ij."""
-    sampler = _lj_chain(8, kt=1.0)
+@pytest.mark.parametrize("candidates", ["bonds", "minority"])
+def test_exchange_frequencies_match_the_rates(candidates):
+    """From a fixed (x, σ), accepted candidates per unit time on each bond → r_ij, whether a
+    candidate is drawn over all bonds or over the σ = −1 sites' bond slots."""
+    sampler = _lj_chain(8, kt=1.0, candidates=candidates, minority_sites=4)
     spins = jnp.array([1.0, 1, -1, 1, -1, -1, 1, -1])
     rates = np.asarray(sampler.exchange_rates(sampler.reference_positions, spins))
     state = sampler.init(jax.random.PRNGKey(0), sampler.reference_positions, spins)
@@ -75,12 +82,41 @@ def test_exchange_frequencies_match_the_rates():
     changed = np.asarray(after != spins[None])
     bonds = np.asarray(sampler.bonds)
     counts = np.array([np.sum(changed[:, i] & changed[:, j]) for i, j in bonds])
-    probability = rates * float(sampler.tau) / bonds.shape[0]
+    probability = rates / float(sampler.candidate_rate)
     expected = n * probability
     frequency = counts / n * float(sampler.candidate_rate)
     assert np.all(np.abs(counts - expected) <= 4.5 * np.sqrt(expected * (1 - probability)) + 1), (counts, expected)
     assert np.sum((rates > 0.05) & (rates < 0.95)) >= 3 and np.allclose(frequency[rates == 0], 0)
     np.testing.assert_allclose(frequency[rates > 0], rates[rates > 0], rtol=0.05)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "joint"])
+def test_eam_densities_and_minority_sites_are_kept_through_exchanges(mendelev, mode):
+    """EAM, candidates over the Mg sites: after a run with many accepted exchanges the state's
+    cached densities equal ρ_i recomputed from (x, σ), its minority list holds exactly the Mg
+    sites, and the candidate count is Poisson(Λt), Λ = K·z/τ."""
+    from ase.build import bulk
+
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True).repeat((5, 5, 5))
+    system = dj.from_ase(atoms, species_names=mendelev.species)
+    nbrs = dj.neighbor_list(system.positions, system.cell, mendelev.cutoff, skin=1.2)  # moves ≤ 0.6 Å: 5σ at 400 K
+    n_mg, n_replicas, t = 20, 4, 1.0
+    sampler = sd.spin_diffusion_sampler(mendelev, system.positions, system.cell, nbrs, temperature=400.0,
+                                        kinetic_cutoff=3.0, mode=mode, epsilon=1.0 / (4 * 0.02),
+                                        langevin_step=0.02, candidates="minority", minority_sites=n_mg)
+    assert float(sampler.candidate_rate) == n_mg * 12
+    spins = np.ones(system.n_atoms)
+    spins[np.random.default_rng(0).choice(system.n_atoms, n_mg, replace=False)] = -1.0
+    (states,) = _states(sampler, jax.random.PRNGKey(4), jnp.asarray(spins), [t], n_replicas)
+    assert int(states.accepted.sum()) > 50 and not bool(states.displaced.any())
+    expected = n_replicas * float(sampler.candidate_rate) * t
+    assert abs(int(states.candidates.sum()) - expected) < 5 * np.sqrt(expected)
+    x = states.positions if mode == "joint" else jnp.broadcast_to(system.positions, states.positions.shape)
+    np.testing.assert_allclose(np.asarray(states.density), np.asarray(jax.vmap(sampler.site_density)(x, states.spins)),
+                               rtol=0, atol=1e-10)
+    for replica in range(n_replicas):
+        mg = np.flatnonzero(np.asarray(states.spins[replica]) < 0)
+        assert sorted(np.asarray(states.minority[replica]).tolist()) == mg.tolist() and mg.size == n_mg
 
 
 @pytest.mark.parametrize("n", [8, 160])  # a select over the sites, and (N > 128) a scatter
@@ -334,18 +370,30 @@ def test_bad_input_is_named():
         sd.sample(sampler, jax.random.PRNGKey(0), jnp.array([1.0, 1, -1, -1]), [0, 1e9], n_replicas=2)
     with pytest.raises(ValueError, match="mode must be one of"):
         _lj_chain(4, mode="fast")
+    with pytest.raises(ValueError, match="candidates must be one of"):
+        _lj_chain(4, candidates="sites")
+    with pytest.raises(ValueError, match="nonlocal_slots=2 needs candidates='minority'"):
+        _lj_chain(4, nonlocal_slots=2)
+    with pytest.raises(ValueError, match="needs minority_sites, a positive integer; got None"):
+        _lj_chain(4, candidates="minority")
+    with pytest.raises(ValueError, match=r"minority_sites=1: the spins have \[2\] sites of σ = −1"):
+        sd.sample(_lj_chain(4, candidates="minority", minority_sites=1), jax.random.PRNGKey(0),
+                  jnp.array([1.0, 1, -1, -1]), [0, 1], n_replicas=2)
     with pytest.raises(ValueError, match="tau must be finite and > 0; got -1"):
         _lj_chain(4, tau=-1.0)
 
 
 @pytest.mark.slow
-def test_detailed_balance_by_enumeration_with_eam(mendelev):
+@pytest.mark.parametrize("candidates, nonlocal_slots", [("bonds", 0), ("minority", 0), ("minority", 4)])
+def test_detailed_balance_by_enumeration_with_eam(mendelev, candidates, nonlocal_slots):
     """x frozen on a 14-atom fcc cube of Al (Mendelev 2009 EAM, free surfaces) with 3 Mg: the
     sampled law of σ equals the Boltzmann weights e^{−βV} of all 364 arrangements, V from
     :func:`dmdjax.energy.potential_energy` (a path independent of the sampler's local swap
     energies). Independent samples: one per replica, each started from a uniformly drawn
     arrangement and run to t = 10τ (~20 accepted exchanges). χ² over the arrangements with 6
-    expected counts or more, and TV (its sampling noise at 10⁴ samples is ≈ 0.06)."""
+    expected counts or more, and TV (its sampling noise at 10⁴ samples is ≈ 0.06). Candidates over
+    all bonds, over the Mg sites' bond slots with the densities kept in the state, and with
+    non-local exchanges added (which must keep the law)."""
     from scipy import stats
 
     from dmdjax.energy import potential_energy
@@ -359,7 +407,8 @@ def test_detailed_balance_by_enumeration_with_eam(mendelev):
     cell = dj.Cell(jnp.eye(3) * 40.0, pbc=(False, False, False))
     nbrs = dj.neighbor_list(positions, cell, mendelev.cutoff, skin=0.5)
     sampler = sd.spin_diffusion_sampler(mendelev, positions, cell, nbrs, temperature=temperature, kinetic_cutoff=3.2,
-                                        mode="frozen")
+                                        mode="frozen", candidates=candidates, minority_sites=3,
+                                        nonlocal_slots=nonlocal_slots)
     mg = [c for c in itertools.combinations(range(n), 3)]
     configurations = np.ones((len(mg), n))
     for row, sites in enumerate(mg):
