@@ -134,9 +134,10 @@ class NeighborList(eqx.Module):
         # Fraction of each search-cell width taken by one search range (|b_k| = 1/width_k).
         return (self.cutoff + self.skin) * jnp.linalg.norm(self.search_inverse, axis=0)
 
-    def update(self, positions: Float[Array, "n d"]) -> "NeighborList":
+    def update(self, positions: Float[Array, "n d"], trigger: float = 0.5) -> "NeighborList":
         """Update for new positions (jit-safe): searched again, with the same capacities, when an
-        atom moved more than skin/2 since the last search."""
+        atom moved more than ``trigger`` × skin since the last search (0.5: the last moment the
+        list is still exact; less to search ahead of that)."""
         fractional, outside = self._fractional(positions)
         delta = _wrap(fractional - self.reference.astype(fractional.dtype), self.pbc)
         vectors = jnp.linalg.inv(self.search_inverse.astype(positions.dtype))
@@ -151,7 +152,7 @@ class NeighborList(eqx.Module):
         def keep(_):
             return self.idx, self.reference, jnp.asarray(False)
 
-        idx, reference, exceeded = jax.lax.cond(moved > 0.5 * self.skin, search, keep, None)
+        idx, reference, exceeded = jax.lax.cond(moved > trigger * self.skin, search, keep, None)
         return eqx.tree_at(lambda nl: (nl.idx, nl.reference, nl.exceeded, nl.out_of_range), self,
                            (idx, reference, self.exceeded | exceeded, self.out_of_range | outside))
 

@@ -407,13 +407,10 @@ def _total_energy_jvp(primals, tangents):
     return value, tangent
 
 
-@eqx.filter_jit  # also cached for calls outside jit (the row blocks are a loop)
-def plain_energy_gradient(model: PairModel, positions, species) -> tuple[Array, Array]:
-    """Site energies ``(N,)`` and ∂E/∂X ``(N, d)`` of a plain configuration of integer
-    ``species`` ``(N,)``: per pair only the splines of its own species pair
-    (:meth:`~dmdjax.potentials.Potential.species_radial`), not the whole ``(T, S, S)`` block."""
+def _plain_terms(model: PairModel, positions, species):
+    """The per-block radial values of a plain configuration (only each pair's own species'
+    functions, zero on padding) and the block geometry, for :func:`plain_energy_gradient`."""
     potential = model.potential
-    n = positions.shape[0]
 
     def radial(rows, idx, mask, distance):
         host = jnp.broadcast_to(species[rows][:, None], idx.shape)
@@ -426,13 +423,33 @@ def plain_energy_gradient(model: PairModel, positions, species) -> tuple[Array, 
         displacement, distance, mask, _ = _pair_geometry(model, positions, None, rows, idx)
         return displacement, distance, mask
 
-    if potential.is_embedded:
-        def density_block(rows, idx):
-            _, distance, mask = geometry(rows, idx)
-            values, _ = radial(rows, idx, mask, distance)
-            return jnp.sum(values[..., 1], axis=1)
+    return radial, geometry
 
-        density = _map_rows(density_block, model)
+
+def plain_densities(model: PairModel, positions, species) -> Float[Array, " n"]:
+    """EAM: each site's density of its own species, ρ_i = Σ_j f_{s_j→s_i}(r_ij) ``(N,)``, for
+    integer ``species`` ``(N,)`` (only the pairs' own density functions are evaluated)."""
+    radial, geometry = _plain_terms(model, positions, species)
+
+    def density_block(rows, idx):
+        _, distance, mask = geometry(rows, idx)
+        values, _ = radial(rows, idx, mask, distance)
+        return jnp.sum(values[..., 1], axis=1)
+
+    return _map_rows(density_block, model)
+
+
+@eqx.filter_jit  # also cached for calls outside jit (the row blocks are a loop)
+def plain_energy_gradient(model: PairModel, positions, species) -> tuple[Array, Array]:
+    """Site energies ``(N,)`` and ∂E/∂X ``(N, d)`` of a plain configuration of integer
+    ``species`` ``(N,)``: per pair only the splines of its own species pair
+    (:meth:`~dmdjax.potentials.Potential.species_radial`), not the whole ``(T, S, S)`` block."""
+    potential = model.potential
+    n = positions.shape[0]
+    radial, geometry = _plain_terms(model, positions, species)
+
+    if potential.is_embedded:
+        density = plain_densities(model, positions, species)
         n_species = potential.n_species
         embedding, slope = _embedding(potential, jnp.broadcast_to(density[:, None], (n, n_species)))
         own = species[:, None]

@@ -67,6 +67,12 @@ MODES = ("joint", "scale-separated", "frozen")
 CANDIDATES = ("bonds", "minority")
 RATE_AVERAGES = ("basin", "gaussian")
 _SELECT_SWAP_MAX_SITES = 128  # see SpinDiffusionSampler._candidate
+REBUILD_EVERY = 25
+"""Langevin steps between checks of a replica's neighbour list (``"joint"``). Under ``vmap``
+every check searches every replica's list (a select, not a branch), ~4 force evaluations of a
+1000-atom slab: every 25 steps it costs ~15 % of the loop."""
+MEAN_STEPS = 10
+"""Time constant, in Langevin steps, of the exponential average of x that the lists follow."""
 
 
 def spin_weights(spins: Float[Array, " n"]) -> Float[Array, "n 2"]:
@@ -93,9 +99,18 @@ class SamplerState(eqx.Module):
             zeros otherwise.
         minority: ``candidates="minority"``: the sites of the σ = −1 species ``(K,)``, in no
             particular order (an exchange moves one entry); empty otherwise.
+        neighbors: this replica's neighbour list, searched again (same capacity) at
+            ``mean_positions`` where they moved more than skin/10 since its last search,
+            checked every :data:`REBUILD_EVERY` Langevin steps and at every
+            :meth:`~SpinDiffusionSampler.advance`.
+        mean_positions: x averaged over the last ~:data:`MEAN_STEPS` Langevin steps
+            (exponentially, weight 1/MEAN_STEPS per step) ``(N, d)`` Å: the list follows where
+            the atoms sit (a Mg-rich surface relaxes outwards by ~0.5 Å), not their thermal
+            excursions, so the skin only has to hold those excursions (≈ 5σ: 1.25 Å at 600 K).
         time: t. fast_time_debt: fast time not yet integrated (``"joint"``).
         candidates, accepted: event counters. displaced: True if an atom moved more than
-        skin/2 from where the neighbour list was built (the run is then invalid).
+        skin/2 from where its neighbour list was last searched, or the list overflowed its
+        capacity (the run is then invalid).
         key: this replica's PRNG key.
     """
 
@@ -105,6 +120,8 @@ class SamplerState(eqx.Module):
     noise: Float[Array, "n d"]
     density: Float[Array, " n"]
     minority: Int[Array, " k"]
+    neighbors: NeighborList
+    mean_positions: Float[Array, "n d"]
     time: Float[Array, ""]
     fast_time_debt: Float[Array, ""]
     candidates: Int[Array, ""]
@@ -147,7 +164,8 @@ class SpinDiffusionSampler(eqx.Module):
 
     @property
     def skin(self) -> float:
-        """Verlet skin of the (never rebuilt) neighbour list, Å: atoms may move skin/2."""
+        """Verlet skin of the neighbour lists, Å: an atom may move skin/2 from where its
+        replica's list was last searched (at the mean positions; see :class:`SamplerState`)."""
         return self.neighbors.skin
 
     @property
@@ -169,9 +187,7 @@ class SpinDiffusionSampler(eqx.Module):
         gradient of :func:`dmdjax.pair_sums.plain_energy_gradient` (only each pair's own
         species' splines; 6× faster than ``jax.grad`` of :meth:`energy` on a 1000-atom slab)."""
         if self.potential.is_embedded:
-            model = pair_sums.pair_model(pair_sums.RadialAverages(self.potential, self.cell.dim), self.cell,
-                                         self.neighbor_idx)
-            return -pair_sums.plain_energy_gradient(model, positions, _species(spins))[1]
+            return -pair_sums.plain_energy_gradient(self._plain_model, positions, _species(spins))[1]
         geometry = pair_geometry(positions, self.cell, self.neighbor_idx)
         r = masked_distance(geometry.displacement, geometry.mask, 2.0 * self.potential.cutoff)
         _, slope = jax.jvp(self.potential.pair, (r,), (jnp.ones_like(r),))  # dφ_ab/dr, (N, M, 2, 2)
@@ -193,14 +209,15 @@ class SpinDiffusionSampler(eqx.Module):
         """EAM in the modes that hold x between candidates: the state carries ρ_i (O(M) swaps)."""
         return self.potential.is_embedded and self.mode in ("joint", "frozen")
 
+    @property
+    def _plain_model(self) -> pair_sums.PairModel:
+        """The plain (not Gaussian-averaged) pair sums over this sampler's list."""
+        return pair_sums.pair_model(pair_sums.RadialAverages(self.potential, self.cell.dim), self.cell,
+                                    self.neighbor_idx)
+
     def site_density(self, positions, spins) -> Float[Array, " n"]:
         """EAM: each site's density of its own species, ρ_i = Σ_j f_{σ_j→σ_i}(r_ij) ``(N,)``."""
-        geometry = pair_geometry(positions, self.cell, self.neighbor_idx)
-        distance = masked_distance(geometry.displacement, geometry.mask, 2.0 * self.potential.cutoff)
-        weights = spin_weights(spins.astype(positions.dtype))
-        density = jnp.einsum("nmba,nmb->na", self.potential.density(distance), gather(weights, self.neighbor_idx),
-                             precision=HIGHEST)
-        return jnp.sum(weights * density, axis=-1)
+        return pair_sums.plain_densities(self._plain_model, positions, _species(spins))
 
     def _eam_swap(self, positions, spins, density, i, j):
         """Δ_ij V of an EAM potential in O(M), and the change of the cached densities.
@@ -321,15 +338,15 @@ class SpinDiffusionSampler(eqx.Module):
 
     def _langevin_steps(self, state: SamplerState, n_steps) -> SamplerState:
         def body(_, carry):
-            positions, noise, key = carry
+            positions, mean, noise, key = carry
             key, sub = jax.random.split(key)
             positions, noise = self._langevin(positions, state.spins, noise, sub)
-            return positions, noise, key
+            return positions, mean + (positions - mean) / MEAN_STEPS, noise, key
 
-        positions, noise, key = jax.lax.fori_loop(0, n_steps, body, (state.positions, state.noise, state.key))
-        moved = jnp.max(jnp.abs(positions - self.reference_positions)) > 0.5 * self.skin
-        state = eqx.tree_at(lambda s: (s.positions, s.noise, s.key, s.displaced), state,
-                            (positions, noise, key, state.displaced | moved))
+        positions, mean, noise, key = jax.lax.fori_loop(
+            0, n_steps, body, (state.positions, state.mean_positions, state.noise, state.key))
+        state = eqx.tree_at(lambda s: (s.positions, s.mean_positions, s.noise, s.key, s.displaced), state,
+                            (positions, mean, noise, key, state.displaced | self._stale(positions)))
         if self._keeps_density:
             state = eqx.tree_at(lambda s: s.density, state, self.site_density(positions, state.spins))
         return state
@@ -338,9 +355,27 @@ class SpinDiffusionSampler(eqx.Module):
         from .relax import relax
 
         result = relax(self.free_energy, state.gaussian_state, self.neighbors, throw=False)
-        moved = jnp.max(jnp.abs(result.positions - self.reference_positions)) > 0.5 * self.skin
         return eqx.tree_at(lambda s: (s.positions, s.stiffness, s.displaced), state,
-                           (result.positions, result.stiffness, state.displaced | moved | ~result.converged))
+                           (result.positions, result.stiffness,
+                            state.displaced | self._stale(result.positions) | ~result.converged))
+
+    def _stale(self, positions) -> Bool[Array, ""]:
+        """True where the neighbour list no longer holds every pair within the cut-off at
+        ``positions`` (an atom moved more than skin/2 since its search) or overflowed."""
+        return (self.neighbors.max_displacement(positions) > 0.5 * self.skin) | self.neighbors.overflow
+
+    def _on(self, neighbors: NeighborList) -> "SpinDiffusionSampler":
+        """This sampler with a replica's own neighbour list."""
+        return eqx.tree_at(lambda s: s.neighbors, self, neighbors)
+
+    def _searched(self, state: SamplerState) -> SamplerState:
+        """The replica's list searched again at its mean positions where they moved more than
+        skin/10 since the last search (x is fixed in ``"frozen"`` mode: never)."""
+        if self.mode == "frozen":
+            return state
+        neighbors = state.neighbors.update(state.mean_positions, trigger=0.1)
+        return eqx.tree_at(lambda s: (s.neighbors, s.displaced), state,
+                           (neighbors, state.displaced | neighbors.overflow))
 
     def _candidate(self, state: SamplerState, uniforms, move_key, due=True) -> SamplerState:
         """One candidate exchange if ``due`` (else ``state``).
@@ -437,11 +472,13 @@ class SpinDiffusionSampler(eqx.Module):
             noise=jax.random.normal(k_noise, positions.shape, dtype),
             density=(self.site_density(self.reference_positions if self.mode == "frozen" else positions, spins)
                      if self._keeps_density else jnp.zeros(spins.shape, dtype)),
-            minority=self._minority(spins), time=jnp.zeros((), dtype),
+            minority=self._minority(spins), neighbors=self.neighbors, mean_positions=positions,
+            time=jnp.zeros((), dtype),
             fast_time_debt=jnp.zeros((), dtype), candidates=jnp.zeros((), jnp.int32),
             accepted=jnp.zeros((), jnp.int32), displaced=jnp.zeros((), bool), key=key)
+        state = self._searched(state)  # the list covers these positions
         if self.mode == "scale-separated" and self.rate_average == "gaussian":
-            stiffness = self.free_energy.initial_stiffness(positions, state.spins, self.neighbors)
+            stiffness = self.free_energy.initial_stiffness(positions, state.spins, state.neighbors)
             state = self._relax(eqx.tree_at(lambda s: s.stiffness, state, stiffness))
         return state
 
@@ -494,8 +531,9 @@ class SpinDiffusionSampler(eqx.Module):
         """
         time = jnp.asarray(time, state.time.dtype)
         duration = time - state.time
+        state = self._searched(state)
         if self.mode != "joint":
-            state = self._exchanges(state, duration)
+            state = self._on(state.neighbors)._exchanges(state, duration)
             return eqx.tree_at(lambda s: s.time, state, time)
         h, epsilon = self.langevin_step, self.epsilon
         owed = state.fast_time_debt  # fast time since the last step
@@ -503,13 +541,16 @@ class SpinDiffusionSampler(eqx.Module):
         n_steps = jnp.floor(debt / h * (1 + 1e-12)).astype(jnp.int32)
 
         def body(step, s):
-            s = self._langevin_steps(s, 1)
+            # The same step count for every replica: a cond, not a select, under vmap.
+            s = jax.lax.cond(step % REBUILD_EVERY == REBUILD_EVERY - 1, lambda s: self._searched(s), lambda s: s, s)
+            model = self._on(s.neighbors)
+            s = model._langevin_steps(s, 1)
             # The first step closes the interval begun before this call.
-            return self._exchanges(s, jnp.where(step == 0, h - owed, h) * epsilon)
+            return model._exchanges(s, jnp.where(step == 0, h - owed, h) * epsilon)
 
         state = jax.lax.fori_loop(0, n_steps, body, state)
         remainder = jnp.where(n_steps > 0, duration - (n_steps * h - owed) * epsilon, duration)
-        state = self._exchanges(state, remainder)
+        state = self._on(state.neighbors)._exchanges(state, remainder)
         return eqx.tree_at(lambda s: (s.time, s.fast_time_debt), state,
                            (time, jnp.maximum(debt - n_steps * h, 0.0)))
 
@@ -539,10 +580,12 @@ def spin_diffusion_sampler(
 
     Arguments:
         potential: a two-species potential (σ = +1 is ``potential.species[0]``).
-        positions: the lattice ``(N, d)`` Å: it fixes the kinetic bonds and the neighbour
-            list, which is not rebuilt; a replica whose atoms move more than skin/2 from
-            here is flagged ``displaced`` and :func:`sample` raises. In ``"frozen"`` mode x
-            stays here.
+        positions: the lattice ``(N, d)`` Å: it fixes the kinetic bonds. In ``"frozen"`` mode
+            x stays here.
+        neighbors: a list at ``positions`` with the potential's cut-off; every replica starts
+            with it and searches it again (same capacity) at its atoms' mean positions where
+            these moved (skin/10). A replica whose list overflows, or whose atoms move more than
+            skin/2 from where it was searched, is flagged ``displaced`` and :func:`sample` raises.
         temperature: K. tau: the exchange time scale τ.
         kinetic_cutoff: exchange bonds are pairs closer than this (Å) in ``positions``.
         mode: ``"joint"``, ``"scale-separated"`` or ``"frozen"``.
@@ -760,8 +803,9 @@ def replica_states(sampler: SpinDiffusionSampler, key: PRNGKeyArray, spins, save
             raise RuntimeError(
                 f"spin-diffusion: in ({times[index - 1]:g}, {times[index]:g}] an atom of replica(s) "
                 f"{np.flatnonzero(np.asarray(states.displaced))[:10].tolist()} moved more than skin/2 = "
-                f"{sampler.skin / 2:g} Å from the lattice (or a Gaussian-mode relaxation failed); "
-                "rebuild the neighbour list with a larger skin")
+                f"{sampler.skin / 2:g} Å from where its neighbour list was last searched, or the list overflowed its "
+                "capacity (or a Gaussian-mode relaxation failed); build the sampler's list with a larger skin "
+                "or capacity_multiplier")
         yield index, states
 
 

@@ -119,6 +119,24 @@ def test_eam_densities_and_minority_sites_are_kept_through_exchanges(mendelev, m
         assert sorted(np.asarray(states.minority[replica]).tolist()) == mg.tolist() and mg.size == n_mg
 
 
+def test_replica_lists_follow_the_atoms():
+    """A 24-site Lennard-Jones chain of A built compressed (spacing 1.08 against 1.12 at rest)
+    expands by ~1 Å in joint mode: each replica's list is searched again at its mean positions,
+    so the run stays valid with a skin of 0.6 Å (atoms may stray only 0.3 Å from a search)."""
+    positions = 1.08 * jnp.arange(24.0)[:, None]
+    chain = dj.systems.chain(24, 1.08)
+    nbrs = dj.neighbor_list(positions, chain.cell, LJ.cutoff, skin=0.6)
+    sampler = sd.spin_diffusion_sampler(LJ, positions, chain.cell, nbrs, temperature=0.01 / dj.BOLTZMANN_EV_PER_K,
+                                        kinetic_cutoff=1.4, mode="joint", epsilon=1.0, langevin_step=2e-3)
+    spins = jnp.ones(24).at[jnp.array([5, 17])].set(-1.0)
+    (states,) = _states(sampler, jax.random.PRNGKey(5), spins, [8.0], 3)
+    x = np.asarray(states.positions)[..., 0]
+    assert not bool(states.displaced.any())
+    assert np.all(x[:, -1] - x[:, 0] > 23 * 1.08 + 0.6)  # expanded: the ends moved beyond skin/2
+    reach = jax.vmap(lambda nl, p: nl.reach(p))(states.neighbors, states.positions)
+    assert np.all(np.asarray(reach) >= LJ.cutoff)
+
+
 @pytest.mark.parametrize("n", [8, 160])  # a select over the sites, and (N > 128) a scatter
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.int8])  # the "frozen" loop carries int8 spins
 def test_candidate_exchanges_exactly_the_bond_it_draws(n, dtype):
