@@ -529,30 +529,43 @@ class SpinDiffusionSampler(eqx.Module):
         so a vmapped loop wastes nothing on it. Other modes: the candidates of
         (``state.time``, ``time``].
         """
+        return self._advance(state, time, batched=False)
+
+    def _advance(self, state: SamplerState, time, batched: bool) -> SamplerState:
+        """:meth:`advance` of one replica, or (``batched``) of replicas stacked on a leading
+        axis that share their time and fast-time debt (as :func:`init_replicas` makes them):
+        the Langevin loop then runs outside the vmap, so its step count and the list checks
+        are plain scalars (a cond, not a select that would search every list every step)."""
+        each = (lambda f: jax.vmap(f)) if batched else (lambda f: f)
+        first = (lambda a: a[0]) if batched else (lambda a: a)
         time = jnp.asarray(time, state.time.dtype)
-        duration = time - state.time
-        state = self._searched(state)
+        duration = time - first(state.time)
+        searched = each(lambda s: self._searched(s))
+        state = searched(state)
         if self.mode != "joint":
-            state = self._on(state.neighbors)._exchanges(state, duration)
-            return eqx.tree_at(lambda s: s.time, state, time)
+            state = each(lambda s: self._on(s.neighbors)._exchanges(s, duration))(state)
+            return eqx.tree_at(lambda s: s.time, state, jnp.broadcast_to(time, state.time.shape))
         h, epsilon = self.langevin_step, self.epsilon
-        owed = state.fast_time_debt  # fast time since the last step
+        owed = first(state.fast_time_debt)  # fast time since the last step
         debt = owed + duration / epsilon
         n_steps = jnp.floor(debt / h * (1 + 1e-12)).astype(jnp.int32)
 
-        def body(step, s):
-            # The same step count for every replica: a cond, not a select, under vmap.
-            s = jax.lax.cond(step % REBUILD_EVERY == REBUILD_EVERY - 1, lambda s: self._searched(s), lambda s: s, s)
+        def step_and_exchanges(s, interval):
             model = self._on(s.neighbors)
-            s = model._langevin_steps(s, 1)
+            return model._exchanges(model._langevin_steps(s, 1), interval)
+
+        def body(step, s):
+            s = jax.lax.cond(step % REBUILD_EVERY == REBUILD_EVERY - 1, searched, lambda s: s, s)
             # The first step closes the interval begun before this call.
-            return model._exchanges(s, jnp.where(step == 0, h - owed, h) * epsilon)
+            interval = jnp.where(step == 0, h - owed, h) * epsilon
+            return each(lambda s: step_and_exchanges(s, interval))(s)
 
         state = jax.lax.fori_loop(0, n_steps, body, state)
         remainder = jnp.where(n_steps > 0, duration - (n_steps * h - owed) * epsilon, duration)
-        state = self._on(state.neighbors)._exchanges(state, remainder)
+        state = each(lambda s: self._on(s.neighbors)._exchanges(s, remainder))(state)
         return eqx.tree_at(lambda s: (s.time, s.fast_time_debt), state,
-                           (time, jnp.maximum(debt - n_steps * h, 0.0)))
+                           (jnp.broadcast_to(time, state.time.shape),
+                            jnp.broadcast_to(jnp.maximum(debt - n_steps * h, 0.0), state.time.shape)))
 
 
 def spin_diffusion_sampler(
@@ -702,8 +715,10 @@ def init_replicas(sampler, keys, positions, spins):
 
 @eqx.filter_jit
 def advance_replicas(sampler, states, time):
-    """``sampler.advance`` of every replica in ``states`` (leading axis B) to ``time`` (compiled)."""
-    return jax.vmap(sampler.advance, in_axes=(0, None))(states, time)
+    """``sampler.advance`` of every replica in ``states`` (leading axis B) to ``time`` (compiled).
+    The replicas must share their time (as :func:`init_replicas` and this function keep them):
+    one Langevin step count for all, the loop outside the vmap."""
+    return sampler._advance(states, time, batched=True)
 
 
 def sample(

@@ -53,6 +53,7 @@ sample, (T, R, L)), ``kinetics.npz`` (``time`` τ, ``layer_c_sampler`` (T, L), i
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import time
 from pathlib import Path
@@ -412,6 +413,7 @@ TABLE_COLUMNS = ("nominal", "n_mg", "bulk", "bulk_dmd", "bulk_lm", "surface", "s
 
 def _write_table(path, rows) -> None:
     """``table.csv``: one row per composition, the columns of :data:`TABLE_COLUMNS`."""
-    lines = [",".join(TABLE_COLUMNS)] + [",".join(f"{row[name]:.6g}" for name in TABLE_COLUMNS) for row in rows]
-    with io.atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(TABLE_COLUMNS)
+        writer.writerows([f"{row[name]:.6g}" for name in TABLE_COLUMNS] for row in rows)
