@@ -49,6 +49,14 @@ def test_langmuir_mclean_profile_keeps_the_count_and_the_isotherm():
     assert profile[0] > 0.1 > bulk
 
 
+def test_segregation_free_energy_inverts_the_isotherm():
+    from dmdjax.studies.alloy import langmuir_mclean
+
+    surface = float(langmuir_mclean(0.003, -0.2, 600.0))
+    assert ss.segregation_free_energy(surface, 0.003, 600.0) == pytest.approx(-0.2, rel=1e-10)
+    assert np.isnan(ss.segregation_free_energy(0.1, 0.0, 600.0))
+
+
 def test_profile_spins_have_the_count_and_follow_the_weights():
     rng = np.random.default_rng(1)
     weights = np.r_[np.full(10, 1.0), np.full(90, 1e-9)]
