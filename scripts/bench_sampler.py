@@ -220,7 +220,8 @@ def main():
     dtype = jnp.float32 if args.float32 else jnp.float64
     device = jax.devices()[0]
     print(f"device: {device.platform} ({device.device_kind}), {len(jax.devices())} device(s), "
-          f"dtype {jnp.dtype(dtype).name}, {N_SITES}-site LJ chain, jax {jax.__version__}")
+          f"dtype {jnp.dtype(dtype).name}, {'EAM slab' if args.eam else f'{N_SITES}-site LJ chain'}, "
+          f"jax {jax.__version__}")
     rows = []
     if args.eam:
         print("EAM: the 10x5x5-cell slab (1000 atoms, 20 Mg), Mendelev 2009, 600 K; joint: 20 Langevin steps per tau")

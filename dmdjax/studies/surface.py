@@ -133,7 +133,7 @@ def build_slab(p: SurfaceParameters) -> tuple[System, np.ndarray]:
     return system, layers
 
 
-def _minimise_energy(potential, positions, species, cell, neighbors, tolerance=1e-6):
+def molecular_statics(potential, positions, species, cell, neighbors, tolerance=1e-6):
     """Molecular statics: min V over positions (:func:`dmdjax.relax.minimize_energy`, on the
     device); the tolerance on max |force| is loosened to 1e-3 eV/Å in float32. Returns the
     relaxed positions and a neighbour list valid there."""
@@ -144,7 +144,7 @@ def _minimise_energy(potential, positions, species, cell, neighbors, tolerance=1
     return result.positions, result.neighbors
 
 
-def _energy_difference(first: np.ndarray, second: np.ndarray) -> float:
+def site_energy_difference(first: np.ndarray, second: np.ndarray) -> float:
     """Σ_i (e_i − e'_i) of two site-energy arrays, summed in float64. A difference of two totals
     would carry the totals' rounding: in float32 a 131 072-atom slab's −4.4·10⁵ eV has a spacing
     of 0.03 eV, the size of what is measured; per-site differences keep ~10⁻⁷ eV each."""
@@ -172,22 +172,22 @@ def segregation_energies(potential, slab: System, layers: np.ndarray, neighbors)
 
     Returns ``relaxed`` (all atoms relaxed around the Mg) and ``unrelaxed`` (Mg put into
     the relaxed pure-Al slab), with the site indices used. Energies are compared site by site
-    (:func:`_energy_difference`), so float32 resolves E_seg at any slab size.
+    (:func:`site_energy_difference`), so float32 resolves E_seg at any slab size.
     """
     mg = potential.species_index("Mg")
     centre_layer = int(layers.max()) // 2
     surface_site, centre_site = int(np.flatnonzero(layers == 0)[0]), int(np.flatnonzero(layers == centre_layer)[0])
     pure = slab.species
-    host, host_neighbors = _minimise_energy(potential, slab.positions, pure, slab.cell, neighbors)
+    host, host_neighbors = molecular_statics(potential, slab.positions, pure, slab.cell, neighbors)
     out = {"surface_site": surface_site, "centre_site": centre_site, "centre_layer": centre_layer}
     energies = {}
     for name, site in (("surface", surface_site), ("centre", centre_site)):
         species = pure.at[site].set(mg)
         energies[name, "unrelaxed"] = site_energies(potential, host, species, slab.cell, host_neighbors)
-        relaxed, relaxed_neighbors = _minimise_energy(potential, host, species, slab.cell, host_neighbors)
+        relaxed, relaxed_neighbors = molecular_statics(potential, host, species, slab.cell, host_neighbors)
         energies[name, "relaxed"] = site_energies(potential, relaxed, species, slab.cell, relaxed_neighbors)
     for kind in ("relaxed", "unrelaxed"):
-        out[kind] = _energy_difference(energies["surface", kind], energies["centre", kind])
+        out[kind] = site_energy_difference(energies["surface", kind], energies["centre", kind])
     return out
 
 

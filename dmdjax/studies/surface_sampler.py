@@ -71,7 +71,7 @@ from ..progress import logger, track
 from ..units import beta_from_temperature
 from .alloy import SPECIES, group_means, load_alloy_potential, mg_fraction, \
     uniform_order_parameter
-from .surface import (MIN_CROSS_SECTION, SurfaceParameters, _energy_difference, _minimise_energy, build_slab,
+from .surface import (MIN_CROSS_SECTION, SurfaceParameters, site_energy_difference, molecular_statics, build_slab,
                       layer_relaxed_start)
 
 
@@ -180,14 +180,14 @@ def layer_segregation_energies(potential, slab, layers: np.ndarray, neighbors, l
     l of ``layer_indices``: {l: E_l}."""
     mg = potential.species_index("Mg")
     pure = slab.species
-    host, host_neighbors = _minimise_energy(potential, slab.positions, pure, slab.cell, neighbors)
+    host, host_neighbors = molecular_statics(potential, slab.positions, pure, slab.cell, neighbors)
     energies = {}
     for layer in sorted(set(layer_indices) | {int(layers.max()) // 2}):
         species = pure.at[int(np.flatnonzero(layers == layer)[0])].set(mg)
-        relaxed, relaxed_neighbors = _minimise_energy(potential, host, species, slab.cell, host_neighbors)
+        relaxed, relaxed_neighbors = molecular_statics(potential, host, species, slab.cell, host_neighbors)
         energies[layer] = site_energies(potential, relaxed, species, slab.cell, relaxed_neighbors)
     centre = energies[int(layers.max()) // 2]
-    return {layer: _energy_difference(energies[layer], centre) for layer in layer_indices}
+    return {layer: site_energy_difference(energies[layer], centre) for layer in layer_indices}
 
 
 def langmuir_mclean_profile(n_mg: int, n_layers: int, sites_per_layer: int, energies, temperature: float):
