@@ -355,8 +355,8 @@ class SpinDiffusionSampler(eqx.Module):
         from .relax import relax
 
         result = relax(self.free_energy, state.gaussian_state, self.neighbors, throw=False)
-        return eqx.tree_at(lambda s: (s.positions, s.stiffness, s.displaced), state,
-                           (result.positions, result.stiffness,
+        return eqx.tree_at(lambda s: (s.positions, s.mean_positions, s.stiffness, s.displaced), state,
+                           (result.positions, result.positions, result.stiffness,
                             state.displaced | self._stale(result.positions) | ~result.converged))
 
     def _stale(self, positions) -> Bool[Array, ""]:
@@ -393,8 +393,9 @@ class SpinDiffusionSampler(eqx.Module):
             fresh = jax.random.normal(k_noise, state.noise.shape, state.noise.dtype)
             moved = self._langevin_steps(eqx.tree_at(lambda s: (s.noise, s.key), state, (fresh, k_steps)),
                                          self.basin_steps)
-            state = eqx.tree_at(lambda s: (s.positions, s.noise, s.displaced), state,
+            state = eqx.tree_at(lambda s: (s.positions, s.mean_positions, s.noise, s.displaced), state,
                                 tuple(jnp.where(due, a, b) for a, b in ((moved.positions, state.positions),
+                                                                        (moved.mean_positions, state.mean_positions),
                                                                         (moved.noise, state.noise),
                                                                         (moved.displaced, state.displaced))))
         positions = state.positions
@@ -538,6 +539,11 @@ class SpinDiffusionSampler(eqx.Module):
         are plain scalars (a cond, not a select that would search every list every step)."""
         each = (lambda f: jax.vmap(f)) if batched else (lambda f: f)
         first = (lambda a: a[0]) if batched else (lambda a: a)
+        if batched:
+            shared = jnp.all(state.time == state.time[0]) & jnp.all(state.fast_time_debt == state.fast_time_debt[0])
+            checked = eqx.error_if(state.time, ~shared, "advance_replicas: the replicas do not share their time "
+                                   "and fast-time debt; advance each with SpinDiffusionSampler.advance")
+            state = eqx.tree_at(lambda s: s.time, state, checked)
         time = jnp.asarray(time, state.time.dtype)
         duration = time - first(state.time)
         searched = each(lambda s: self._searched(s))

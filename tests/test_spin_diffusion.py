@@ -119,6 +119,18 @@ def test_eam_densities_and_minority_sites_are_kept_through_exchanges(mendelev, m
         assert sorted(np.asarray(states.minority[replica]).tolist()) == mg.tolist() and mg.size == n_mg
 
 
+def test_advance_replicas_refuses_replicas_at_different_times():
+    """The batched loop takes one step count for all replicas: replicas at different times would
+    get the wrong number of Langevin steps, so it raises instead."""
+    sampler = _lj_chain(8, mode="joint", epsilon=1.0, langevin_step=1e-3)
+    spins = jnp.array([1.0, 1, -1, 1, -1, -1, 1, -1])
+    x0 = jnp.broadcast_to(sampler.reference_positions, (2,) + sampler.reference_positions.shape)
+    states = sd.init_replicas(sampler, jax.random.split(jax.random.PRNGKey(0), 2), x0, jnp.broadcast_to(spins, (2, 8)))
+    states = eqx.tree_at(lambda s: s.time, states, jnp.array([0.0, 0.5]))
+    with pytest.raises(Exception, match="do not share their time"):
+        jax.block_until_ready(sd.advance_replicas(sampler, states, jnp.asarray(1.0)))
+
+
 def test_replica_lists_follow_the_atoms():
     """A 24-site Lennard-Jones chain of A built compressed (spacing 1.08 against 1.12 at rest)
     expands by ~1 Å in joint mode: each replica's list is searched again at its mean positions,

@@ -86,6 +86,9 @@ def test_tiny_study_through_the_command_line(tmp_path):
         assert (output / name).is_file() and name in summary["files"]
     n_atoms, n_layers = summary["n_atoms"], summary["n_layers"]
     (row,) = summary["equilibrium"]
+    assert isinstance(row["equilibrated"], bool)
+    energies = summary["segregation_energy_ev"]  # relaxed statics: the surface binds Mg, the subsurface hardly
+    assert energies["surface"] < -0.2 and abs(energies["subsurface"]) < 0.05
     assert row["n_mg"] == 12 and n_atoms == 400 and n_layers == 8
     # Every replica keeps its Mg count at every sample (Kawasaki exchange conserves it exactly).
     records = np.load(output / "equilibrium_records.npz")["c0.03"]  # (T, R, L)

@@ -167,12 +167,14 @@ def layer_slab(p: SurfaceParameters) -> tuple[System, np.ndarray]:
     return build_slab(dataclasses.replace(p, cells=(nx, min(ny, MIN_CROSS_SECTION), min(nz, MIN_CROSS_SECTION))))
 
 
-def segregation_energies(potential, slab: System, layers: np.ndarray, neighbors) -> dict:
+def segregation_energies(potential, slab: System, layers: np.ndarray, neighbors, deeper_layers=()) -> dict:
     """E_seg (eV) of one Mg by molecular statics: surface layer minus centre layer.
 
     Returns ``relaxed`` (all atoms relaxed around the Mg) and ``unrelaxed`` (Mg put into
-    the relaxed pure-Al slab), with the site indices used. Energies are compared site by site
-    (:func:`site_energy_difference`), so float32 resolves E_seg at any slab size.
+    the relaxed pure-Al slab), with the site indices used; with ``deeper_layers`` also
+    ``relaxed_layers`` {l: relaxed E_l of one Mg in layer l against the centre}. Energies are
+    compared site by site (:func:`site_energy_difference`), so float32 resolves E_seg at any
+    slab size.
     """
     mg = potential.species_index("Mg")
     centre_layer = int(layers.max()) // 2
@@ -188,6 +190,12 @@ def segregation_energies(potential, slab: System, layers: np.ndarray, neighbors)
         energies[name, "relaxed"] = site_energies(potential, relaxed, species, slab.cell, relaxed_neighbors)
     for kind in ("relaxed", "unrelaxed"):
         out[kind] = site_energy_difference(energies["surface", kind], energies["centre", kind])
+    out["relaxed_layers"] = {}
+    for layer in deeper_layers:
+        species = pure.at[int(np.flatnonzero(layers == layer)[0])].set(mg)
+        relaxed, relaxed_neighbors = molecular_statics(potential, host, species, slab.cell, host_neighbors)
+        out["relaxed_layers"][layer] = site_energy_difference(
+            site_energies(potential, relaxed, species, slab.cell, relaxed_neighbors), energies["centre", "relaxed"])
     return out
 
 

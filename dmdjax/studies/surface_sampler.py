@@ -59,20 +59,18 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .. import dmd, io
 from .. import spin_diffusion as sd
-from ..energy import site_energies
 from ..free_energy import VGFreeEnergy
 from ..neighbors import neighbor_list
 from ..progress import logger, track
 from ..units import beta_from_temperature
 from .alloy import SPECIES, group_means, load_alloy_potential, mg_fraction, \
     uniform_order_parameter
-from .surface import (MIN_CROSS_SECTION, SurfaceParameters, site_energy_difference, molecular_statics, build_slab,
-                      layer_relaxed_start)
+from .surface import MIN_CROSS_SECTION, SurfaceParameters, build_slab, layer_relaxed_start, layer_slab, \
+    segregation_energies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,21 +173,6 @@ def fold(layer_values: np.ndarray) -> np.ndarray:
     return 0.5 * (layer_values[..., :half] + layer_values[..., ::-1][..., :half])
 
 
-def layer_segregation_energies(potential, slab, layers: np.ndarray, neighbors, layer_indices) -> dict:
-    """Relaxed molecular-statics E_l (eV) of one Mg in layer l against the centre layer, for each
-    l of ``layer_indices``: {l: E_l}."""
-    mg = potential.species_index("Mg")
-    pure = slab.species
-    host, host_neighbors = molecular_statics(potential, slab.positions, pure, slab.cell, neighbors)
-    energies = {}
-    for layer in sorted(set(layer_indices) | {int(layers.max()) // 2}):
-        species = pure.at[int(np.flatnonzero(layers == layer)[0])].set(mg)
-        relaxed, relaxed_neighbors = molecular_statics(potential, host, species, slab.cell, host_neighbors)
-        energies[layer] = site_energies(potential, relaxed, species, slab.cell, relaxed_neighbors)
-    centre = energies[int(layers.max()) // 2]
-    return {layer: site_energy_difference(energies[layer], centre) for layer in layer_indices}
-
-
 def langmuir_mclean_profile(n_mg: int, n_layers: int, sites_per_layer: int, energies, temperature: float):
     """Layer-resolved Langmuir–McLean at a fixed Mg count: c_l/(1 − c_l) = c_b/(1 − c_b)·e^{−E_l/k_BT}
     on the folded layers (``energies`` E_l for the outer layers, 0 beyond), with c_b fixed by
@@ -250,6 +233,9 @@ DMD_TOLERANCE = 2e-5
 """eV, on max |μ_i − λ| of DMD's constrained minimum (a relative error of c below β·2e-5 ≈ 4e-4 at
 600 K); reported per composition as ``dmd_residual_ev``."""
 
+DRIFT_Z_LIMIT = 3.0
+"""|drift_z| or |start_z| at or above this marks a composition ``equilibrated: false`` (and warns)."""
+
 BULK_FROM = 3
 """The folded layers from this one on are the slab's 'bulk' (c_b: their mean), beyond the reach of
 the surface's segregation energies (E_0, E_1) and its relaxation."""
@@ -294,7 +280,8 @@ def run_sampler_study(p: SamplerStudyParameters, output, *, overwrite: bool = Fa
     ``surface_dmd`` / ``subsurface_dmd``, ``surface_lm`` / ``subsurface_lm`` (layer-resolved
     Langmuir–McLean at the same Mg count, :func:`langmuir_mclean_profile`),
     ``ratio_dmd_sampler`` (surface layer), ``segregation_free_energy`` / ``_dmd`` / ``_lm``
-    (:func:`segregation_free_energy` of each pair c_s, c_b, eV), ``drift_z``, ``start_z``, ``accepted_fraction``,
+    (:func:`segregation_free_energy` of each pair c_s, c_b, eV), ``drift_z``, ``start_z``,
+    ``equilibrated`` (both below :data:`DRIFT_Z_LIMIT` in magnitude), ``accepted_fraction``,
     ``candidates_per_s`` (replica-candidates per wall second of the run) and ``wall_s``;
     ``kinetics``: ``concentration``, ``n_mg``, ``time_reached`` (τ), surface-layer c at the end for
     the sampler (with error), K2 and K3, and ``candidates_per_s``.
@@ -312,12 +299,15 @@ def run_sampler_study(p: SamplerStudyParameters, output, *, overwrite: bool = Fa
     dtype = slab.positions.dtype
     vg_neighbors = neighbor_list(slab.positions, slab.cell, potential.cutoff, skin=0.5)
     vg = VGFreeEnergy(potential, slab.cell, p.temperature, slab.n_atoms, species=SPECIES)
+    # The layer-uniform DMD equilibria and relaxed starts on the smallest cross-section (as the
+    # surface study's isotherm): the same per-site state at any periodic cross-section.
+    thin = _Thin(*layer_slab(_surface_parameters(p)), potential, p.temperature)
     log(f"slab {p.cells[0]}×{p.cells[1]}×{p.cells[2]} cells, {slab.n_atoms} atoms, {n_layers} layers; "
         f"{p.replicas} replicas; {run['device']}, {run['dtype']}")
 
     tick = time.perf_counter()
-    energies = layer_segregation_energies(potential, slab, layers, vg_neighbors, (0, 1))
-    segregation = {"surface": energies[0], "subsurface": energies[1]}
+    energies = segregation_energies(potential, slab, layers, vg_neighbors, deeper_layers=(1,))
+    segregation = {"surface": energies["relaxed"], "subsurface": energies["relaxed_layers"][1]}
     io.write_json(output / "statics.json", segregation)
     walls["statics"] = time.perf_counter() - tick
     log("relaxed E_seg (eV): surface {surface:+.4f}, subsurface {subsurface:+.4f}".format(**segregation))
@@ -335,12 +325,13 @@ def run_sampler_study(p: SamplerStudyParameters, output, *, overwrite: bool = Fa
         n_mg = int(round(nominal * slab.n_atoms))
         if n_mg < 1:
             raise ValueError(f"nominal Mg fraction {nominal} is below one Mg atom in {slab.n_atoms} sites")
-        s = uniform_order_parameter(n_mg / slab.n_atoms, slab.n_atoms, dtype)
-        equilibrium = dmd.equilibrium(vg, vg.initial_state(slab.positions, s, vg_neighbors), vg_neighbors,
-                                      method="self-consistent", tolerance=tolerance, max_steps=200)
-        site_c = mg_fraction(equilibrium.state.order_parameter)
-        layer_dmd = fold(group_means(site_c, layers))
-        relaxed = layer_relaxed_start(slab, layers, n_mg / slab.n_atoms, vg, slab, layers, vg_neighbors)
+        s = uniform_order_parameter(n_mg / slab.n_atoms, thin.system.n_atoms, dtype)
+        equilibrium = dmd.equilibrium(thin.vg, thin.vg.initial_state(thin.system.positions, s, thin.neighbors),
+                                      thin.neighbors, method="self-consistent", tolerance=tolerance, max_steps=200)
+        layer_c = group_means(mg_fraction(equilibrium.state.order_parameter), thin.layers)
+        site_c = layer_c[layers]  # the full slab's sites
+        layer_dmd = fold(layer_c)
+        relaxed = thin.start(slab, layers, n_mg / slab.n_atoms)
         sampler = _sampler(p, potential, slab, relaxed.positions, n_mg, p.equilibrium_steps_per_tau,
                            p.nonlocal_slots)
         half = p.replicas // 2
@@ -362,6 +353,7 @@ def run_sampler_study(p: SamplerStudyParameters, output, *, overwrite: bool = Fa
                "surface_dmd": float(layer_dmd[0]), "subsurface_dmd": float(layer_dmd[1]),
                "bulk_lm": float(interior_mean(lm)), "surface_lm": float(lm[0]), "subsurface_lm": float(lm[1]),
                "drift_z": statistics["drift_z"], "start_z": statistics["start_z"],
+               "equilibrated": bool(max(abs(statistics["drift_z"]), abs(statistics["start_z"])) < DRIFT_Z_LIMIT),
                "accepted_fraction": accepted / max(candidates, 1), "candidates_per_s": candidates / wall,
                "wall_s": wall, "dmd_residual_ev": equilibrium.residual}
         row["ratio_dmd_sampler"] = row["surface_dmd"] / row["surface"] if row["surface"] > 0 else float("nan")
@@ -377,12 +369,15 @@ def run_sampler_study(p: SamplerStudyParameters, output, *, overwrite: bool = Fa
             f"DMD {row['surface_dmd']:.4f}, LM {row['surface_lm']:.4f}; subsurface sampler {row['subsurface']:.4f} "
             f"± {row['subsurface_error']:.4f}, DMD {row['subsurface_dmd']:.4f}; drift z {row['drift_z']:+.2f}, "
             f"starts z {row['start_z']:+.2f}; {wall:.0f} s")
+        if not row["equilibrated"]:
+            logger.warning(f"c = {nominal:g}: the profile still drifts (|z| ≥ {DRIFT_Z_LIMIT:g}): not an equilibrium; "
+                           "run longer (--t-equilibrate, --t-average)")
     io.save_npz(output / "equilibrium.npz", {name: np.array(value) for name, value in arrays.items()})
     io.save_npz(output / "equilibrium_records.npz", {**records, "time": times})
     walls["equilibrium"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    kinetics, kinetic_arrays = _kinetics(p, potential, slab, layers, vg, vg_neighbors, key, rng, progress)
+    kinetics, kinetic_arrays = _kinetics(p, potential, slab, layers, vg, vg_neighbors, thin, key, rng, progress)
     io.save_npz(output / "kinetics.npz", kinetic_arrays)
     walls["kinetics"] = time.perf_counter() - tick
     _write_table(output / "table.csv", rows)
@@ -402,19 +397,32 @@ def run_sampler_study(p: SamplerStudyParameters, output, *, overwrite: bool = Fa
     return summary
 
 
+class _Thin:
+    """The layer slab (:func:`dmdjax.studies.surface.layer_slab`) with its list and VG free energy."""
+
+    def __init__(self, system, layers, potential, temperature):
+        self.system, self.layers = system, layers
+        self.neighbors = neighbor_list(system.positions, system.cell, potential.cutoff, skin=0.5)
+        self.vg = VGFreeEnergy(potential, system.cell, temperature, system.n_atoms, species=SPECIES)
+
+    def start(self, slab, layers, concentration):
+        """(X, k) relaxed at the uniform ``concentration`` here, copied layer by layer onto ``slab``."""
+        return layer_relaxed_start(slab, layers, concentration, self.vg, self.system, self.layers, self.neighbors)
+
+
 def _surface_parameters(p: SamplerStudyParameters) -> SurfaceParameters:
     """The surface study's parameters of the same slab (its :func:`build_slab` and layers)."""
     return SurfaceParameters(cells=p.cells, temperature=p.temperature, lattice_constant=p.lattice_constant,
                              kinetic_cutoff=p.kinetic_cutoff, potential=p.potential)
 
 
-def _kinetics(p: SamplerStudyParameters, potential, slab, layers, vg, vg_neighbors, key, rng, progress):
+def _kinetics(p: SamplerStudyParameters, potential, slab, layers, vg, vg_neighbors, thin, key, rng, progress):
     """The sampler (random start, small ε) and DMD's K2 and K3 (uniform start) at
     ``kinetics_concentration``, on one time axis (τ = 1/Γ₀)."""
     n_mg = int(round(p.kinetics_concentration * slab.n_atoms))
     c = n_mg / slab.n_atoms
     times = p.save_times()
-    start = layer_relaxed_start(slab, layers, c, vg, slab, layers, vg_neighbors)
+    start = thin.start(slab, layers, c)
     sampler = _sampler(p, potential, slab, start.positions, n_mg, p.kinetics_steps_per_tau)
     spins = np.stack([profile_spins(rng, n_mg, np.ones(slab.n_atoms)) for _ in range(p.replicas)])
     tick = time.perf_counter()
