@@ -3,7 +3,7 @@
 Metal units (eV, Å, K). See README.md for the public API and docs/design.md for the equations.
 """
 
-from . import (cell, dmd, state, energy, ensemble, free_energy, io, kinetics, neighbors, pair_sums, potentials,
+from . import (cell, dmd, domain, state, energy, ensemble, free_energy, io, kinetics, neighbors, pair_sums, potentials,
                progress, quadrature, spin_diffusion, systems, units)
 from .cell import Cell, make_cell
 from .energy import evaluate, forces, potential_energy, site_energies, stress

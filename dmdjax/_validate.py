@@ -17,6 +17,16 @@ def is_concrete(x) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
 
 
+def host_array(x, dtype=None) -> np.ndarray:
+    """``x`` as a NumPy array on this host; a :class:`jax.Array` spread over other processes'
+    devices (a multi-host sharded state) is gathered first."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x, dtype=dtype)
+
+
 def on_host(x) -> bool:
     """True when ``x`` is concrete *and* no ``jit`` is tracing: host-side loops, Python control
     flow on values and nested compiled calls are then allowed. (Inside ``jit`` even constants
@@ -34,7 +44,7 @@ def positive(value, name: str, unit: str) -> None:
     """Finite and strictly positive."""
     if not is_concrete(value):
         return
-    v = np.asarray(value, dtype=float)
+    v = host_array(value, dtype=float)
     bad = ~np.isfinite(v) | (v <= 0)
     if np.any(bad):
         raise ValueError(f"{name} must be finite and > 0{unit}; got {first_bad(v, bad)}")
@@ -48,7 +58,7 @@ def order_parameter(value, name: str = "order_parameter") -> None:
     """Species order parameters s must lie strictly inside (-1, 1)."""
     if not is_concrete(value):
         return
-    v = np.asarray(value, dtype=float)
+    v = host_array(value, dtype=float)
     bad = ~np.isfinite(v) | (v <= -1) | (v >= 1)
     if np.any(bad):
         raise ValueError(
@@ -64,7 +74,7 @@ def stiffness(value, name: str = "stiffness") -> None:
 def finite(value, name: str) -> None:
     if not is_concrete(value):
         return
-    v = np.asarray(value)
+    v = host_array(value)
     bad = ~np.isfinite(v)
     if np.any(bad):
         raise ValueError(f"{name} must be finite; got {first_bad(v, bad)}")

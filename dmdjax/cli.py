@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -42,6 +43,13 @@ def _add_energy(sub) -> None:
     p.add_argument("--form", choices=["eam", "alloy", "fs"], help="EAM file format (default: from the suffix)")
     p.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin, Å (default 0.5)")
     p.add_argument("--float32", action="store_true", help="compute in single precision")
+    p.add_argument("--devices", type=int, default=None,
+                   help="split the atoms over at most this many devices (default: every visible one; after "
+                   "jax.distributed.initialize, every process's); the most that divide N into slabs thicker than the "
+                   "interaction range are used")
+    p.add_argument("--distributed", action="store_true",
+                   help="first join the other processes of a multi-host job (jax.distributed.initialize(), which "
+                   "detects SLURM and other launchers); only process 0 prints and writes")
     p.add_argument("--temperature", type=float, default=None,
                    help="T in K: evaluate the variational-Gaussian free energy F(X, k, s) instead")
     p.add_argument("--relax", action="store_true", help="with --temperature: minimise F over (X, k) first")
@@ -59,6 +67,9 @@ def _add_energy(sub) -> None:
 
 
 def _run_energy(args) -> int:
+    import jax
+    import jax.numpy as jnp
+
     import dmdjax as dj
 
     if args.tolerance is not None and not (np.isfinite(args.tolerance) and args.tolerance > 0):
@@ -69,26 +80,47 @@ def _run_energy(args) -> int:
         raise ValueError(f"--nodes must be a positive integer; got {args.nodes!r}")
     if args.output:
         _check_output_file(args.output, args.overwrite)
+    if args.devices is not None and args.devices < 1:
+        raise ValueError(f"--devices must be >= 1; got {args.devices!r}")
+    if args.distributed:
+        jax.distributed.initialize()
+        if jax.process_index() > 0:  # one report: process 0's
+            sys.stdout = open(os.devnull, "w")
     potential = dj.load_eam(args.potential, form=args.form)
     system, atoms = dj.io.read_structure(args.structure, species_names=potential.species, format=args.format,
                                          atom_style=args.atom_style, types=args.types)
+    # One large system over several devices: atoms in slabs (the VG list reaches ~1 Å further).
+    margin = 0.0 if args.temperature is None else 1.0
+    decomposition, order = dj.domain.plan(system.positions, system.cell, potential.cutoff + args.skin + margin,
+                                          args.devices)
+    if decomposition is not None:
+        system = dj.System(*(jnp.asarray(np.asarray(a)[order]) for a in (system.positions, system.species)),
+                           system.cell, jnp.asarray(np.asarray(system.pinned)[order]), system.species_names)
+        atoms = atoms[order]
+    devices = {"devices": 1 if decomposition is None else decomposition.n_shards, "processes": jax.process_count()}
     if args.temperature is not None:
-        return _run_free_energy(args, potential, system, atoms)
+        return _run_free_energy(args, potential, system, atoms, decomposition, order, devices)
     if args.relax or args.output:
         raise ValueError("--relax and --output need --temperature")
-    result = dj.evaluate(potential, system, skin=args.skin)
+    if decomposition is None:
+        result = dj.evaluate(potential, system, skin=args.skin)
+    else:
+        nbrs = dj.neighbor_list(system.positions, system.cell, potential.cutoff, skin=args.skin,
+                                decomposition=decomposition)
+        result = dj.evaluate(potential, dj.domain.shard(system, decomposition, n=system.n_atoms), nbrs)
     stress = None if result.stress is None else np.asarray(result.stress).tolist()
+    forces = _original_order(result.forces, order)
     if args.json:
         print(json.dumps({
             "energy": float(result.energy),
-            "forces": np.asarray(result.forces).tolist(),
+            "forces": forces.tolist(),
             "stress": stress,
+            **devices,
             "units": {"energy": "eV", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3 (Voigt, ASE sign)"},
         }))
         return 0
-    forces = np.asarray(result.forces)
     print(f"structure   {args.structure}  ({system.n_atoms} atoms, species {list(system.species_names)}, "
-          f"pbc {list(system.cell.pbc)})")
+          f"pbc {list(system.cell.pbc)}; {devices['devices']} device(s), {devices['processes']} process(es))")
     print(f"potential   {potential.source}  (cut-off {potential.cutoff} Å)")
     print(f"energy      {float(result.energy):.10f} eV  ({float(result.energy) / system.n_atoms:.6f} eV/atom)")
     print(f"max |force| {np.linalg.norm(forces, axis=1).max():.6e} eV/Å")
@@ -99,7 +131,18 @@ def _run_energy(args) -> int:
     return 0
 
 
-def _run_free_energy(args, potential, system, atoms) -> int:
+def _original_order(values, order) -> np.ndarray:
+    """Per-atom ``values`` of the atoms in ``order`` back in the structure's order (host array)."""
+    from ._validate import host_array
+
+    values = host_array(values)
+    out = np.empty_like(values)
+    out[order] = values
+    return out
+
+
+def _run_free_energy(args, potential, system, atoms, decomposition, order, devices) -> int:
+    import jax
     import jax.numpy as jnp
 
     import dmdjax as dj
@@ -123,40 +166,48 @@ def _run_free_energy(args, potential, system, atoms) -> int:
                          nodes=args.nodes)
     nbrs = dj.neighbor_list(system.positions, system.cell, potential.cutoff, skin=args.skin)
     dj.energy.check_separation(potential, system.positions, system.cell, nbrs)  # before k is guessed from V
+    if decomposition is not None:  # the VG list (its reach at the first k) over the devices
+        guess = vg.initial_state(system.positions, order_parameter, nbrs)
+        nbrs = vg.neighbor_list(system.positions, guess.stiffness, skin=args.skin, decomposition=decomposition)
+        vg = dj.domain.shard(vg, decomposition, n=n)
     if "k" in atoms.arrays:  # a state written by dmdjax: its stiffnesses (the warm start of --relax)
         stiffness = jnp.asarray(np.asarray(atoms.arrays["k"], dtype=float), system.positions.dtype)
         state = dj.DMDState(system.positions, stiffness, order_parameter)
         vg.check(state, nbrs)
     else:
         state = vg.initial_state(system.positions, order_parameter, nbrs)
+    if decomposition is not None:
+        state = dj.domain.shard(state, decomposition)
     if args.relax:
         result = dj.relax(vg, state, nbrs, tolerance=args.tolerance, throw=False)
         state, nbrs = result.state, result.neighbors
         iterations, converged, norm = int(result.iterations), bool(result.converged), float(result.gradient_norm)
     else:
         iterations, converged, norm = 0, False, float("nan")
-    positions, stiffness = state.positions, state.stiffness
     nbrs = vg.covering_neighbors(state, nbrs)  # the Gaussians' reach at k and T
     free_energy = float(vg(state, nbrs))
-    mu = np.asarray(vg.chemical_potential(state, nbrs))
-    if args.output:
-        frame = dj.System(positions, system.species, system.cell, system.pinned, system.species_names)
+    mu = _original_order(vg.chemical_potential(state, nbrs), order)
+    positions, stiffness = (_original_order(a, order) for a in (state.positions, state.stiffness))
+    concentration = _original_order(concentration, order)
+    if args.output and jax.process_index() == 0:
+        frame = dj.System(positions, _original_order(system.species, order), system.cell,
+                          _original_order(system.pinned, order), system.species_names)
         dj.io.write_extxyz(args.output, frame,
-                           arrays={**dj.io.concentration_arrays(concentration, species), "k": np.asarray(stiffness),
-                                   "mu": mu},
+                           arrays={**dj.io.concentration_arrays(concentration, species), "k": stiffness, "mu": mu},
                            info={"temperature": args.temperature, "total_free_energy": free_energy,
-                                 "order_parameter_species": ",".join(species)})
+                                 "order_parameter_species": ",".join(species), **devices})
     if args.json:
         print(json.dumps({
             "free_energy": free_energy, "positions": np.asarray(positions).tolist(),
             "stiffness": np.asarray(stiffness).tolist(), "chemical_potential": mu.tolist(),
             "iterations": iterations, "converged": converged, "gradient_norm": norm,
-            "temperature": args.temperature,
+            "temperature": args.temperature, **devices,
             "units": {"free_energy": "eV", "positions": "Angstrom", "stiffness": "eV/Angstrom^2",
                       "chemical_potential": "eV (dF/ds)"},
         }))
         return 0 if converged or not args.relax else 3
-    print(f"structure    {args.structure}  ({n} atoms, species {list(system.species_names)}, T = {args.temperature} K)")
+    print(f"structure    {args.structure}  ({n} atoms, species {list(system.species_names)}, T = {args.temperature} K; "
+          f"{devices['devices']} device(s), {devices['processes']} process(es))")
     print(f"free energy  {free_energy:.10f} eV  ({free_energy / n:.6f} eV/atom), "
           f"{args.quadrature}{'' if args.quadrature != 'gauss-hermite' else f' m={args.nodes}'}")
     print(f"stiffness    mean {float(np.mean(stiffness)):.5f} eV/Å², range [{float(np.min(stiffness)):.5f}, "

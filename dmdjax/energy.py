@@ -129,7 +129,7 @@ def check_separation(potential: Potential, positions, cell: Cell, neighbors) -> 
     closest = _closest_pair(positions, cell, neighbors.idx)
     if not _validate.is_concrete(closest):
         return  # inside a trace
-    distance, i, j = (np.asarray(v) for v in closest)
+    distance, i, j = (_validate.host_array(v) for v in closest)
     if distance < minimum:
         raise ValueError(f"atoms {int(i)} and {int(j)} are {float(distance):.4g} Å apart, closer than the minimum "
                          f"{minimum:.4g} Å (10 % of the potential's {potential.cutoff:g} Å cut-off): coincident or "
@@ -144,7 +144,7 @@ def _check_inputs(potential: Potential, positions, species, cell: Cell, neighbor
     _validate.finite(positions, "positions")
     if np.ndim(species) == 1:
         _validate.shape(species, (n,), "species")
-        sp = np.asarray(species)
+        sp = _validate.host_array(species)
         bad = sp[(sp < 0) | (sp >= potential.n_species)]
         if bad.size:
             raise ValueError(
@@ -181,7 +181,8 @@ def site_energies(
 
 
 def _model(potential: Potential, cell: Cell, neighbors) -> pair_sums.PairModel:
-    return pair_sums.pair_model(pair_sums.RadialAverages(potential, cell.dim), cell, neighbors.idx)
+    return pair_sums.pair_model(pair_sums.RadialAverages(potential, cell.dim), cell, neighbors.idx,
+                                decomposition=getattr(neighbors, "decomposition", None))
 
 
 def _check_list(potential: Potential, neighbors) -> None:
@@ -290,7 +291,7 @@ def evaluate_arrays(potential, positions, species, cell, neighbors, with_stress:
         energies, gradient, _, _ = pair_sums.energy_gradient(model, positions, None, weights)
     energies = _neighbors.check(energies, neighbors)
     sigma = full_to_voigt(stress(potential, positions, species, cell, neighbors)) if with_stress else None
-    return EnergyForcesStress(pair_sums.total(energies), -gradient, sigma, energies)
+    return EnergyForcesStress(pair_sums.total(energies, model.decomposition), -gradient, sigma, energies)
 
 
 def site_hessian_trace(potential: Potential, positions, species, cell: Cell, neighbors) -> Float[Array, " n"]:

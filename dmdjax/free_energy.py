@@ -209,10 +209,11 @@ class VGFreeEnergy(eqx.Module):
             fault = jnp.maximum(fault, needed - half)
         return fault
 
-    def neighbor_list(self, positions, stiffness=None, *, skin: float = 0.5, margin: float = 1.25):
+    def neighbor_list(self, positions, stiffness=None, *, skin: float = 0.5, margin: float = 1.25,
+                      decomposition=None):
         """A neighbour list for this free energy: ``cutoff`` = the potential's cut-off plus
         ``margin`` × :meth:`reach` at ``stiffness`` (default: :meth:`initial_stiffness`), so
-        k may soften a little before a rebuild is needed; ``skin`` as in
+        k may soften a little before a rebuild is needed; ``skin`` and ``decomposition`` as in
         :func:`dmdjax.neighbor_list`. Host side."""
         if stiffness is None:
             plain = _neighbors.neighbor_list(positions, self.cell, self.potential.cutoff, skin=skin)
@@ -220,7 +221,7 @@ class VGFreeEnergy(eqx.Module):
             stiffness = self.initial_stiffness(positions, order_parameter, plain)
         reach = float(self.reach(stiffness))
         cutoff = self.cell.within_minimum_image(self.potential.cutoff + margin * reach, self.potential.cutoff + reach)
-        return _neighbors.neighbor_list(positions, self.cell, cutoff, skin=skin)
+        return _neighbors.neighbor_list(positions, self.cell, cutoff, skin=skin, decomposition=decomposition)
 
     def covering_neighbors(self, state: DMDState, neighbors, *, margin: float = 1.25):
         """``neighbors`` if it covers :meth:`interaction_range` at ``state``, otherwise a list
@@ -291,11 +292,12 @@ class VGFreeEnergy(eqx.Module):
             return
         _validate.finite(positions, "positions")
         check_separation(self.potential, positions, self.cell, neighbors)
-        free = ~np.asarray(self.pinned)
-        _validate.stiffness(np.asarray(stiffness)[free].reshape(-1), "stiffness (of unpinned atoms)")
-        pinned_species = np.asarray(self.pinned_species)
-        _validate.order_parameter(np.asarray(order_parameter)[~pinned_species], "order_parameter")
-        s_pinned = np.asarray(order_parameter)[pinned_species]
+        host = _validate.host_array
+        free = ~host(self.pinned)
+        _validate.stiffness(host(stiffness)[free].reshape(-1), "stiffness (of unpinned atoms)")
+        pinned_species = host(self.pinned_species)
+        _validate.order_parameter(host(order_parameter)[~pinned_species], "order_parameter")
+        s_pinned = host(order_parameter)[pinned_species]
         if np.any(~np.isfinite(s_pinned) | (np.abs(s_pinned) > 1)):
             raise ValueError(f"order_parameter of pinned species must lie in [-1, 1]; got {s_pinned.tolist()}")
 
@@ -338,7 +340,8 @@ class VGFreeEnergy(eqx.Module):
     def pair_model(self, neighbors) -> pair_sums.PairModel:
         """The Gaussian-averaged pair and embedding sums of this free energy on ``neighbors``."""
         radial = pair_sums.RadialAverages(self.potential, self.cell.dim, self.quadrature, self.nodes)
-        return pair_sums.pair_model(radial, self.cell, neighbors.idx)
+        return pair_sums.pair_model(radial, self.cell, neighbors.idx,
+                                    decomposition=_decomposition(neighbors))
 
     def atom_variances(self, stiffness: Float[Array, " n"]) -> Float[Array, " n"]:
         """a_i = 1/(βk_i) (Å²), 0 on pinned atoms: the pair variance is a_i + a_j (per species
@@ -362,7 +365,7 @@ class VGFreeEnergy(eqx.Module):
 
     def _average_energy(self, state: DMDState, neighbors) -> Float[Array, ""]:
         if self.widths == "species":  # autodiff through the site energies (no hand-written gradient)
-            return pair_sums.total(self.average_site_energies(state, neighbors))
+            return pair_sums.total(self.average_site_energies(state, neighbors), _decomposition(neighbors))
         positions = state.positions
         dtype = positions.dtype
         weights = self.species_weights(state.order_parameter.astype(dtype))
@@ -428,7 +431,7 @@ class VGFreeEnergy(eqx.Module):
         self.check_neighbors(state, neighbors)
         dtype = state.positions.dtype
         entropy = self.entropy_terms(state.stiffness.astype(dtype), state.order_parameter.astype(dtype))
-        return self._average_energy(state, neighbors) + pair_sums.total(entropy)
+        return self._average_energy(state, neighbors) + pair_sums.total(entropy, _decomposition(neighbors))
 
     def average_energy(self, state: DMDState, neighbors) -> Float[Array, ""]:
         """⟨V⟩ in the species mean field, eV."""
@@ -454,7 +457,8 @@ class VGFreeEnergy(eqx.Module):
             average = self._average_energy(DMDState(x, k, s), neighbors)
             if self.widths == "site" and not self.include_kinetic:
                 return average
-            return average + pair_sums.total(self.vibrational_terms(k.astype(dtype), s.astype(dtype)))
+            return average + pair_sums.total(self.vibrational_terms(k.astype(dtype), s.astype(dtype)),
+                                             _decomposition(neighbors))
 
         return jax.grad(excess)(state.order_parameter)
 
@@ -488,6 +492,11 @@ class VGFreeEnergy(eqx.Module):
 
 
 _initial_stiffness_jit = eqx.filter_jit(VGFreeEnergy.initial_stiffness)
+
+
+def _decomposition(neighbors):
+    """The devices a list's rows are sharded over (None: one device, or a pair table without)."""
+    return getattr(neighbors, "decomposition", None)
 
 
 def _masses(potential: Potential, masses) -> tuple[float, ...] | None:

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from . import _validate
+from . import _validate, domain
 from ._precision import HIGHEST
 from .cell import Cell
 
@@ -69,6 +69,9 @@ class NeighborList(eqx.Module):
             2 × cutoff (each pair interacts through one image); the skin may reach further.
         grid: cells of the search along each cell vector (static).
         cell_capacity: atoms a cell may hold (static).
+        decomposition: the :class:`~dmdjax.domain.Decomposition` its rows are sharded over, or
+            None (one device); set by :func:`dmdjax.domain.shard`. A sharded list also
+            overflows when a neighbour leaves the adjacent slabs.
     """
 
     idx: Int[Array, "n m"]
@@ -82,6 +85,7 @@ class NeighborList(eqx.Module):
     skin: float = eqx.field(static=True)
     grid: tuple[int, ...] = eqx.field(static=True, default=())
     cell_capacity: int = eqx.field(static=True, default=0)
+    decomposition: domain.Decomposition | None = eqx.field(static=True, default=None)
 
     @property
     def capacity(self) -> int:
@@ -144,9 +148,15 @@ class NeighborList(eqx.Module):
         moved = jnp.max(jnp.linalg.norm(_to_cartesian(delta, vectors), axis=-1))
 
         def search(_):
-            idx, counts, occupancy = _search(fractional, vectors, self.search_range, self.pbc, self.grid,
-                                             self.cell_capacity, self.capacity)
+            arguments = (self.search_range, self.pbc, self.grid, self.cell_capacity, self.capacity)
+            if self.decomposition is None:
+                idx, counts, occupancy = _search(fractional, vectors, *arguments)
+            else:
+                idx, counts, occupancy = _sharded_search(self.decomposition, fractional, vectors, *arguments)
             exceeded = (jnp.max(counts) > self.capacity) | (occupancy > self.cell_capacity)
+            if self.decomposition is not None:
+                exceeded = exceeded | jnp.any(domain.outside_halo(idx, self.decomposition.n_shards,
+                                                                  self.decomposition.halo))
             return idx, fractional.astype(self.reference.dtype), exceeded
 
         def keep(_):
@@ -177,10 +187,30 @@ def _stencil(grid) -> np.ndarray:
     return np.array(np.meshgrid(*axes, indexing="ij")).reshape(len(grid), -1).T
 
 
-def _search(fractional, vectors, search_range, pbc, grid, cell_capacity, capacity):
-    """``(idx (N, M), neighbour counts (N,), largest cell occupancy)`` of every pair closer than
-    ``search_range`` (Å), in row blocks over the 3^d neighbouring cells of each atom."""
+def _sharded_search(decomposition, fractional, vectors, search_range, pbc, grid, cell_capacity, capacity):
+    """:func:`_search` with each device searching its own rows among all atoms' positions
+    (all-gathered: N × d per device; the list's rows stay sharded)."""
+    spec = jax.sharding.PartitionSpec(domain.AXIS)
+
+    def local(own, vectors):
+        everyone = jax.lax.all_gather(own, domain.AXIS, tiled=True)
+        first = jax.lax.axis_index(domain.AXIS) * own.shape[0]
+        idx, counts, occupancy = _search(everyone, vectors, search_range, pbc, grid, cell_capacity, capacity,
+                                         rows=(first, own.shape[0]))
+        return idx, counts, occupancy[None]
+
+    idx, counts, occupancy = jax.shard_map(
+        local, mesh=decomposition.mesh, in_specs=(spec, jax.sharding.PartitionSpec()), out_specs=(spec, spec, spec),
+        check_vma=False)(fractional, vectors)
+    return idx, counts, jnp.max(occupancy)
+
+
+def _search(fractional, vectors, search_range, pbc, grid, cell_capacity, capacity, rows=None):
+    """``(idx (R, M), neighbour counts (R,), largest cell occupancy)`` of every pair closer than
+    ``search_range`` (Å), in row blocks over the 3^d neighbouring cells of each atom; for the R
+    rows ``rows = (first, R)`` (default: all N)."""
     n, dim = fractional.shape
+    first_row, n_rows = (0, n) if rows is None else rows
     coordinates = _cell_coordinates(fractional, grid)
     strides = np.cumprod((1,) + tuple(grid[:0:-1]))[::-1]  # row-major cell numbering
     cell = jnp.sum(coordinates * jnp.asarray(strides, jnp.int32), axis=-1)
@@ -218,11 +248,11 @@ def _search(fractional, vectors, search_range, pbc, grid, cell_capacity, capacit
 
     per_row = int(_stencil(grid).shape[0]) * cell_capacity
     candidates = SEARCH_BLOCK_CANDIDATES * (1 if jax.default_backend() == "cpu" else 16)
-    block = int(max(1, min(n, candidates // max(per_row, 1))))
-    n_blocks = -(-n // block)
-    starts = jnp.minimum(jnp.arange(n_blocks) * block, n - block)
-    idx, counts = jax.lax.map(lambda first_row: rows_of(first_row + jnp.arange(block, dtype=jnp.int32)), starts)
-    overlap = n_blocks * block - n
+    block = int(max(1, min(n_rows, candidates // max(per_row, 1))))
+    n_blocks = -(-n_rows // block)
+    starts = first_row + jnp.minimum(jnp.arange(n_blocks) * block, n_rows - block)
+    idx, counts = jax.lax.map(lambda start: rows_of(start + jnp.arange(block, dtype=jnp.int32)), starts)
+    overlap = n_blocks * block - n_rows
 
     def join(x):
         head = x[:-1].reshape(((n_blocks - 1) * block,) + x.shape[2:])
@@ -257,6 +287,7 @@ def neighbor_list(
     *,
     skin: float = 0.5,
     capacity_multiplier: float = 1.25,
+    decomposition: domain.Decomposition | None = None,
 ) -> NeighborList:
     """Allocate a Dense neighbour list of all pairs closer than ``cutoff + skin``.
 
@@ -267,11 +298,14 @@ def neighbor_list(
         skin: Verlet skin, Å; the list is searched again when an atom moves more than skin/2.
         capacity_multiplier: spare capacity over the current largest neighbour count (and
             cell occupancy).
+        decomposition: shard the list's rows over these devices (:func:`dmdjax.domain.tag`;
+            the atoms in :func:`dmdjax.domain.spatial_order`).
 
     Raises:
-        ValueError: bad arguments, or a periodic cell narrower than twice ``cutoff``.
+        ValueError: bad arguments, a periodic cell narrower than twice ``cutoff``, or (sharded)
+            a neighbour beyond the adjacent slabs.
     """
-    positions_np = np.asarray(positions)
+    positions_np = _validate.host_array(positions)
     _validate.shape(positions_np, (None, cell.dim), "positions")
     _validate.finite(positions_np, "positions")
     if not (np.isfinite(cutoff) and cutoff > 0):
@@ -296,7 +330,7 @@ def neighbor_list(
         origin=jnp.asarray(origin, dtype=dtype), out_of_range=jnp.asarray(False), pbc=cell.pbc,
         cutoff=float(cutoff), skin=float(skin), grid=grid,
     )
-    fractional, outside = template._fractional(jnp.asarray(positions, dtype=dtype))
+    fractional, outside = template._fractional(jnp.asarray(positions_np, dtype=dtype))
     n = positions_np.shape[0]
     coordinates = np.asarray(_cell_coordinates(fractional, grid))
     numbers = np.ravel_multi_index(tuple(coordinates.T), grid) if n else np.zeros(0, int)
@@ -317,8 +351,9 @@ def neighbor_list(
         capacity = int(np.ceil(int(jnp.max(counts)) * capacity_multiplier)) if n else 0
         idx, _, _ = _search_jit(fractional, cartesian_vectors, search_range, cell.pbc, grid, cell_capacity,
                                 capacity)
-    return NeighborList(idx, fractional, jnp.asarray(False), template.search_inverse, template.origin, outside,
-                        cell.pbc, float(cutoff), float(skin), grid, cell_capacity)
+    built = NeighborList(idx, fractional, jnp.asarray(False), template.search_inverse, template.origin, outside,
+                         cell.pbc, float(cutoff), float(skin), grid, cell_capacity)
+    return built if decomposition is None else domain.tag(built, decomposition)
 
 
 def refresh(neighbors: NeighborList, positions: Float[Array, "n d"], cell: Cell,
@@ -327,7 +362,7 @@ def refresh(neighbors: NeighborList, positions: Float[Array, "n d"], cell: Cell,
     updated = _update_jit(neighbors, positions)  # compiled once per list shape (eager: op by op)
     if bool(updated.overflow):
         return neighbor_list(positions, cell, neighbors.cutoff, skin=neighbors.skin,
-                             capacity_multiplier=capacity_multiplier)
+                             capacity_multiplier=capacity_multiplier, decomposition=neighbors.decomposition)
     return updated
 
 
@@ -340,7 +375,8 @@ def covering(neighbors: NeighborList, positions: Float[Array, "n d"], cell: Cell
     if not bool(neighbors.overflow) and float(neighbors.reach(positions)) >= interaction_range:
         return neighbors
     cutoff = max(neighbors.cutoff, interaction_range + margin)
-    return neighbor_list(positions, cell, cell.within_minimum_image(cutoff, interaction_range), skin=neighbors.skin)
+    return neighbor_list(positions, cell, cell.within_minimum_image(cutoff, interaction_range), skin=neighbors.skin,
+                         decomposition=neighbors.decomposition)
 
 
 def stale_message(interaction_range, neighbors: NeighborList, positions, what: str = "the interaction range") -> str:
@@ -359,5 +395,8 @@ def gather(values: Array, idx: Int[Array, "n m"], fill=0) -> Array:
 
 
 def check(value, neighbors: NeighborList):
-    """Return ``value``, raising (also under jit) if ``neighbors`` overflowed."""
-    return eqx.error_if(value, neighbors.overflow, OVERFLOW_MESSAGE)
+    """Return ``value``, raising (also under jit) if ``neighbors`` overflowed. The check rides on
+    a scalar added to ``value`` (+0): an ``error_if`` on an N-sized array would route it through
+    one device when it is sharded."""
+    zero = eqx.error_if(jnp.zeros((), jnp.result_type(value)), neighbors.overflow, OVERFLOW_MESSAGE)
+    return value + zero

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from . import domain
 from ._precision import HIGHEST
 from .cell import Cell
 from .potentials import DENSITY, PAIR, Potential
@@ -129,28 +130,32 @@ class RadialAverages(eqx.Module):
 
 
 class PairModel(eqx.Module):
-    """What :func:`total_energy` sums: the radial functions, the cell and the list (static block size)."""
+    """What :func:`total_energy` sums: the radial functions, the cell and the list (static block
+    size), and the list's :class:`~dmdjax.domain.Decomposition` when its rows are sharded over
+    devices (then every sum runs per slab with a halo exchange, :mod:`dmdjax.domain`)."""
 
     radial: RadialAverages
     cell: Cell
     neighbor_idx: Int[Array, "n m"]
     block_rows: int = eqx.field(static=True)
+    decomposition: domain.Decomposition | None = eqx.field(static=True, default=None)
 
     @property
     def potential(self) -> Potential:
         return self.radial.potential
 
 
-def pair_model(radial: RadialAverages, cell: Cell, neighbor_idx, block_rows: int | None = None) -> PairModel:
+def pair_model(radial: RadialAverages, cell: Cell, neighbor_idx, block_rows: int | None = None,
+               decomposition: domain.Decomposition | None = None) -> PairModel:
     """A :class:`PairModel`; ``block_rows`` defaults to :data:`BLOCK_SLOTS` (or
-    :data:`AVERAGED_BLOCK_SLOTS`) // M."""
+    :data:`AVERAGED_BLOCK_SLOTS`) // M; ``decomposition``: the list's, when sharded."""
     slots = max(1, neighbor_idx.shape[1])
     if jax.default_backend() == "cpu":
         per_block = BLOCK_SLOTS if radial.rule is None else AVERAGED_BLOCK_SLOTS
     else:
         per_block = ACCELERATOR_BLOCK_SLOTS if radial.rule is None else ACCELERATOR_AVERAGED_BLOCK_SLOTS
     rows = max(1, per_block // slots) if block_rows is None else int(block_rows)
-    return PairModel(radial, cell, neighbor_idx, rows)
+    return PairModel(radial, cell, neighbor_idx, rows, decomposition)
 
 
 class Gradient(NamedTuple):
@@ -162,8 +167,28 @@ class Gradient(NamedTuple):
     weights: Array
 
 
-def _map_rows(fn, model: PairModel):
-    return map_rows(fn, model.neighbor_idx, model.block_rows)
+def _map_rows(fn, model: PairModel, view: domain.View):
+    """``fn(rows, idx)`` over the model's row blocks, with rows and neighbour indices in the
+    view's extended arrays (one device: the arrays themselves)."""
+    return map_rows(lambda rows, idx: fn(rows + view.offset, view.remap(idx)), model.neighbor_idx,
+                    model.block_rows)
+
+
+def _on_shards(kernel, model: PairModel, per_atom: tuple):
+    """``kernel(model, view, *per_atom)`` for the rows of every shard, the per-atom arrays
+    extended by the halo (:func:`dmdjax.domain.on_shards`); one device: called as it is."""
+
+    def run(view, idx, replicated, arrays):
+        radial, cell = replicated
+        local = PairModel(radial, cell, idx, model.block_rows)
+        return kernel(local, view, *(None if a is None else view.extend(a) for a in arrays))
+
+    return domain.on_shards(run, model.decomposition, model.neighbor_idx, (model.radial, model.cell), per_atom)
+
+
+def _own(values: Array, view: domain.View) -> Array:
+    """The view's own rows of extended per-atom ``values``."""
+    return jax.lax.dynamic_slice_in_dim(values, view.offset, view.n_local)
 
 
 def map_rows(fn, idx: Int[Array, "n m"], block_rows: int):
@@ -228,13 +253,16 @@ def _contract_first(block: Array, weights: Array) -> Array:
 @eqx.filter_jit  # also cached for calls outside jit (the row blocks are a loop)
 def densities(model: PairModel, positions, variance, weights) -> Float[Array, "n s"]:
     """ρ_{i,a} = Σ_j Σ_b w_j^b G_{ba}(R_ij, v_ij), ``(N, S)``."""
+    return _on_shards(_densities, model, (positions, variance, weights))
 
+
+def _densities(model: PairModel, view: domain.View, positions, variance, weights):
     def block(rows, idx):
         _, distance, mask, pair_variance = _pair_geometry(model, positions, variance, rows, idx)
         density = jnp.where(mask[..., None, None], model.radial.density(distance, pair_variance), 0.0)
         return jnp.sum(_contract_first(density, _gather(weights, idx)), axis=1)
 
-    return _map_rows(block, model)
+    return _map_rows(block, model, view)
 
 
 def _embedding(potential: Potential, density):
@@ -245,6 +273,10 @@ def _embedding(potential: Potential, density):
 @eqx.filter_jit  # also cached for calls outside jit (the row blocks are a loop)
 def site_energies(model: PairModel, positions, variance, weights) -> Float[Array, " n"]:
     """e_i = ½ Σ_j w_i·Φ w_j + Σ_a w_i^a F_a(ρ_{i,a}) (eV), ``(N,)``; ``variance`` ``(N,)`` or None."""
+    return _on_shards(_site_energies, model, (positions, variance, weights))
+
+
+def _site_energies(model: PairModel, view: domain.View, positions, variance, weights):
     potential = model.potential
 
     def pair_block(rows, idx):
@@ -257,19 +289,24 @@ def site_energies(model: PairModel, positions, variance, weights) -> Float[Array
             out = out + jnp.sum(weights[rows] * potential.embedding(density), axis=-1)
         return out
 
-    return _map_rows(pair_block, model)
+    return _map_rows(pair_block, model, view)
 
 
 @eqx.filter_jit  # also cached for calls outside jit (the row blocks are a loop)
 def energy_gradient(model: PairModel, positions, variance, weights) -> Gradient:
     """Site energies and the analytic gradient of their sum (module docstring); two passes
-    over the list for an embedded potential, one for a pair potential."""
+    over the list for an embedded potential, one for a pair potential (sharded: a second halo
+    exchange, of h_j, between the two)."""
+    return _on_shards(_energy_gradient, model, (positions, variance, weights))
+
+
+def _energy_gradient(model: PairModel, view: domain.View, positions, variance, weights):
     potential = model.potential
     dtype = positions.dtype
     n_species = weights.shape[1]
     if potential.is_embedded:
-        embedding, slope = _embedding(potential, densities(model, positions, variance, weights))
-        host = weights * slope  # h_i^a = w_i^a F'_a(ρ_{i,a})
+        embedding, slope = _embedding(potential, _densities(model, view, positions, variance, weights))
+        host = view.extend(_own(weights, view) * slope)  # h_i^a = w_i^a F'_a(ρ_{i,a})
     else:
         embedding = host = None
 
@@ -291,17 +328,17 @@ def energy_gradient(model: PairModel, positions, variance, weights) -> Gradient:
             derivative.append(jnp.sum(w_i * along, axis=-1) + across)
         if potential.is_embedded:
             into_me = into_me + _contract(radial[..., DENSITY, :, :], _gather(host, idx))
-            energy = energy + jnp.sum(weights[rows] * embedding[rows], axis=-1)
+            energy = energy + jnp.sum(weights[rows] * embedding[rows - view.offset], axis=-1)
         d_distance, d_variance = derivative
         unit = displacement / jnp.where(mask, distance, 1.0)[..., None]
         g_positions = -jnp.sum(jnp.where(mask, d_distance, 0.0)[..., None] * unit, axis=1)
         g_variance = jnp.sum(d_variance, axis=1)
         g_weights = jnp.sum(into_me, axis=1)
         if potential.is_embedded:
-            g_weights = g_weights + embedding[rows]
+            g_weights = g_weights + embedding[rows - view.offset]
         return energy, g_positions, g_variance, g_weights
 
-    energies, g_positions, g_variance, g_weights = _map_rows(block, model)
+    energies, g_positions, g_variance, g_weights = _map_rows(block, model, view)
     g_weights = g_weights.reshape(-1, n_species).astype(dtype)
     return Gradient(energies, g_positions, g_variance, g_weights)
 
@@ -377,12 +414,15 @@ def total_energy(positions, variance, weights, model):
         positions: ``(N, d)`` Å. variance: ``(N,)`` a_i = 1/(βk_i) in Å² (zeros for the plain
         energy). weights: ``(N, S)`` species weights. model: a :class:`PairModel`.
     """
-    return total(site_energies(model, positions, variance, weights))
+    return total(site_energies(model, positions, variance, weights), model.decomposition)
 
 
-def total(energies: Float[Array, " n"]) -> Float[Array, ""]:
+def total(energies: Float[Array, " n"], decomposition: domain.Decomposition | None = None) -> Float[Array, ""]:
     """Σ energies in two levels (rows of 256, then their sums): XLA:CPU reduces a long float32
-    array sequentially, which loses ~1e-5 eV per atom at 10⁴ atoms; this keeps ~1e-7."""
+    array sequentially, which loses ~1e-5 eV per atom at 10⁴ atoms; this keeps ~1e-7. With a
+    ``decomposition`` (energies sharded over it), per shard and then over the shards."""
+    if decomposition is not None:
+        return domain.summed(total, energies, decomposition)
     n = energies.shape[0]
     width = 256
     if n <= width:
@@ -396,13 +436,14 @@ def _total_energy_jvp(primals, tangents):
     positions, variance, weights, model = primals
     t_positions, t_variance, t_weights, t_model = tangents
     gradient = energy_gradient(model, positions, variance, weights)
-    value = total(gradient.site_energies)
+    value = total(gradient.site_energies, model.decomposition)
     tangent = jnp.zeros_like(value)
     for g, t in ((gradient.positions, t_positions), (gradient.variance, t_variance), (gradient.weights, t_weights)):
         if t is not None:
             tangent = tangent + jnp.sum(g * t)
     if any(leaf is not None for leaf in jax.tree.leaves(t_model)):
-        tangent = tangent + _model_tangent(lambda m: total(site_energies(m, positions, variance, weights)),
+        tangent = tangent + _model_tangent(lambda m: total(site_energies(m, positions, variance, weights),
+                                                           model.decomposition),
                                            model, t_model)
     return value, tangent
 
@@ -429,6 +470,10 @@ def _plain_terms(model: PairModel, positions, species):
 def plain_densities(model: PairModel, positions, species) -> Float[Array, " n"]:
     """EAM: each site's density of its own species, ρ_i = Σ_j f_{s_j→s_i}(r_ij) ``(N,)``, for
     integer ``species`` ``(N,)`` (only the pairs' own density functions are evaluated)."""
+    return _on_shards(_plain_densities, model, (positions, species))
+
+
+def _plain_densities(model: PairModel, view: domain.View, positions, species):
     radial, geometry = _plain_terms(model, positions, species)
 
     def density_block(rows, idx):
@@ -436,7 +481,7 @@ def plain_densities(model: PairModel, positions, species) -> Float[Array, " n"]:
         values, _ = radial(rows, idx, mask, distance)
         return jnp.sum(values[..., 1], axis=1)
 
-    return _map_rows(density_block, model)
+    return _map_rows(density_block, model, view)
 
 
 @eqx.filter_jit  # also cached for calls outside jit (the row blocks are a loop)
@@ -444,17 +489,20 @@ def plain_energy_gradient(model: PairModel, positions, species) -> tuple[Array, 
     """Site energies ``(N,)`` and ∂E/∂X ``(N, d)`` of a plain configuration of integer
     ``species`` ``(N,)``: per pair only the splines of its own species pair
     (:meth:`~dmdjax.potentials.Potential.species_radial`), not the whole ``(T, S, S)`` block."""
+    return _on_shards(_plain_energy_gradient, model, (positions, species))
+
+
+def _plain_energy_gradient(model: PairModel, view: domain.View, positions, species):
     potential = model.potential
-    n = positions.shape[0]
     radial, geometry = _plain_terms(model, positions, species)
 
     if potential.is_embedded:
-        density = plain_densities(model, positions, species)
-        n_species = potential.n_species
+        density = _plain_densities(model, view, positions, species)
+        n_species, n = potential.n_species, density.shape[0]
         embedding, slope = _embedding(potential, jnp.broadcast_to(density[:, None], (n, n_species)))
-        own = species[:, None]
+        own = _own(species, view)[:, None]
         embedding = jnp.take_along_axis(embedding, own, axis=1)[:, 0]
-        slope = jnp.take_along_axis(slope, own, axis=1)[:, 0]
+        slope = view.extend(jnp.take_along_axis(slope, own, axis=1)[:, 0])
 
     def block(rows, idx):
         displacement, distance, mask = geometry(rows, idx)
@@ -462,18 +510,18 @@ def plain_energy_gradient(model: PairModel, positions, species) -> tuple[Array, 
         energy = 0.5 * jnp.sum(values[..., 0], axis=1)
         d_distance = slopes[..., 0]
         if potential.is_embedded:
-            energy = energy + embedding[rows]
+            energy = energy + embedding[rows - view.offset]
             d_distance = d_distance + slope[rows][:, None] * slopes[..., 1] + _gather(slope, idx) * slopes[..., 2]
         unit = displacement / distance[..., None]
         return energy, -jnp.sum(d_distance[..., None] * unit, axis=1)
 
-    return _map_rows(block, model)
+    return _map_rows(block, model, view)
 
 
 @eqx.filter_custom_jvp
 def plain_total_energy(positions, model, species):
     """Σ_i e_i (eV) of integer ``species`` ``(N,)`` with :func:`plain_energy_gradient` as its JVP rule."""
-    return total(plain_energy_gradient(model, positions, species)[0])
+    return total(plain_energy_gradient(model, positions, species)[0], model.decomposition)
 
 
 @plain_total_energy.def_jvp
@@ -481,10 +529,11 @@ def _plain_total_energy_jvp(primals, tangents):
     positions, model, species = primals
     t_positions, t_model, _ = tangents
     energies, gradient = plain_energy_gradient(model, positions, species)
-    value = total(energies)
+    value = total(energies, model.decomposition)
     tangent = jnp.zeros_like(value) if t_positions is None else jnp.sum(gradient * t_positions)
     if any(leaf is not None for leaf in jax.tree.leaves(t_model)):
-        tangent = tangent + _model_tangent(lambda m: total(plain_energy_gradient(m, positions, species)[0]),
+        tangent = tangent + _model_tangent(lambda m: total(plain_energy_gradient(m, positions, species)[0],
+                                                           model.decomposition),
                                            model, t_model)
     return value, tangent
 

@@ -138,7 +138,7 @@ def hessian_colouring(vg: VGFreeEnergy, neighbors: NeighborList) -> HessianColou
     colouring of the distance-2 graph; for a chain it gives 2b + 1 colours (b the largest
     index offset of a neighbour), whatever N. Runs in NumPy: call it outside ``jit``.
     """
-    idx = np.asarray(neighbors.idx)
+    idx = _validate.host_array(neighbors.idx)
     n = idx.shape[0]
     adjacency = [set(row[row < n].tolist()) | {i} for i, row in enumerate(idx)]
     if vg.potential.is_embedded:
@@ -400,14 +400,14 @@ def relax(
         result = _relax(vg, anchor, order_parameter, neighbors, stiffness, tolerance, max_steps, memory, False,
                         colouring, positions)
         iterations += int(result.iterations)
-        if not np.all(np.isfinite(np.asarray(result.positions))) or float(
+        if not np.all(np.isfinite(_validate.host_array(result.positions))) or float(
                 vg.neighbor_fault(result.state, neighbors)) <= 0:
             break
         positions, stiffness = result.positions, result.stiffness
     result = eqx.tree_at(lambda r: r.iterations, result, jnp.asarray(iterations, result.iterations.dtype))
     if throw and not bool(result.converged):
         reason = ""
-        if np.all(np.isfinite(np.asarray(result.positions))):
+        if np.all(np.isfinite(_validate.host_array(result.positions))):
             try:  # the list cannot cover the result: a cell too small for the Gaussians' reach
                 vg.check_neighbors(result.state, neighbors)
             except ValueError as err:
@@ -663,7 +663,8 @@ def relax_cell(vg: VGFreeEnergy, state: DMDState, neighbors: NeighborList, *, pr
         if not bool(jnp.isfinite(free_energy)) or int(steps) == 0:
             break  # no step: state and cell are the ones the (covering) list was taken at
         # The list was built in the unstrained cell: rebuild it in the new one and go on from there.
-        neighbors = vg.neighbor_list(state.positions, state.stiffness, skin=neighbors.skin)
+        neighbors = vg.neighbor_list(state.positions, state.stiffness, skin=neighbors.skin,
+                                     decomposition=neighbors.decomposition)
     return vg, _host_result("(X, k) and the cell", vg, state, free_energy, iterations, norm, neighbors, tolerance,
                             throw)
 

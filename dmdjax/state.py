@@ -56,7 +56,7 @@ class DMDState(eqx.Module):
             return
         _validate.finite(self.positions, "positions")
         _validate.stiffness(self.stiffness)
-        s = np.asarray(self.order_parameter, dtype=float)
+        s = _validate.host_array(self.order_parameter, dtype=float)
         bad = ~np.isfinite(s) | (np.abs(s) > 1)
         if np.any(bad):
             raise ValueError("order_parameter must lie in [-1, 1] (strictly inside except on pinned species); got "

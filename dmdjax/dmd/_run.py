@@ -11,7 +11,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from .. import kinetics
+from .. import _validate, kinetics
 from ..free_energy import VGFreeEnergy
 from ..neighbors import NeighborList, neighbor_list
 from ..progress import Progress
@@ -109,7 +109,7 @@ def run(
     if builds:  # the list the interrupted run was using
         index, cutoff = builds[-1]
         at = state.positions if index < 0 else states[index].positions
-        neighbors = neighbor_list(at, vg.cell, cutoff, skin=neighbors.skin)
+        neighbors = neighbor_list(at, vg.cell, cutoff, skin=neighbors.skin, decomposition=neighbors.decomposition)
     lists = _RunNeighbors(vg, neighbors, builds, relax_method)
     values = kinetics.law_parameters(law, dtype)
 
@@ -164,7 +164,8 @@ class _RunNeighbors:
 
     def _rebuild(self, positions, cutoff, index):
         cutoff = float(cutoff)
-        self.neighbors = neighbor_list(positions, self.vg.cell, cutoff, skin=self.neighbors.skin)
+        self.neighbors = neighbor_list(positions, self.vg.cell, cutoff, skin=self.neighbors.skin,
+                                       decomposition=self.neighbors.decomposition)
         self.colouring = self._colouring()
         self.builds.append((int(index), cutoff))
 
@@ -181,7 +182,7 @@ class _RunNeighbors:
                               _with_colouring(options, self.colouring), adjoint)
         result = run()
         end, _, ok, _ = result
-        if bool(ok) or not np.all(np.isfinite(np.asarray(end.positions))):
+        if bool(ok) or not np.all(np.isfinite(_validate.host_array(end.positions))):
             return result
         if float(self.vg.neighbor_fault(end, self.neighbors)) <= 0:
             return result  # not the list's doing

@@ -144,8 +144,8 @@ advance = eqx.filter_jit(interval)
 def failure_message(times, index: int, order_parameter, pinned_species, steps, max_steps) -> str:
     """What went wrong in the interval (times[index − 1], times[index]] (shared by
     :func:`solve` and :func:`~dmdjax.dmd.run`, so both raise the same :class:`DMDError`)."""
-    s = np.asarray(order_parameter)
-    bad = ~np.isfinite(s) | ((np.abs(s) >= 1.0) & ~np.asarray(pinned_species))
+    s = _validate.host_array(order_parameter)
+    bad = ~np.isfinite(s) | ((np.abs(s) >= 1.0) & ~_validate.host_array(pinned_species))
     sites = np.flatnonzero(bad).tolist()
     t0 = times[max(index - 1, 0)]
     return (f"DMD stopped in ({t0:g}, {times[index]:g}]: "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -175,8 +176,10 @@ def conservation(c, free_energy) -> dict:
 def summary_header(study: str, run: dict, walls: dict, times, rate: float) -> dict:
     """The ``summary.json`` keys both Al–Mg studies share: study, device, platform, dtype,
     ``wall_time_s``, ``rate`` (Γ₀), ``time_reached`` (in ``time_unit``: "" = the run's unit, 1/ν's) and
-    ``time_reached_rate_units``."""
+    ``time_reached_rate_units``; ``devices`` and ``processes``: the study's one system runs on one device
+    (``dmdjax energy`` splits one large system over several, :mod:`dmdjax.domain`)."""
     return {"study": study, "device": run["device"], "platform": run["platform"], "dtype": run["dtype"],
+            "devices": 1, "processes": jax.process_count(),
             "wall_time_s": walls, "rate": rate, "time_reached": float(times[-1]),
             "time_reached_rate_units": float(times[-1] * rate), "time_unit": run["parameters"]["time_unit"]}
 
