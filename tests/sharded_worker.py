@@ -105,6 +105,13 @@ def main():
             runs.append(dj.dmd.run(sharded_vg, start, start_nbrs, law, times, **options))
             out["k3_change"] = float(np.max(np.abs(np.asarray(runs[0].order_parameter[-1] - runs[0].order_parameter[0]))))
             compare("k3", (runs[0].state, runs[0].free_energy), (runs[1].state, runs[1].free_energy))
+            # The pure driver on the sharded state: one solve over the same interval.
+            solutions = []
+            for v, (st, nl) in ((vg, (single.state, single.neighbors)), (sharded_vg, (start, start_nbrs))):
+                graph = dj.kinetics.bond_graph(st.positions, v.cell, nl, 3.5)
+                solutions.append(dj.dmd.solve(v, st, nl, law, graph, times, rtol=1e-6, atol=1e-8, tolerance=TOLERANCE,
+                                              relax_at="interval"))
+            compare("solve", solutions[0].state, solutions[1].state)
     print(json.dumps(out), flush=True)
 
 

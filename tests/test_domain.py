@@ -63,11 +63,12 @@ def _run_processes(processes: int, devices: int, *arguments) -> list[dict]:
 
 @pytest.mark.slow
 def test_eight_devices_match_one():
-    """A 10⁴-atom Al–Mg slab: plain E + F, VG F + ∇F, an (X, k) relaxation and a short K3 run
-    agree sharded over 8 devices and on one (relative 1e-10)."""
+    """A 10⁴-atom Al–Mg slab: plain E + F, the list searched again, VG F + ∇F, an (X, k)
+    relaxation and a short K3 run (dmd.run and dmd.solve) agree sharded over 8 devices and on
+    one (relative 1e-10)."""
     out = _run_worker(8, "--checks", "energy,free_energy,relax,k3")
     assert out["devices"] == 8 and out["n"] >= 10_000
-    for name in ("energy", "free_energy", "relax", "k3"):
+    for name in ("energy", "free_energy", "relax", "k3", "solve"):
         assert out[name] <= 1e-10, (name, out)
     assert out["k3_change"] > 1e-3  # the run moved s
     assert out["update_differs"] == 0 and out["update_overflow"] == [False, False]  # the list searched sharded
