@@ -157,10 +157,7 @@ def shard(tree, decomposition: Decomposition, n: int | None = None):
     must lie in adjacent slabs). Host side; the atoms must already be in
     :func:`spatial_order`. ``n``: N, when the tree holds neither a list nor a state.
     """
-    from .neighbors import NeighborList  # the list holds a Decomposition: import at call time
-
-    lists = [leaf for leaf in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, NeighborList))
-             if isinstance(leaf, NeighborList)]
+    lists = [leaf for leaf in jax.tree.leaves(tree, is_leaf=_is_list) if _is_list(leaf)]
     if n is None and lists:
         n = lists[0].idx.shape[0]
     elif n is None and hasattr(tree, "n_sites"):
@@ -170,7 +167,7 @@ def shard(tree, decomposition: Decomposition, n: int | None = None):
     decomposition.check_size(n)
 
     def place(x):
-        if isinstance(x, NeighborList):
+        if _is_list(x):
             already = x.decomposition is not None and x.decomposition.mesh == decomposition.mesh
             return x if already else tag(x, decomposition)
         if isinstance(x, (jax.Array, np.ndarray)) and np.ndim(x) >= 1 and np.shape(x)[0] == n:
@@ -179,7 +176,12 @@ def shard(tree, decomposition: Decomposition, n: int | None = None):
             return jax.device_put(x, decomposition.replicated)
         return x
 
-    return jax.tree.map(place, tree, is_leaf=lambda x: isinstance(x, NeighborList))
+    return jax.tree.map(place, tree, is_leaf=_is_list)
+
+
+def _is_list(x) -> bool:
+    """A :class:`~dmdjax.neighbors.NeighborList` (which imports this module: recognised by its fields)."""
+    return hasattr(x, "idx") and hasattr(x, "decomposition") and hasattr(x, "reference")
 
 
 def tag(neighbors, decomposition: Decomposition | None):
