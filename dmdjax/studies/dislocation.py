@@ -284,7 +284,7 @@ def run_dislocation_study(p: DislocationParameters, output, *, resume: bool = Fa
                           progress: bool = True, log=logger.info) -> dict:
     """Build, relax and run the study; write every file and return the summary.
 
-    ``summary.json`` keys: ``device``, ``platform``, ``dtype``; ``n_atoms``, ``n_mobile``
+    ``summary.json`` keys: ``device``, ``platform``, ``dtype``, ``devices`` (1), ``processes``; ``n_atoms``, ``n_mobile``
     (unclamped atoms), ``n_columns``, ``radius``, ``boundary_width``, ``length`` (periods),
     ``line_length`` (Å); ``elastic_constants_gpa`` (``C11``, ``C12``, ``C44``, ``bulk_modulus``);
     ``burgers`` (Å); ``wall_time_s`` (``build``, ``kinetics``, ``total``); ``rate`` Γ₀;

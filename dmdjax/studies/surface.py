@@ -241,7 +241,7 @@ def run_surface_study(p: SurfaceParameters, output, *, resume: bool = False, ove
                       progress: bool = True, log=logger.info) -> dict:
     """Run the study (statics, isotherm, kinetics), write every file, and return the summary.
 
-    ``summary.json`` keys: ``device``, ``platform``, ``dtype``, ``n_atoms``, ``cells``,
+    ``summary.json`` keys: ``device``, ``platform``, ``dtype``, ``devices`` (1), ``processes``, ``n_atoms``, ``cells``,
     ``n_layers``; ``wall_time_s`` (``statics``, ``isotherm``, ``kinetics``, ``total``);
     ``rate`` Γ₀ (per unit time); ``time_reached`` (run units) and ``time_reached_rate_units``
     (Γ₀ t); ``segregation_energy_ev``: ``relaxed``, ``unrelaxed`` (statics), ``mean_field``
