@@ -166,18 +166,15 @@ def _run_free_energy(args, potential, system, atoms, decomposition, order, devic
                          nodes=args.nodes)
     nbrs = dj.neighbor_list(system.positions, system.cell, potential.cutoff, skin=args.skin)
     dj.energy.check_separation(potential, system.positions, system.cell, nbrs)  # before k is guessed from V
-    if decomposition is not None:  # the VG list (its reach at the first k) over the devices
-        guess = vg.initial_state(system.positions, order_parameter, nbrs)
-        nbrs = vg.neighbor_list(system.positions, guess.stiffness, skin=args.skin, decomposition=decomposition)
-        vg = dj.domain.shard(vg, decomposition, n=n)
     if "k" in atoms.arrays:  # a state written by dmdjax: its stiffnesses (the warm start of --relax)
         stiffness = jnp.asarray(np.asarray(atoms.arrays["k"], dtype=float), system.positions.dtype)
         state = dj.DMDState(system.positions, stiffness, order_parameter)
         vg.check(state, nbrs)
     else:
         state = vg.initial_state(system.positions, order_parameter, nbrs)
-    if decomposition is not None:
-        state = dj.domain.shard(state, decomposition)
+    if decomposition is not None:  # the VG list (its reach at the first k) over the devices
+        nbrs = vg.neighbor_list(system.positions, state.stiffness, skin=args.skin, decomposition=decomposition)
+        vg, state = dj.domain.shard((vg, state, nbrs), decomposition)[:2]
     if args.relax:
         result = dj.relax(vg, state, nbrs, tolerance=args.tolerance, throw=False)
         state, nbrs = result.state, result.neighbors

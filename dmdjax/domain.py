@@ -192,15 +192,7 @@ def tag(neighbors, decomposition: Decomposition | None):
         return dataclasses.replace(jax.device_put(neighbors, jax.local_devices()[0]), decomposition=None)
     n = neighbors.idx.shape[0]
     decomposition.check_size(n)
-    p = decomposition.n_shards
-    depth = halo_depth(neighbors.idx, p)
-    if depth < 0:
-        raise ValueError(
-            f"listed pairs reach beyond the adjacent slab: with {p} slabs of {n // p} atoms each slab is thinner "
-            f"than the search range {neighbors.search_range:g} Å, or the atoms are not in "
-            "dmdjax.domain.spatial_order; use fewer devices")
-    halo = min(n // p, int(np.ceil(1.25 * depth)) + 8) if p > 1 else 0
-    decomposition = dataclasses.replace(decomposition, halo=halo)
+    decomposition = dataclasses.replace(decomposition, halo=halo_rows(neighbors, decomposition.n_shards))
     placed = jax.tree.map(lambda x: jax.device_put(x, decomposition.sharding if np.ndim(x) >= 1
                                                    and x.shape[0] == n else decomposition.replicated), neighbors)
     return dataclasses.replace(placed, decomposition=decomposition)
@@ -215,16 +207,28 @@ def _pair_shards(idx: Array, n_shards: int):
     return jnp.mod(idx // size - row_shard, n_shards), idx % size, idx < n
 
 
+def halo_rows(neighbors, n_shards: int) -> int:
+    """The halo :func:`tag` gives a list over ``n_shards`` slabs: the deepest row its pairs reach
+    (:func:`halo_depth`) plus a quarter and 8 rows, at most a whole slab; ``ValueError`` when a
+    pair reaches beyond the adjacent slabs. Host side."""
+    n = neighbors.idx.shape[0]
+    depth = halo_depth(neighbors.idx, n_shards)
+    if depth < 0:
+        raise ValueError(
+            f"listed pairs reach beyond the adjacent slab: with {n_shards} slabs of {n // n_shards} atoms each slab "
+            f"is thinner than the search range {neighbors.search_range:g} Å, or the atoms are not in "
+            "dmdjax.domain.spatial_order; use fewer devices")
+    return min(n // n_shards, int(np.ceil(1.25 * depth)) + 8) if n_shards > 1 else 0
+
+
 def halo_depth(idx: Int[Array, "n m"], n_shards: int) -> int:
     """How many rows deep into a neighbouring slab the listed pairs reach (−1 when some reach
     beyond the adjacent slabs; 0 for one slab). Host side."""
     if n_shards == 1:
         return 0
     idx = host_array(idx)  # gathered from every process when it spans several
-    n = idx.shape[0]
-    size = n // n_shards
-    offset = np.mod(idx // size - (np.arange(n) // size)[:, None], n_shards)
-    within, valid = idx % size, idx < n
+    size = idx.shape[0] // n_shards
+    offset, within, valid = (np.asarray(a) for a in _pair_shards(jnp.asarray(idx), n_shards))
     previous = valid & (offset == n_shards - 1)
     following = valid & (offset == 1)
     if np.any(valid & (offset != 0) & ~previous & ~following):

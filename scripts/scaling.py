@@ -129,7 +129,7 @@ def on_devices(vg, state, nbrs, n_devices, abstract=False, halo=None):
     n = state.n_sites if hasattr(state, "n_sites") else state.order_parameter.shape[0]
     if abstract:
         if halo is None:
-            halo = domain.tag(nbrs, decomposition).decomposition.halo
+            halo = domain.halo_rows(nbrs, n_devices)
         decomposition = dataclasses.replace(decomposition, halo=halo)
 
         def sharding_of(x):
@@ -187,8 +187,9 @@ def main():
         p = 1
         while p <= args.devices:
             if n % p == 0:
-                memory.append(compiled_stats(*on_devices(vg, state, nbrs, p, abstract=True), p))
-                memory[-1]["halo"] = 0 if p == 1 else domain.tag(nbrs, domain.decomposition(p)).decomposition.halo
+                halo = domain.halo_rows(nbrs, p)
+                memory.append({**compiled_stats(*on_devices(vg, state, nbrs, p, abstract=True, halo=halo), p),
+                               "halo": halo})
                 print(json.dumps(memory[-1]), flush=True)
             p *= 2
         out["memory"] = memory
