@@ -25,7 +25,7 @@ from ._base import Potential
 from ._spline import UniformCubicSpline
 
 #: Potentials shipped with dmdjax, loadable by name (see ``data/CITATION.md``).
-BUNDLED_POTENTIALS = {"AlMg_Mendelev2009": "AlMg_Mendelev2009.eam.fs"}
+BUNDLED_POTENTIALS = {"AlMg_Mendelev2009": "AlMg_Mendelev2009.eam.fs", "Fe_Mendelev2003": "Fe_Mendelev2003.eam.fs"}
 
 _FORMS = {".fs": "fs", ".alloy": "alloy", ".setfl": "alloy", ".eam": "eam"}
 

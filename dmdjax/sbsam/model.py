@@ -266,3 +266,56 @@ def score_in_angstrom(model: ScoreMLP, params, displacement, deformation, temper
     scaled_sigma = None if sigma is None else sigma / length
     output = model.apply(params, x, deformation, temperature, scaled_sigma)
     return jnp.reshape(output / length, jnp.shape(displacement))
+
+
+class CubicCorrection(nn.Module):
+    """A bounded, point-group-equivariant correction to a reference score in 3-D (thermal units).
+
+    C(x | F, T) = β tanh((b + B x)/β) per coordinate, with a bias b (m·3) and per-atom 3 × 3 blocks
+    B (m, 3, 3) from a tanh network of the condition (strain F − I, log T/T₀), both zero at
+    initialisation (the untrained model is the reference), each averaged over the point group of
+    the region — ``symmetries`` ((g, π), ...) with g(ξ_i − c) = ξ_π(i) − c:
+
+        b̄_i(F) = (1/|G|) Σ_g gᵀ b_π(i)(gFgᵀ),   B̄_i(F) = (1/|G|) Σ_g gᵀ B_π(i)(gFgᵀ) g.
+
+    With g a signed permutation (the cubic group Oh), the per-coordinate tanh commutes with g, so
+    C(Gx | gFgᵀ) = G C(x | F) exactly, (Gx)_π(i) = g x_i. b̄ and B̄ depend on the condition only:
+    :meth:`coefficients` evaluates them once per condition, :func:`cubic_correction` applies them
+    (a sampler pays one tanh per coordinate per step).
+
+    Attributes:
+        atoms: m. symmetries: as above (identity included). hidden: widths of the condition network.
+        bound: β, thermal units. reference_temperature: T₀, K.
+    """
+
+    atoms: int
+    symmetries: tuple
+    hidden: Sequence[int] = (64, 64)
+    bound: float = 2.0
+    reference_temperature: float = 300.0
+
+    @nn.compact
+    def __call__(self, deformation, temperature):
+        """``(b̄ (m, 3), B̄ (m, 3, 3))`` at the condition (F (3, 3), T)."""
+        dtype = jnp.asarray(deformation).dtype
+        rotations = jnp.asarray(np.stack([np.asarray(g, float) for g, _ in self.symmetries]), dtype)
+        permutations = np.stack([np.asarray(p) for _, p in self.symmetries])
+        images = rotations @ jnp.asarray(deformation, dtype) @ jnp.swapaxes(rotations, 1, 2)
+        features = jax.vmap(lambda f: condition_features(f, temperature, self.reference_temperature, dtype))(images)
+        for width in self.hidden:
+            features = nn.tanh(nn.Dense(width, dtype=dtype)(features))
+        bias = nn.Dense(3 * self.atoms, kernel_init=nn.initializers.zeros, dtype=dtype, name="bias")(features)
+        blocks = nn.Dense(9 * self.atoms, kernel_init=nn.initializers.zeros, dtype=dtype, name="blocks")(features)
+        bias = bias.reshape(-1, self.atoms, 3)
+        blocks = blocks.reshape(-1, self.atoms, 3, 3)
+        group = np.arange(len(self.symmetries))[:, None]
+        bias = jnp.einsum("gji,gmj->gmi", rotations, bias[group, permutations])
+        blocks = jnp.einsum("gki,gmkl,glj->gmij", rotations, blocks[group, permutations], rotations)
+        return jnp.mean(bias, axis=0), jnp.mean(blocks, axis=0)
+
+
+def cubic_correction(coefficients, x, bound: float):
+    """β tanh((b̄ + B̄ x)/β) for x (m, 3) thermal units and ``coefficients`` (b̄, B̄) of
+    :class:`CubicCorrection`."""
+    bias, blocks = coefficients
+    return bound * jnp.tanh((bias + jnp.einsum("mij,mj->mi", blocks, x)) / bound)
