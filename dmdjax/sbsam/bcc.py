@@ -299,7 +299,7 @@ class BccCrystal:
         local, vectors = self._core_pairs
         bond = jnp.asarray(vectors, inner.dtype) @ deformation.T + inner[local[:, 1]] - inner[local[:, 0]]
         core_slot = np.full(self.n_inner, -1)
-        core_slot[self._core_positions] = np.arange(self.core.size)
+        core_slot[self.core_positions] = np.arange(self.core.size)
         owner = core_slot[local]  # (b, 2): core index of each end, −1 if not core
 
         def core_energy(b):
@@ -316,7 +316,7 @@ class BccCrystal:
         return self._virial_stress(jax.grad(core_energy)(bond), bond, deformation, temperature, self.core.size)
 
     @functools.cached_property
-    def _core_positions(self) -> np.ndarray:
+    def core_positions(self) -> np.ndarray:
         """The core atoms' positions in :attr:`inner` order."""
         position = np.full(self.n_atoms, -1)
         position[self.inner] = np.arange(self.n_inner)
@@ -434,13 +434,16 @@ class BccCrystal:
 class Reference(NamedTuple):
     """The per-condition data of the reference score: ``relaxed`` u⁰_X (m, 3) Å, ``context`` of the
     relaxed outer atoms, ``softening`` W (3m, 3m) eV/Å², ``lattice_context`` the outer atoms at their
-    deformed sites (the clamped baseline), ``max_force`` of the relaxation (eV/Å)."""
+    deformed sites (the clamped baseline), ``max_force`` of the relaxation (eV/Å), and the whole
+    crystal's ``relaxed_all`` u⁰ (n, 3) Å and ``hessian`` (3n, 3n) eV/Å² there."""
 
     relaxed: jax.Array
     context: BccCrystal.Context
     softening: jax.Array
     lattice_context: BccCrystal.Context
     max_force: jax.Array
+    relaxed_all: jax.Array
+    hessian: jax.Array
 
 
 def reference(crystal: BccCrystal, deformation) -> Reference:
@@ -450,7 +453,7 @@ def reference(crystal: BccCrystal, deformation) -> Reference:
     softening = crystal.schur_softening(hessian)
     zero = jnp.zeros_like(u)
     return Reference(u[crystal.inner], crystal.context(u, deformation), softening,
-                     crystal.context(zero, deformation), jnp.asarray(max_force))
+                     crystal.context(zero, deformation), jnp.asarray(max_force), u, hessian)
 
 
 def reference_score(crystal: BccCrystal, inner: Float[Array, "m 3"], deformation, temperature,
@@ -492,11 +495,14 @@ def thermal_expansion(potential: EAM, temperatures, key, *, lattice_constant: fl
 
 
 class FullSamples(NamedTuple):
-    """Samples of :func:`sample_full`, axes (condition, replica, kept, ...): ``inner`` u_X (Å, from the
-    centre of mass), ``force_target`` −β∇_X V (1/Å), ``core_stress`` (:meth:`BccCrystal.core_stress`)
+    """Samples of :func:`sample_full`, axes (condition, replica, kept, ...): ``displacement`` u of every
+    atom and ``force`` −β∇_u V of every atom (Å, 1/Å; u from the centre of mass), ``inner`` u_X,
+    ``force_target`` −β∇_X V, ``core_stress`` (:meth:`BccCrystal.core_stress`)
     and ``stress`` (periodic) (eV/Å³), ``energy`` V per atom (eV); ``seconds`` of sampling (compilation
     excluded) and ``checks``."""
 
+    displacement: np.ndarray
+    force: np.ndarray
     inner: np.ndarray
     force_target: np.ndarray
     core_stress: np.ndarray
@@ -566,7 +572,7 @@ def sample_full(crystal: BccCrystal, key, deformations, temperatures, *, replica
             return (stress,)
         inner = u[crystal.inner]
         far = jnp.asarray(far_vectors, dtype) @ f.T + u[far_j] - u[far_i]
-        return (inner, crystal.forces(u, f)[crystal.inner] / kt, crystal.core_stress(inner, f, temperature),
+        return (u, crystal.forces(u, f) / kt, crystal.core_stress(inner, f, temperature),
                 stress, crystal.energy(u, f) / crystal.n_atoms, jnp.min(jnp.linalg.norm(far, axis=-1)))
 
     def block(state, f, kt, kept):
@@ -588,12 +594,13 @@ def sample_full(crystal: BccCrystal, key, deformations, temperatures, *, replica
     joined = [np.concatenate([p[i] for p in parts], axis=1) for i in range(len(parts[0]))]
     shaped = [a.reshape((count, replicas) + a.shape[1:]) for a in joined]
     if not observables:
-        return FullSamples(None, None, None, shaped[0], None, seconds, {})
-    inner, target, core, stress, energy, unlisted = shaped
+        return FullSamples(None, None, None, None, None, shaped[0], None, seconds, {})
+    displacement, force, core, stress, energy, unlisted = shaped
     half = energy.shape[2] // 2
     first, last = energy[:, :, :half].mean(axis=(1, 2)), energy[:, :, half:].mean(axis=(1, 2))
     spread = energy.mean(axis=2).std(axis=1, ddof=1) / np.sqrt(replicas) if replicas > 1 else np.abs(first - last)
     checks = {"tau_core_stress": [integrated_autocorrelation_time(core[c, :, :, 0, 0]) for c in range(count)],
               "energy_drift_z": ((last - first) / np.maximum(2 * spread, 1e-300)).tolist(),
               "min_unlisted_distance": float(unlisted.min()), "cutoff": float(crystal.potential.cutoff)}
-    return FullSamples(inner, target, core, stress, energy, seconds, checks)
+    return FullSamples(displacement, force, displacement[..., crystal.inner, :], force[..., crystal.inner, :], core,
+                       stress, energy, seconds, checks)

@@ -68,7 +68,7 @@ def bond_stress(pair_derivative: Callable, bond_vectors: Float[Array, "b d"], de
     return (virial - kinetic) / (atoms * atom_volume)
 
 
-def zero_variance_mean(values, scores, chains: int, positions=None):
+def zero_variance_mean(values, scores, chains: int, positions=None, laplacian=None):
     """Mean of ``values`` (N, k) with zero-variance control variates and its standard error from
     ``chains`` equal contiguous blocks (one per chain).
 
@@ -76,6 +76,8 @@ def zero_variance_mean(values, scores, chains: int, positions=None):
     (Stein's identity E[∇ψ·S + Δψ] = 0): the scores themselves (ψ linear) and, with ``positions``
     (N, D, the coordinates the score is taken in), the quadratic ones S_i x_j + S_j x_i + 2δ_ij
     (ψ = x_i x_j, i ≤ j) — with those a quadratic observable of a Gaussian law has zero variance.
+    ``laplacian`` (D, D) replaces 2δ_ij by Δ(x_i x_j) where the coordinates are constrained (e.g.
+    measured from the centre of mass of N atoms: 2(δ_ij − 1/N) within a Cartesian component).
     The coefficients are the least-squares fit of the values on the centred controls.
     """
     values, controls = np.asarray(values), np.asarray(scores)
@@ -86,10 +88,49 @@ def zero_variance_mean(values, scores, chains: int, positions=None):
         upper = np.triu_indices(x.shape[1])
         products = controls[:, :, None] * x[:, None, :]
         quadratic = (products + np.swapaxes(products, 1, 2))[:, upper[0], upper[1]]
-        quadratic += 2.0 * (upper[0] == upper[1])
+        identity = 2.0 * np.eye(x.shape[1]) if laplacian is None else np.asarray(laplacian)
+        quadratic += identity[upper[0], upper[1]]
         controls = np.concatenate([controls, quadratic], axis=1)
     centred = controls - controls.mean(axis=0)
     coefficients, *_ = np.linalg.lstsq(centred, values - values.mean(axis=0), rcond=None)
     corrected = values - controls @ coefficients
     per_chain = corrected.reshape(chains, -1, corrected.shape[-1]).mean(axis=1)
     return corrected.mean(axis=0), per_chain.std(axis=0, ddof=1) / np.sqrt(chains)
+
+
+def taylor_controls(gradient, hessian, precision, centre, scores, positions, laplacian_shift=None):
+    r"""Control variates designed from a Gaussian approximation of the law, mean zero under any law whose
+    score is ``scores`` (Stein's identity E[∇ψ·S + Δψ] = 0 holds for every ψ): for each observable
+    component k with gradient g_k and Hessian H_k at ``centre`` μ, and the approximate precision A,
+
+        ψ_k = a_kᵀx,  a_k = A⁺g_k                (cancels the linear fluctuation g_kᵀ(x − μ)),
+        ψ'_k = ½(x − μ)ᵀB_k(x − μ),  ½(B_kA + AB_k) = ½H_k   (cancels the quadratic one),
+
+    so that for S = −A(x − μ) the observable's fluctuation is removed to second order; with the true
+    score they stay exactly mean-zero whatever A is (A only sets how well they work). Few controls
+    (2k), so a least-squares fit of their coefficients needs few samples
+    (:func:`zero_variance_mean` with these as ``scores`` and no ``positions``).
+
+    Arguments: gradient (k, D); hessian (k, D, D); precision (D, D) (symmetric, may be singular: its
+    null space is ignored); centre (D,); scores, positions (N, D). ``laplacian_shift`` (D, D): subtract
+    from the identity in Δψ' = Σ_ij B_ij ∇x_i·∇x_j where the coordinates are constrained (e.g. 1/N
+    within a Cartesian component for positions measured from the centre of mass of N atoms).
+    Returns (N, 2k).
+    """
+    gradient, hessian = np.asarray(gradient, float), np.asarray(hessian, float)
+    values, vectors = np.linalg.eigh(0.5 * (np.asarray(precision, float) + np.asarray(precision, float).T))
+    keep = values > 1e-8 * values.max()
+    inverse = np.where(keep, 1.0 / np.where(keep, values, 1.0), 0.0)
+    linear = (gradient @ vectors) * inverse @ vectors.T  # a_k = A⁺ g_k, (k, D)
+    rotated = vectors.T @ hessian @ vectors
+    denominator = values[:, None] + values[None, :]
+    pair = keep[:, None] & keep[None, :]
+    blocks = np.where(pair, rotated / np.where(pair, denominator, 1.0), 0.0)
+    quadratic = vectors @ blocks @ vectors.T  # B_k, (k, D, D)
+    scores, shifted = np.asarray(scores, float), np.asarray(positions, float) - np.asarray(centre, float)
+    trace = np.einsum("kii->k", quadratic)
+    if laplacian_shift is not None:
+        trace = trace - np.einsum("kij,ij->k", quadratic, np.asarray(laplacian_shift, float))
+    linear_controls = scores @ linear.T
+    quadratic_controls = np.stack([np.sum((scores @ b) * shifted, axis=1) for b in quadratic], axis=1) + trace
+    return np.concatenate([linear_controls, quadratic_controls], axis=1)

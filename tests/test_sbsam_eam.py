@@ -1,0 +1,173 @@
+"""SB-SAM in 3-D with the Fe EAM around a vacancy (dmdjax.sbsam.bcc, dmdjax.studies.sbsam_eam)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dmdjax.potentials import load_eam, resolve_potential_path
+from dmdjax.sbsam import bcc, model as models
+from dmdjax.units import thermal_energy
+
+
+@pytest.fixture(scope="module")
+def iron():
+    return load_eam("Fe_Mendelev2003")
+
+
+@pytest.fixture(scope="module")
+def small(iron):
+    """5³ cells with a vacancy (249 atoms), the 26 atoms within 4.1 Å of it inner."""
+    return bcc.BccCrystal(iron, repeats=5, inner_radius=4.1)
+
+
+def _deformation(seed, size=0.02):
+    e = np.random.default_rng(seed).uniform(-size, size, (3, 3))
+    return jnp.asarray(np.eye(3) + 0.5 * (e + e.T))
+
+
+def test_energy_and_forces_match_ase(small):
+    """V and −∇V against ASE's EAM calculator on a deformed, displaced crystal with a vacancy."""
+    from ase import Atoms
+    from ase.calculators.eam import EAM as AseEAM
+
+    f = _deformation(0)
+    u = 0.08 * jax.random.normal(jax.random.PRNGKey(0), (small.n_atoms, 3))
+    positions = np.asarray(small.sites) @ np.asarray(f).T + np.asarray(u)
+    atoms = Atoms(["Fe"] * small.n_atoms, positions=positions,
+                  cell=np.asarray(f) @ (small.box_length * np.eye(3)), pbc=True)
+    atoms.calc = AseEAM(potential=str(resolve_potential_path("Fe_Mendelev2003")))
+    assert abs(float(small.energy(u, f)) - atoms.get_potential_energy()) < 1e-8 * small.n_atoms
+    np.testing.assert_allclose(np.asarray(small.forces(u, f)), atoms.get_forces(), atol=1e-8)
+    np.testing.assert_allclose(np.asarray(small.forces(u, f)), -np.asarray(jax.grad(small.energy)(u, f)), atol=1e-12)
+    # the forces on X with the outer atoms fixed are the full forces on X
+    context = small.context(u, f)
+    np.testing.assert_allclose(np.asarray(small.clamped_forces(u[small.inner], f, context)),
+                               np.asarray(small.forces(u, f))[small.inner], atol=1e-12)
+
+
+def test_core_stress_of_every_atom_is_the_periodic_stress(iron):
+    """Σ_i of the per-atom virials is ∂V/∂F: with the core the whole crystal, the core stress is the
+    periodic PK stress, which is the finite-difference derivative of V."""
+    crystal = bcc.BccCrystal(iron, repeats=5, vacancy=False, core_radius=100.0)
+    assert crystal.core.size == crystal.n_atoms and crystal.core_is_closed
+    f = _deformation(1)
+    u = 0.05 * jax.random.normal(jax.random.PRNGKey(1), (crystal.n_atoms, 3))
+    periodic = crystal.stress(u, f, 300.0)
+    np.testing.assert_allclose(np.asarray(crystal.core_stress(u[crystal.inner], f, 300.0)), np.asarray(periodic),
+                               atol=1e-12)
+    # ∂V/∂F at fixed scaled coordinates s = F⁻¹x: V(F' (F⁻¹ x)) differentiated at F' = F
+    scaled = jnp.linalg.solve(f, (jnp.asarray(crystal.sites) @ f.T + u).T).T
+
+    def energy(g):
+        return crystal.energy(scaled @ g.T - jnp.asarray(crystal.sites) @ g.T, g)
+
+    volume = crystal.n_atoms * crystal.lattice_constant**3 / 2
+    kinetic = crystal.n_atoms * thermal_energy(300.0) * jnp.linalg.inv(f).T / volume
+    np.testing.assert_allclose(np.asarray(jax.grad(energy)(f) / volume - kinetic), np.asarray(periodic), atol=1e-12)
+
+
+def test_default_region_closes_the_core(iron):
+    """Around the vacancy the inner region holds every pair partner of the core (8 first neighbours):
+    the core stress is the exact local stress; all 48 cubic operations map the region onto itself."""
+    crystal = bcc.BccCrystal(iron, repeats=6)
+    assert (crystal.n_atoms, crystal.core.size, crystal.n_inner) == (431, 8, 168)
+    assert crystal.core_is_closed and len(crystal.inner_symmetries) == 48
+
+
+def test_reference_linearisation_is_the_schur_complement(small):
+    """S_ref linearised about u⁰ is −β(H_XX − W); H_XX − W is the Hessian of the EAM energy minimised over
+    the outer atoms (checked by relaxing Y with X displaced, a separate Newton solve of the true EAM)."""
+    f = _deformation(2)
+    temperature = 400.0
+    data = bcc.reference(small, f)
+    assert float(data.max_force) < 1e-10
+    m, beta = small.n_inner, 1.0 / thermal_energy(temperature)
+    jacobian = jax.jacfwd(lambda x: bcc.reference_score(small, x, f, temperature, data).reshape(-1))(data.relaxed)
+    # the Hessian by autodiff of the pair-list energy (an independent code path from the forces' rows)
+    full = jax.hessian(lambda v: small.energy(v.reshape(-1, 3), f))(data.relaxed_all.reshape(-1))
+    x = (3 * small.inner[:, None] + np.arange(3)).reshape(-1)
+    y = (3 * small.outer[:, None] + np.arange(3)).reshape(-1)
+    schur = full[np.ix_(x, x)] - full[np.ix_(x, y)] @ jnp.linalg.solve(full[np.ix_(y, y)], full[np.ix_(y, x)])
+    np.testing.assert_allclose(np.asarray(jacobian.reshape(3 * m, 3 * m)), -beta * np.asarray(schur),
+                               atol=1e-8 * beta * float(jnp.max(jnp.abs(schur))))
+    # minimise the true EAM energy over Y with X displaced by δ: E(δ) − E(0) → ½ δᵀ(H_XX − W)δ
+    delta = 2e-4 * jax.random.normal(jax.random.PRNGKey(2), (m, 3))
+    u0 = data.relaxed_all
+    outer_hessian = full[np.ix_(y, y)]
+    u = u0.at[small.inner].add(delta)
+    for _ in range(6):
+        gradient = -small.forces(u, f)[small.outer].reshape(-1)
+        u = u.at[small.outer].add(-jnp.linalg.solve(outer_hessian, gradient).reshape(-1, 3))
+    rise = float(small.energy(u, f) - small.energy(u0, f))
+    predicted = 0.5 * float(delta.reshape(-1) @ schur @ delta.reshape(-1))
+    assert abs(rise - predicted) < 1e-3 * predicted
+
+
+def test_model_score_is_cubic_equivariant(small):
+    """S(Gx | gFgᵀ, T) = G S(x | F, T) to 1e-10 for the SB-SAM score (reference + trained-like correction),
+    with a random F and group element; the reference relaxes anew at gFgᵀ."""
+    symmetries = small.inner_symmetries
+    assert len(symmetries) == 48
+    network = models.CubicCorrection(atoms=small.n_inner, symmetries=symmetries, hidden=(16,))
+    f = _deformation(3)
+    temperature = 350.0
+    params = network.init(jax.random.PRNGKey(0), f, temperature)
+    params = jax.tree_util.tree_map(lambda a: a + 0.2 * jax.random.normal(jax.random.PRNGKey(1), a.shape), params)
+    g_matrix, permutation = symmetries[int(np.random.default_rng(4).integers(1, 48))]
+    g, permutation = jnp.asarray(g_matrix), np.asarray(permutation)
+
+    def score(x, deformation):
+        data = bcc.reference(small, deformation)
+        reference = bcc.reference_score(small, x, deformation, temperature, data)
+        correction = models.cubic_correction(network.apply(params, deformation, temperature), x, 2.0)
+        return reference + correction
+
+    x = 0.05 * jax.random.normal(jax.random.PRNGKey(5), (small.n_inner, 3))
+    moved = jnp.zeros_like(x).at[permutation].set(x @ g.T)
+    expected = jnp.zeros_like(x).at[permutation].set(score(x, f) @ g.T)
+    got = score(moved, g @ f @ g.T)
+    assert float(jnp.max(jnp.abs(got - expected))) < 1e-10 * float(jnp.max(jnp.abs(expected)))
+    # F must be transformed with X: the untransformed condition gives another score
+    assert float(jnp.max(jnp.abs(score(moved, f) - expected))) > 1e-4 * float(jnp.max(jnp.abs(expected)))
+
+
+def test_taylor_controls_remove_a_gaussian_quadratic_exactly():
+    from dmdjax.sbsam.stress import taylor_controls, zero_variance_mean
+
+    rng = np.random.default_rng(0)
+    d = 6
+    m = rng.normal(size=(d, d))
+    precision = m @ m.T + d * np.eye(d)
+    centre = rng.normal(size=d)
+    x = centre + rng.normal(size=(4000, d)) @ np.linalg.cholesky(np.linalg.inv(precision)).T
+    scores = -(x - centre) @ precision
+    gradient = rng.normal(size=(2, d))
+    hessian = rng.normal(size=(2, d, d))
+    hessian = hessian + hessian.transpose(0, 2, 1)
+    values = np.stack([x @ gradient[k] + 0.5 * np.einsum("ni,ij,nj->n", x - centre, hessian[k], x - centre)
+                       for k in range(2)], axis=1)
+    exact = gradient @ centre + 0.5 * np.einsum("kij,ji->k", hessian, np.linalg.inv(precision))
+    mean, error = zero_variance_mean(values, taylor_controls(gradient, hessian, precision, centre, scores, x), 20)
+    np.testing.assert_allclose(mean, exact, atol=1e-9)
+    assert np.all(error < 1e-9)
+
+
+def test_thermal_expansion_is_small_and_positive(iron):
+    scale = bcc.thermal_expansion(iron, [300.0, 600.0], jax.random.PRNGKey(0), n_steps=1000, burn_in=300)
+    assert 1.0 < scale[0] < scale[1] < 1.01
+
+
+def test_bad_input_is_refused(iron):
+    from dmdjax.studies.sbsam_eam import EAMParameters
+
+    with pytest.raises(ValueError, match="repeats"):
+        bcc.BccCrystal(iron, repeats=2)
+    with pytest.raises(ValueError, match="box"):
+        bcc.BccCrystal(iron, repeats=4)
+    with pytest.raises(ValueError, match="defects"):
+        EAMParameters(defects=("dislocation",))
+    with pytest.raises(ValueError, match="test condition"):
+        EAMParameters(test_conditions=((0.05, 0, 0, 0, 0, 0, 300.0),))
+    with pytest.raises(ValueError, match="deformations"):
+        bcc.sample_full(bcc.BccCrystal(iron, repeats=5), jax.random.PRNGKey(0), jnp.eye(3), jnp.ones(1))
