@@ -138,7 +138,7 @@ def load_checkpoint(path: str | os.PathLike):
         kind, fields = payload["model"], json.loads(payload["fields"])
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{str(path)!r} is not an SB-SAM checkpoint ({error})") from None
-    if kind not in ("ScoreMLP", "PairScore", "BoundaryCorrection"):
+    if kind not in ("ScoreMLP", "PairScore", "BoundaryCorrection", "CubicCorrection"):
         raise ValueError(f"{str(path)!r}: unknown model class {kind!r}")
     fields = {k: _tuples(v) for k, v in fields.items()}
     params = jax.tree_util.tree_map(jnp.asarray, payload["params"])
