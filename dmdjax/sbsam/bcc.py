@@ -413,14 +413,25 @@ class BccCrystal:
         deformation = jnp.asarray(deformation)
         dtype = deformation.dtype
         translation = jnp.tile(jnp.eye(3, dtype=dtype), (self.n_atoms, 1)) / np.sqrt(self.n_atoms)
-        gradient = jax.jit(lambda u: -self.forces(u, deformation))
-        hessian = jax.jit(lambda u: self.hessian(u, deformation))
+        compiled_gradient, compiled_hessian = self._compiled
+
+        def gradient(u):
+            return compiled_gradient(u, deformation)
+
+        def hessian(u):
+            return compiled_hessian(u, deformation)
+
         u = jnp.zeros((self.n_atoms, 3), dtype)
         factor = jax.scipy.linalg.cho_factor(hessian(u) + translation @ translation.T)
         for _ in range(iterations):
             step = jax.scipy.linalg.cho_solve(factor, jnp.reshape(gradient(u), (-1,)))
             u = u - jnp.reshape(step, u.shape)
         return u, hessian(u), float(jnp.max(jnp.abs(gradient(u))))
+
+    @functools.cached_property
+    def _compiled(self):
+        """−∇V and ∇²V jitted once per crystal (every condition reuses the compilation)."""
+        return jax.jit(lambda u, f: -self.forces(u, f)), jax.jit(lambda u, f: self.hessian(u, f))
 
     def schur_softening(self, hessian: Float[Array, "3n 3n"]) -> Float[Array, "3m 3m"]:
         """W = H_XY H_YY⁻¹ H_YX, eV/Å², inner coordinates in :attr:`inner` order (atom, x/y/z): the

@@ -62,7 +62,8 @@ class EAMParameters:
     the closure of the core's pairs, 168 atoms around the vacancy), ``defects`` (of ``DEFECTS``).
     Conditions: ``train_conditions`` random (F, T) with strain components in ± ``max_strain`` and T in
     ``temperature_range``; held-out ``test_conditions`` (ε_xx, ε_yy, ε_zz, ε_yz, ε_xz, ε_xy, T).
-    Thermal expansion on ``expansion_temperatures`` (``expansion_steps`` BAOAB steps per iteration). Full system: ``replicas`` (``test_replicas`` at
+    Thermal expansion on ``expansion_temperatures`` (``expansion_steps`` BAOAB steps per
+    iteration, ``expansion_iterations`` pressure corrections). Full system: ``replicas`` (``test_replicas`` at
     held-out conditions) × ``n_steps`` BAOAB steps of ``time_step`` (friction ``friction``) after
     ``burn_in``, every ``thin``-th kept. Model: ``hidden`` widths, ``bound`` (thermal units).
     Training: ``steps`` of Adam (``learning_rate``, cosine), ``batch_size``, ``sliced_weight``.
@@ -80,6 +81,7 @@ class EAMParameters:
     test_conditions: tuple = ((0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 250.0), (-0.008, 0.005, 0.0, 0.006, 0.0, 0.004, 500.0))
     expansion_temperatures: tuple = (100.0, 200.0, 300.0, 400.0, 500.0, 600.0)
     expansion_steps: int = 3000
+    expansion_iterations: int = 2
     replicas: int = 2
     test_replicas: int = 16
     n_steps: int = 3000
@@ -127,9 +129,9 @@ class EAMParameters:
     def quick(cls, **changes):
         """A reduced run for tests and CI (≈ 2 minutes on a 2-core CPU): 5³ cells, the 58 atoms within
         5 Å of the centre, the vacancy only, one held-out condition."""
-        settings = dict(repeats=5, inner_radius=5.0, defects=("vacancy",), train_conditions=4,
+        settings = dict(repeats=5, inner_radius=5.0, defects=("vacancy",), train_conditions=3,
                         test_conditions=((0.005, 0.0, -0.005, 0.0, 0.005, 0.0, 300.0),),
-                        expansion_temperatures=(100.0, 600.0), expansion_steps=1000, replicas=2, test_replicas=4, n_steps=1000,
+                        expansion_temperatures=(100.0, 600.0), expansion_steps=600, expansion_iterations=1, replicas=2, test_replicas=4, n_steps=1000,
                         thin=10, burn_in=300, steps=300, chains=8, sampler_burn_in=200, sampler_steps=600)
         return cls(**{**settings, **changes})
 
@@ -444,7 +446,7 @@ def run_eam_study(parameters: EAMParameters | None = None, output=None, *, overw
     grid = np.asarray(parameters.expansion_temperatures, float)
     start = time.perf_counter()
     scale = bcc.thermal_expansion(potential, grid, expansion_key, n_steps=parameters.expansion_steps,
-                                  burn_in=parameters.expansion_steps // 3)
+                                  burn_in=parameters.expansion_steps // 3, iterations=parameters.expansion_iterations)
     expansion_seconds = time.perf_counter() - start
 
     def expansion(t):
