@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import NamedTuple
 
 import jax
@@ -42,9 +41,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..potentials import EAM
-from ..progress import track
 from ..units import beta_from_temperature, temperature_from_thermal_energy, thermal_energy
-from .crystal import integrated_autocorrelation_time
+from .crystal import baoab_batches, energy_drift_z, integrated_autocorrelation_time
 
 
 def cubic_group() -> np.ndarray:
@@ -119,13 +117,14 @@ class BccCrystal:
         """The centre site c (the vacancy), Å."""
         return np.full(3, (int(self.repeats) // 2) * self.lattice_constant)
 
-    def _minimum_image(self, vectors):
+    def minimum_image(self, vectors):
+        """``vectors`` (..., 3) Å wrapped into the periodic cube (nearest image)."""
         return vectors - self.box_length * np.round(vectors / self.box_length)
 
     @functools.cached_property
     def sites(self) -> np.ndarray:
         """The 0-K sites ξ (n, 3), Å (the centre site removed for a vacancy)."""
-        distance = np.linalg.norm(self._minimum_image(self._all_sites - self.centre), axis=1)
+        distance = np.linalg.norm(self.minimum_image(self._all_sites - self.centre), axis=1)
         return self._all_sites[distance > 1e-6] if self.vacancy else self._all_sites
 
     @property
@@ -134,13 +133,13 @@ class BccCrystal:
 
     @functools.cached_property
     def centre_distance(self) -> np.ndarray:
-        return np.linalg.norm(self._minimum_image(self.sites - self.centre), axis=1)
+        return np.linalg.norm(self.minimum_image(self.sites - self.centre), axis=1)
 
     @functools.cached_property
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """The fixed pair list: ``(P, 2)`` indices i < j and reference vectors ξ_j − ξ_i ``(P, 3)`` (Å,
         minimum image), every pair within cut-off + skin."""
-        vectors = self._minimum_image(self.sites[None, :, :] - self.sites[:, None, :])
+        vectors = self.minimum_image(self.sites[None, :, :] - self.sites[:, None, :])
         distance = np.linalg.norm(vectors, axis=-1)
         i, j = np.nonzero(np.triu(distance < self.potential.cutoff + self.skin, k=1))
         return np.stack([i, j], axis=1), vectors[i, j]
@@ -183,7 +182,7 @@ class BccCrystal:
         """The elements g of Oh with their permutations π of the inner atoms, g(ξ_i − c) = ξ_π(i) − c
         (inner order), identity first: ``((g, π), ...)`` as nested tuples. The region is symmetric
         about the centre site, so all 48 are found."""
-        local = self._minimum_image(self.sites[self.inner] - self.centre)
+        local = self.minimum_image(self.sites[self.inner] - self.centre)
         found = []
         for g in cubic_group():
             match = np.linalg.norm((local @ g.T)[:, None, :] - local[None, :, :], axis=-1)
@@ -542,41 +541,16 @@ def sample_full(crystal: BccCrystal, key, deformations, temperatures, *, replica
     Raises:
         ValueError: bad shapes or counts.
     """
-    from jax_md import simulate, space
-
-    deformations = jnp.asarray(deformations)
-    temperatures = jnp.asarray(temperatures, deformations.dtype)
-    if deformations.ndim != 3 or deformations.shape[1:] != (3, 3) or temperatures.shape != deformations.shape[:1]:
-        raise ValueError(f"need deformations (c, 3, 3) and temperatures (c,); got {deformations.shape}, "
-                         f"{temperatures.shape}")
-    if min(replicas, n_steps, thin, chunks) < 1 or burn_in < 0 or n_steps % (thin * chunks):
-        raise ValueError(f"need replicas, thin, chunks >= 1, burn_in >= 0 and n_steps ({n_steps}) a multiple of "
-                         f"thin × chunks ({thin} × {chunks})")
-    if not (time_step > 0 and friction > 0):
-        raise ValueError(f"time_step and friction must be > 0; got {time_step}, {friction}")
-    dtype = deformations.dtype
-    count = deformations.shape[0]
-    _, shift = space.free()
-    init, apply = simulate.nvt_langevin(lambda u, deformation: crystal.forces(u, deformation), shift, time_step,
-                                        kT=1.0, gamma=friction)
-    batch_f = jnp.repeat(deformations, replicas, axis=0)
-    batch_kt = jnp.repeat(thermal_energy(temperatures), replicas)
-    zero = jnp.zeros((crystal.n_atoms, 3), dtype)
-    state = jax.jit(jax.vmap(lambda k, f, kt: init(k, zero, mass=crystal.mass, kT=kt, deformation=f)))(
-        jax.random.split(key, count * replicas), batch_f, batch_kt)
+    dtype = jnp.asarray(deformations).dtype
     # pairs just beyond the list (up to 1.5 Å further): none may come within the cut-off
     sites = crystal.sites
-    vectors = crystal._minimum_image(sites[None] - sites[:, None])
+    vectors = crystal.minimum_image(sites[None] - sites[:, None])
     distance = np.linalg.norm(vectors, axis=-1)
     reach = crystal.potential.cutoff + crystal.skin
     far_i, far_j = np.nonzero(np.triu((distance >= reach) & (distance < reach + 1.5), k=1))
     far_vectors = vectors[far_i, far_j]
 
-    def advance(state, f, kt, steps):
-        return jax.lax.fori_loop(0, steps, lambda _, s: apply(s, kT=kt, deformation=f), state)
-
-    def record(state, f, kt):
-        u = state.position - jnp.mean(state.position, axis=0)
+    def record(u, f, kt):
         temperature = temperature_from_thermal_energy(kt)
         stress = crystal.stress(u, f, temperature)
         if not observables:
@@ -586,32 +560,15 @@ def sample_full(crystal: BccCrystal, key, deformations, temperatures, *, replica
         return (u, crystal.forces(u, f) / kt, crystal.core_stress(inner, f, temperature),
                 stress, crystal.energy(u, f) / crystal.n_atoms, jnp.min(jnp.linalg.norm(far, axis=-1)))
 
-    def block(state, f, kt, kept):
-        def one(s, _):
-            s = advance(s, f, kt, thin)
-            return s, record(s, f, kt)
-        return jax.lax.scan(one, state, None, length=kept)
-
-    burn = jax.jit(jax.vmap(lambda s, f, kt: advance(s, f, kt, burn_in))).lower(state, batch_f, batch_kt).compile()
-    run = jax.jit(jax.vmap(lambda s, f, kt: block(s, f, kt, n_steps // thin // chunks))).lower(
-        state, batch_f, batch_kt).compile()
-    start = time.perf_counter()
-    state = burn(state, batch_f, batch_kt)
-    parts = []
-    for _ in track(range(chunks), "full system (BAOAB)", "chunk", enabled=progress):
-        state, out = run(state, batch_f, batch_kt)
-        parts.append(jax.device_get(out))
-    seconds = time.perf_counter() - start
-    joined = [np.concatenate([p[i] for p in parts], axis=1) for i in range(len(parts[0]))]
-    shaped = [a.reshape((count, replicas) + a.shape[1:]) for a in joined]
+    shaped, seconds = baoab_batches(crystal.forces, (crystal.n_atoms, 3), crystal.mass, key, deformations,
+                                    temperatures, record, replicas=replicas, n_steps=n_steps, thin=thin,
+                                    burn_in=burn_in, time_step=time_step, friction=friction, chunks=chunks,
+                                    progress=progress)
     if not observables:
         return FullSamples(None, None, None, None, None, shaped[0], None, seconds, {})
     displacement, force, core, stress, energy, unlisted = shaped
-    half = energy.shape[2] // 2
-    first, last = energy[:, :, :half].mean(axis=(1, 2)), energy[:, :, half:].mean(axis=(1, 2))
-    spread = energy.mean(axis=2).std(axis=1, ddof=1) / np.sqrt(replicas) if replicas > 1 else np.abs(first - last)
-    checks = {"tau_core_stress": [integrated_autocorrelation_time(core[c, :, :, 0, 0]) for c in range(count)],
-              "energy_drift_z": ((last - first) / np.maximum(2 * spread, 1e-300)).tolist(),
+    checks = {"tau_core_stress": [integrated_autocorrelation_time(core[c, :, :, 0, 0]) for c in range(core.shape[0])],
+              "energy_drift_z": energy_drift_z(energy),
               "min_unlisted_distance": float(unlisted.min()), "cutoff": float(crystal.potential.cutoff)}
     return FullSamples(displacement, force, displacement[..., crystal.inner, :], force[..., crystal.inner, :], core,
                        stress, energy, seconds, checks)

@@ -296,36 +296,9 @@ def sample_full(crystal: MorseCrystal, key, deformations, temperatures, *, repli
     Raises:
         ValueError: bad shapes or sizes.
     """
-    from jax_md import simulate, space
-
-    deformations = jnp.asarray(deformations)
-    temperatures = jnp.asarray(temperatures, deformations.dtype)
-    if deformations.ndim != 3 or deformations.shape[1:] != (2, 2) or temperatures.shape != deformations.shape[:1]:
-        raise ValueError(f"need deformations (c, 2, 2) and temperatures (c,); got {deformations.shape}, "
-                         f"{temperatures.shape}")
-    if min(replicas, n_steps, thin, chunks) < 1 or burn_in < 0 or n_steps % (thin * chunks):
-        raise ValueError(f"need replicas, thin, chunks >= 1, burn_in >= 0 and n_steps ({n_steps}) a multiple of "
-                         f"thin × chunks ({thin} × {chunks})")
-    if not (time_step > 0 and friction > 0):
-        raise ValueError(f"time_step and friction must be > 0; got {time_step}, {friction}")
-    dtype = deformations.dtype
-    n_conditions = deformations.shape[0]
-    _, shift = space.free()
-    init, apply = simulate.nvt_langevin(lambda u, deformation: crystal.energy(u, deformation), shift, time_step,
-                                        kT=1.0, gamma=friction)
-    kts = thermal_energy(temperatures)
-    batch_f = jnp.repeat(deformations, replicas, axis=0)
-    batch_kt = jnp.repeat(kts, replicas)
-    zero = jnp.zeros((crystal.n_atoms, 2), dtype)
-    state = jax.jit(jax.vmap(lambda k, f, kt: init(k, zero, mass=crystal.mass, kT=kt, deformation=f)))(
-        jax.random.split(key, n_conditions * replicas), batch_f, batch_kt)
     second, second_vectors = crystal.pairs_at(np.sqrt(3.0) * crystal.spacing)
 
-    def advance(state, f, kt, steps):
-        return jax.lax.fori_loop(0, steps, lambda _, s: apply(s, kT=kt, deformation=f), state)
-
-    def record(state, f, kt):
-        u = state.position - jnp.mean(state.position, axis=0)
+    def record(u, f, kt):
         inner = u[crystal.inner]
         energy, gradient = jax.value_and_grad(crystal.energy)(u, f)
         temperature = temperature_from_thermal_energy(kt)
@@ -335,38 +308,90 @@ def sample_full(crystal: MorseCrystal, key, deformations, temperatures, *, repli
                 energy / crystal.n_atoms, jnp.max(jnp.linalg.norm(crystal.bond_vectors(u, f), axis=-1)),
                 jnp.min(jnp.linalg.norm(far, axis=-1)))
 
-    def block(state, f, kt, kept):
-        def one(s, _):
-            s = advance(s, f, kt, thin)
-            return s, record(s, f, kt)
-        return jax.lax.scan(one, state, None, length=kept)
-
-    burn = jax.jit(jax.vmap(lambda s, f, kt: advance(s, f, kt, burn_in)))
-    kept_per_chunk = n_steps // thin // chunks
-    run = jax.jit(jax.vmap(lambda s, f, kt: block(s, f, kt, kept_per_chunk)))
-    burn_compiled = burn.lower(state, batch_f, batch_kt).compile()
-    run_compiled = run.lower(state, batch_f, batch_kt).compile()
-    start = time.perf_counter()
-    state = burn_compiled(state, batch_f, batch_kt)
-    parts = []
-    iterator = range(chunks)
-    iterator = track(iterator, "full system (BAOAB)", "chunk", enabled=progress)
-    for _ in iterator:
-        state, out = run_compiled(state, batch_f, batch_kt)
-        parts.append(jax.device_get(out))
-    seconds = time.perf_counter() - start
-    joined = [np.concatenate([p[i] for p in parts], axis=1) for i in range(len(parts[0]))]
-    shaped = [a.reshape((n_conditions, replicas) + a.shape[1:]) for a in joined]
+    shaped, seconds = baoab_batches(crystal.energy, (crystal.n_atoms, 2), crystal.mass, key, deformations,
+                                    temperatures, record, replicas=replicas, n_steps=n_steps, thin=thin,
+                                    burn_in=burn_in, time_step=time_step, friction=friction, chunks=chunks,
+                                    progress=progress)
     inner, target, inner_stress, stress, translated, energy, max_bond, min_second = shaped
-    half = energy.shape[2] // 2
-    first, last = energy[:, :, :half].mean(axis=(1, 2)), energy[:, :, half:].mean(axis=(1, 2))
-    spread = energy.mean(axis=2).std(axis=1, ddof=1) / np.sqrt(replicas) if replicas > 1 else np.abs(first - last)
     checks = {"tau_inner_stress": [integrated_autocorrelation_time(inner_stress[c, :, :, 0, 0])
-                                   for c in range(n_conditions)],
-              "energy_drift_z": ((last - first) / np.maximum(2 * spread, 1e-300)).tolist(),
+                                   for c in range(inner.shape[0])],
+              "energy_drift_z": energy_drift_z(energy),
               "max_bond": float(max_bond.max()), "min_second_neighbour": float(min_second.min()),
               "second_neighbour_distance": float(np.sqrt(3.0) * crystal.spacing)}
     return FullSamples(inner, target, inner_stress, stress, translated, energy, seconds, checks)
+
+
+def baoab_batches(energy_or_force, shape: tuple, mass: float, key, deformations, temperatures, record, *,
+                  replicas: int, n_steps: int, thin: int, burn_in: int, time_step: float, friction: float,
+                  chunks: int, progress: bool = False):
+    """Canonical BAOAB Langevin runs (jax-md ``simulate.nvt_langevin``) of one system at each condition,
+    vmapped over conditions × replicas, from u = 0: ``burn_in`` steps, then every ``thin``-th of
+    ``n_steps`` steps ``record(u, F, k_BT)`` (u from the centre of mass) is kept, in ``chunks`` host
+    round trips (progress bar). ``energy_or_force(u, deformation)`` (a scalar energy or the forces);
+    ``shape`` of u; deformations ``(c, d, d)``, temperatures ``(c,)`` K.
+
+    Returns ``(arrays, seconds)``: each recorded array with axes (condition, replica, kept, ...), and the
+    sampling wall time (compilation excluded).
+
+    Raises:
+        ValueError: bad shapes or counts.
+    """
+    from jax_md import simulate, space
+
+    deformations = jnp.asarray(deformations)
+    temperatures = jnp.asarray(temperatures, deformations.dtype)
+    d = shape[-1]
+    if deformations.ndim != 3 or deformations.shape[1:] != (d, d) or temperatures.shape != deformations.shape[:1]:
+        raise ValueError(f"need deformations (c, {d}, {d}) and temperatures (c,); got {deformations.shape}, "
+                         f"{temperatures.shape}")
+    if min(replicas, n_steps, thin, chunks) < 1 or burn_in < 0 or n_steps % (thin * chunks):
+        raise ValueError(f"need replicas, thin, chunks >= 1, burn_in >= 0 and n_steps ({n_steps}) a multiple of "
+                         f"thin × chunks ({thin} × {chunks})")
+    if not (time_step > 0 and friction > 0):
+        raise ValueError(f"time_step and friction must be > 0; got {time_step}, {friction}")
+    count = deformations.shape[0]
+    _, shift = space.free()
+    init, apply = simulate.nvt_langevin(energy_or_force, shift, time_step, kT=1.0, gamma=friction)
+    batch_f = jnp.repeat(deformations, replicas, axis=0)
+    batch_kt = jnp.repeat(thermal_energy(temperatures), replicas)
+    zero = jnp.zeros(shape, deformations.dtype)
+    state = jax.jit(jax.vmap(lambda k, f, kt: init(k, zero, mass=mass, kT=kt, deformation=f)))(
+        jax.random.split(key, count * replicas), batch_f, batch_kt)
+
+    def advance(state, f, kt, steps):
+        return jax.lax.fori_loop(0, steps, lambda _, s: apply(s, kT=kt, deformation=f), state)
+
+    def block(state, f, kt, kept):
+        def one(s, _):
+            s = advance(s, f, kt, thin)
+            return s, record(s.position - jnp.mean(s.position, axis=0), f, kt)
+        return jax.lax.scan(one, state, None, length=kept)
+
+    burn = jax.jit(jax.vmap(lambda s, f, kt: advance(s, f, kt, burn_in))).lower(state, batch_f, batch_kt).compile()
+    run = jax.jit(jax.vmap(lambda s, f, kt: block(s, f, kt, n_steps // thin // chunks))).lower(
+        state, batch_f, batch_kt).compile()
+    start = time.perf_counter()
+    state = burn(state, batch_f, batch_kt)
+    parts = []
+    for _ in track(range(chunks), "full system (BAOAB)", "chunk", enabled=progress):
+        state, out = run(state, batch_f, batch_kt)
+        parts.append(jax.device_get(out))
+    seconds = time.perf_counter() - start
+    joined = [np.concatenate([p[i] for p in parts], axis=1) for i in range(len(parts[0]))]
+    return [a.reshape((count, replicas) + a.shape[1:]) for a in joined], seconds
+
+
+def energy_drift_z(energy) -> list:
+    """The equilibration check of ``energy`` (condition, replica, kept): the difference of the two
+    halves' means over its standard error (from the replicas' spread; the halves' difference itself
+    with one replica), per condition. With r replicas it is Student-t with r − 1 degrees of freedom
+    under the null (heavy-tailed for r = 2)."""
+    energy = np.asarray(energy)
+    replicas = energy.shape[1]
+    half = energy.shape[2] // 2
+    first, last = energy[:, :, :half].mean(axis=(1, 2)), energy[:, :, half:].mean(axis=(1, 2))
+    spread = energy.mean(axis=2).std(axis=1, ddof=1) / np.sqrt(replicas) if replicas > 1 else np.abs(first - last)
+    return ((last - first) / np.maximum(2 * spread, 1e-300)).tolist()
 
 
 def integrated_autocorrelation_time(series, window_factor: float = 5.0) -> float:
