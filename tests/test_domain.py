@@ -18,7 +18,7 @@ from dmdjax import domain
 
 WORKER = Path(__file__).with_name("sharded_worker.py")
 #: Each worker's wall-clock limit, s (a hung collective must not hang the suite).
-LIMIT = 900
+LIMIT = 1800  # s per worker: a guard against hangs (the 8-device check takes ~4 min alone, 15+ on a loaded 2-core machine)
 
 
 def _environment(devices: int) -> dict:
