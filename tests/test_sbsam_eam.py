@@ -151,6 +151,18 @@ def test_taylor_controls_remove_a_gaussian_quadratic_exactly():
     mean, error = zero_variance_mean(values, taylor_controls(gradient, hessian, precision, centre, scores, x), 20)
     np.testing.assert_allclose(mean, exact, atol=1e-9)
     assert np.all(error < 1e-9)
+    # an observable of the first four coordinates only: given on its support, the same controls
+    support = np.arange(4)
+    padded_hessian = np.zeros_like(hessian)
+    padded_hessian[:, :4, :4] = hessian[:, :4, :4]
+    padded_gradient = np.where(np.arange(d) < 4, gradient, 0.0)
+    shift = np.full((d, d), 1.0 / d)
+    dense = taylor_controls(padded_gradient, padded_hessian, precision, centre, scores, x, laplacian_shift=shift)
+    sparse = taylor_controls(gradient[:, :4], hessian[:, :4, :4], precision, centre, scores, x, laplacian_shift=shift,
+                             support=support)
+    np.testing.assert_allclose(sparse, dense, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="support"):
+        taylor_controls(gradient, hessian, precision, centre, scores, x, support=support)
 
 
 def test_thermal_expansion_is_small_and_positive(iron):
@@ -171,6 +183,14 @@ def test_bad_input_is_refused(iron):
         EAMParameters(test_conditions=((0.05, 0, 0, 0, 0, 0, 300.0),))
     with pytest.raises(ValueError, match="deformations"):
         bcc.sample_full(bcc.BccCrystal(iron, repeats=5), jax.random.PRNGKey(0), jnp.eye(3), jnp.ones(1))
+    # a melted crystal leaves the fixed pair list: refused, not silently wrong forces
+    tight = bcc.BccCrystal(iron, repeats=4, skin=0.01)
+    with pytest.raises(RuntimeError, match="unlisted pair"):
+        bcc.sample_full(tight, jax.random.PRNGKey(0), jnp.eye(3)[None], jnp.asarray([2500.0]), replicas=1,
+                        n_steps=200, thin=10, burn_in=100)
+    # an unconverged relaxation is refused (here by an impossible tolerance)
+    with pytest.raises(RuntimeError, match="relaxation"):
+        bcc.reference(tight, 1.01 * jnp.eye(3), tolerance=1e-30)
 
 
 @pytest.fixture(scope="module")

@@ -456,10 +456,18 @@ class Reference(NamedTuple):
     hessian: jax.Array
 
 
-def reference(crystal: BccCrystal, deformation) -> Reference:
-    """:class:`Reference` at the total deformation F (relaxation, Hessian and Schur complement)."""
+def reference(crystal: BccCrystal, deformation, *, tolerance: float = 1e-6) -> Reference:
+    """:class:`Reference` at the total deformation F (relaxation, Hessian and Schur complement).
+
+    Raises:
+        RuntimeError: the relaxation left a force above ``tolerance`` (eV/Å): the Hessian and W would
+            belong to no equilibrium (e.g. F far outside the solid's range).
+    """
     deformation = jnp.asarray(deformation)
     u, hessian, max_force = crystal.relaxed(deformation)
+    if not max_force <= tolerance:
+        raise RuntimeError(f"the relaxation at F = {np.asarray(deformation).round(5).tolist()} left a force of "
+                           f"{max_force:.3g} eV/Å > tolerance {tolerance:g} eV/Å")
     softening = crystal.schur_softening(hessian)
     zero = jnp.zeros_like(u)
     return Reference(u[crystal.inner], crystal.context(u, deformation), softening,
@@ -540,6 +548,8 @@ def sample_full(crystal: BccCrystal, key, deformations, temperatures, *, replica
 
     Raises:
         ValueError: bad shapes or counts.
+        RuntimeError: a pair outside the fixed list came within the cut-off (the forces missed it; the
+            crystal melted or the skin is too small), with the distance.
     """
     dtype = jnp.asarray(deformations).dtype
     # pairs just beyond the list (up to 1.5 Å further): none may come within the cut-off
@@ -567,6 +577,10 @@ def sample_full(crystal: BccCrystal, key, deformations, temperatures, *, replica
     if not observables:
         return FullSamples(None, None, None, None, None, shaped[0], None, seconds, {})
     displacement, force, core, stress, energy, unlisted = shaped
+    if not float(unlisted.min()) > crystal.potential.cutoff:
+        raise RuntimeError(f"an unlisted pair came to {float(unlisted.min()):.3f} Å, within the cut-off "
+                           f"{crystal.potential.cutoff} Å: the fixed pair list missed interactions (the crystal "
+                           f"melted, or skin = {crystal.skin} Å is too small)")
     checks = {"tau_core_stress": [integrated_autocorrelation_time(core[c, :, :, 0, 0]) for c in range(core.shape[0])],
               "energy_drift_z": energy_drift_z(energy),
               "min_unlisted_distance": float(unlisted.min()), "cutoff": float(crystal.potential.cutoff)}

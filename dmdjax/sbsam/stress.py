@@ -98,7 +98,7 @@ def zero_variance_mean(values, scores, chains: int, positions=None, laplacian=No
     return corrected.mean(axis=0), per_chain.std(axis=0, ddof=1) / np.sqrt(chains)
 
 
-def taylor_controls(gradient, hessian, precision, centre, scores, positions, laplacian_shift=None):
+def taylor_controls(gradient, hessian, precision, centre, scores, positions, laplacian_shift=None, support=None):
     r"""Control variates designed from a Gaussian approximation of the law, mean zero under any law whose
     score is ``scores`` (Stein's identity E[∇ψ·S + Δψ] = 0 holds for every ψ): for each observable
     component k with gradient g_k and Hessian H_k at ``centre`` μ, and the approximate precision A,
@@ -111,26 +111,35 @@ def taylor_controls(gradient, hessian, precision, centre, scores, positions, lap
     (2k), so a least-squares fit of their coefficients needs few samples
     (:func:`zero_variance_mean` with these as ``scores`` and no ``positions``).
 
-    Arguments: gradient (k, D); hessian (k, D, D); precision (D, D) (symmetric, may be singular: its
-    null space is ignored); centre (D,); scores, positions (N, D). ``laplacian_shift`` (D, D): subtract
-    from the identity in Δψ' = Σ_ij B_ij ∇x_i·∇x_j where the coordinates are constrained (e.g. 1/N
-    within a Cartesian component for positions measured from the centre of mass of N atoms).
+    Arguments: gradient (k, d); hessian (k, d, d); precision (D, D) (symmetric, may be singular: its
+    null space is ignored); centre (D,); scores, positions (N, D). ``support`` (d,) int: the coordinates
+    (of the D) the observable depends on, where ``gradient`` and ``hessian`` are given (default: all, d =
+    D); a_k and B_k still span every coordinate, so the Y-fluctuations the precision couples to the
+    observable's coordinates are cancelled too. ``laplacian_shift`` (D, D): subtract from the identity in
+    Δψ' = Σ_ij B_ij ∇x_i·∇x_j where the coordinates are constrained (e.g. 1/N within a Cartesian component
+    for positions measured from the centre of mass of N atoms). Memory O(D² + k d²), one B_k at a time.
     Returns (N, 2k).
     """
     gradient, hessian = np.asarray(gradient, float), np.asarray(hessian, float)
     values, vectors = np.linalg.eigh(0.5 * (np.asarray(precision, float) + np.asarray(precision, float).T))
+    support = np.arange(values.size) if support is None else np.asarray(support)
+    if gradient.shape[-1] != support.size or hessian.shape[-2:] != (support.size, support.size):
+        raise ValueError(f"gradient (k, {support.size}) and hessian (k, {support.size}, {support.size}) must match "
+                         f"the support; got {gradient.shape} and {hessian.shape}")
     keep = values > 1e-8 * values.max()
     inverse = np.where(keep, 1.0 / np.where(keep, values, 1.0), 0.0)
-    linear = (gradient @ vectors) * inverse @ vectors.T  # a_k = A⁺ g_k, (k, D)
-    rotated = vectors.T @ hessian @ vectors
-    denominator = values[:, None] + values[None, :]
+    on_support = vectors[support]  # (d, D)
+    linear = (gradient @ on_support) * inverse @ vectors.T  # a_k = A⁺ g_k, (k, D)
     pair = keep[:, None] & keep[None, :]
-    blocks = np.where(pair, rotated / np.where(pair, denominator, 1.0), 0.0)
-    quadratic = vectors @ blocks @ vectors.T  # B_k, (k, D, D)
-    scores, shifted = np.asarray(scores, float), np.asarray(positions, float) - np.asarray(centre, float)
-    trace = np.einsum("kii->k", quadratic)
-    if laplacian_shift is not None:
-        trace = trace - np.einsum("kij,ij->k", quadratic, np.asarray(laplacian_shift, float))
-    linear_controls = scores @ linear.T
-    quadratic_controls = np.stack([np.sum((scores @ b) * shifted, axis=1) for b in quadratic], axis=1) + trace
-    return np.concatenate([linear_controls, quadratic_controls], axis=1)
+    denominator = np.where(pair, values[:, None] + values[None, :], 1.0)
+    # the samples in the eigenbasis: the quadratic control is (Vᵀs)ᵀ C_k (Vᵀ(x − μ)), B_k = V C_k Vᵀ
+    scores = np.asarray(scores, float)
+    rotated_scores = scores @ vectors
+    rotated_shift = (np.asarray(positions, float) - np.asarray(centre, float)) @ vectors
+    rotated_laplacian = None if laplacian_shift is None else vectors.T @ np.asarray(laplacian_shift, float) @ vectors
+    quadratic_controls = []
+    for block in hessian:
+        rotated = np.where(pair, on_support.T @ block @ on_support / denominator, 0.0)  # C_k
+        trace = np.trace(rotated) - (0.0 if rotated_laplacian is None else np.sum(rotated * rotated_laplacian))
+        quadratic_controls.append(np.sum((rotated_scores @ rotated) * rotated_shift, axis=1) + trace)
+    return np.concatenate([scores @ linear.T, np.stack(quadratic_controls, axis=1)], axis=1)

@@ -365,19 +365,16 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
         controls = taylor_controls(*designs[index], test_target[index].reshape(-1, 3 * m),
                                    test_inner[index].reshape(-1, 3 * m), laplacian_shift=shift)
         inner_mean, inner_se = zero_variance_mean(values, controls, parameters.test_replicas)
-        # every atom's coordinates: the Gaussian design with the whole crystal's Hessian at u⁰
+        # every atom's coordinates: the Gaussian design with the whole crystal's Hessian at u⁰ (the
+        # observable's derivatives live on X's coordinates only)
         gradient, hessian, _, _ = designs[index]
         coordinates = (3 * crystal.inner[:, None] + np.arange(3)).reshape(-1)
         size = 3 * n_total
-        gradient_all = np.zeros((9, size))
-        gradient_all[:, coordinates] = gradient
-        hessian_all = np.zeros((9, size, size))
-        hessian_all[:, coordinates[:, None], coordinates[None, :]] = hessian
         beta = 1.0 / float(thermal_energy(test_t[index]))
         data = jax.tree_util.tree_map(lambda a: a[index], test_ref)
-        controls = taylor_controls(gradient_all, hessian_all, beta * np.asarray(data.hessian),
+        controls = taylor_controls(gradient, hessian, beta * np.asarray(data.hessian),
                                    np.asarray(data.relaxed_all).reshape(-1), test_all_force[index].reshape(-1, size),
-                                   test_all[index].reshape(-1, size), laplacian_shift=shift_all)
+                                   test_all[index].reshape(-1, size), laplacian_shift=shift_all, support=coordinates)
         full_mean, full_se = zero_variance_mean(values, controls, parameters.test_replicas)
         plain = values.reshape(parameters.test_replicas, -1, 9).mean(axis=1)
         scale = float(np.linalg.norm(full_mean))
