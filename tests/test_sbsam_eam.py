@@ -188,6 +188,9 @@ def test_bad_input_is_refused(iron):
     with pytest.raises(RuntimeError, match="unlisted pair"):
         bcc.sample_full(tight, jax.random.PRNGKey(0), jnp.eye(3)[None], jnp.asarray([2500.0]), replicas=1,
                         n_steps=200, thin=10, burn_in=100)
+    with pytest.raises(RuntimeError, match="unlisted pair"):  # also when only the stress is kept
+        bcc.sample_full(tight, jax.random.PRNGKey(0), jnp.eye(3)[None], jnp.asarray([2500.0]), replicas=1,
+                        n_steps=200, thin=10, burn_in=100, observables=False)
     # an unconverged relaxation is refused (here by an impossible tolerance)
     with pytest.raises(RuntimeError, match="relaxation"):
         bcc.reference(tight, 1.01 * jnp.eye(3), tolerance=1e-30)

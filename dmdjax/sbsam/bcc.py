@@ -540,7 +540,8 @@ def sample_full(crystal: BccCrystal, key, deformations, temperatures, *, replica
         deformations: the *total* deformations ``(c, 3, 3)`` (:func:`total_deformation`);
         temperatures ``(c,)`` K. replicas: independent runs per condition. n_steps: steps after
         ``burn_in``, every ``thin``-th kept; time_step Δt (√(amu Å²/eV) ≈ 10.18 fs); friction γ.
-        chunks: host round trips (progress bar). observables: False keeps only the periodic stress.
+        chunks: host round trips (progress bar). observables: False keeps only the periodic stress (the
+        pair-list check below still runs).
 
     Checks (``checks``): τ_int of the core stress trace in kept samples (``tau_core_stress``), the
     equilibration drift z of V between the halves (``energy_drift_z``), and the smallest distance of
@@ -562,25 +563,25 @@ def sample_full(crystal: BccCrystal, key, deformations, temperatures, *, replica
 
     def record(u, f, kt):
         temperature = temperature_from_thermal_energy(kt)
-        stress = crystal.stress(u, f, temperature)
-        if not observables:
-            return (stress,)
-        inner = u[crystal.inner]
         far = jnp.asarray(far_vectors, dtype) @ f.T + u[far_j] - u[far_i]
-        return (u, crystal.forces(u, f) / kt, crystal.core_stress(inner, f, temperature),
-                stress, crystal.energy(u, f) / crystal.n_atoms, jnp.min(jnp.linalg.norm(far, axis=-1)))
+        checked = (crystal.stress(u, f, temperature), jnp.min(jnp.linalg.norm(far, axis=-1)))
+        if not observables:
+            return checked
+        return checked + (u, crystal.forces(u, f) / kt, crystal.core_stress(u[crystal.inner], f, temperature),
+                          crystal.energy(u, f) / crystal.n_atoms)
 
     shaped, seconds = baoab_batches(crystal.forces, (crystal.n_atoms, 3), crystal.mass, key, deformations,
                                     temperatures, record, replicas=replicas, n_steps=n_steps, thin=thin,
                                     burn_in=burn_in, time_step=time_step, friction=friction, chunks=chunks,
                                     progress=progress)
-    if not observables:
-        return FullSamples(None, None, None, None, None, shaped[0], None, seconds, {})
-    displacement, force, core, stress, energy, unlisted = shaped
+    stress, unlisted = shaped[:2]
     if not float(unlisted.min()) > crystal.potential.cutoff:
         raise RuntimeError(f"an unlisted pair came to {float(unlisted.min()):.3f} Å, within the cut-off "
                            f"{crystal.potential.cutoff} Å: the fixed pair list missed interactions (the crystal "
                            f"melted, or skin = {crystal.skin} Å is too small)")
+    if not observables:
+        return FullSamples(None, None, None, None, None, stress, None, seconds, {})
+    displacement, force, core, energy = shaped[2:]
     checks = {"tau_core_stress": [integrated_autocorrelation_time(core[c, :, :, 0, 0]) for c in range(core.shape[0])],
               "energy_drift_z": energy_drift_z(energy),
               "min_unlisted_distance": float(unlisted.min()), "cutoff": float(crystal.potential.cutoff)}
