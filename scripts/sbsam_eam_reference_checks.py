@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ from dmdjax.potentials import load_eam
 from dmdjax.sbsam import bcc, model as models, sample
 from dmdjax.sbsam.crystal import integrated_autocorrelation_time
 from dmdjax.sbsam.stress import taylor_controls, zero_variance_mean
-from dmdjax.studies.sbsam_eam import EAMParameters, symmetric_deformation
+from dmdjax.studies.sbsam_eam import (EAMParameters, control_design, core_stress_and_score, symmetric_deformation,
+                                     thermal_score)
 from dmdjax.units import thermal_energy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,16 +103,8 @@ def main(argv=None):
     laplace_noise = float(jnp.linalg.norm(halves[0] - halves[1]) / jnp.linalg.norm(halves[0] + halves[1]) * 2)
     setup_seconds = time.perf_counter() - start
 
-    centre = data.relaxed.reshape(-1)
-    precision = -jax.jacfwd(lambda u: bcc.reference_score(crystal, u.reshape(m, 3), deformation, t, data).reshape(-1))(
-        centre)
-    precision = np.asarray(0.5 * (precision + precision.T))
-
-    def stress(u):
-        return crystal.core_stress(u.reshape(m, 3), deformation, t).reshape(-1)
-
-    design = (np.asarray(jax.jacfwd(stress)(centre)), np.asarray(jax.hessian(stress)(centre)), precision,
-              np.asarray(centre))
+    design = tuple(np.asarray(a) for a in jax.jit(functools.partial(control_design, crystal))(deformation, t, data))
+    precision, centre = design[2], design[3]
     clamped = -jax.jacfwd(lambda u: crystal.clamped_score(u.reshape(m, 3), deformation, t, data.lattice_context)
                           .reshape(-1))(jnp.zeros(3 * m))
     step = 0.5 / float(np.linalg.eigvalsh(np.asarray(clamped)).max() * length**2)
@@ -120,18 +114,14 @@ def main(argv=None):
         bias_thermal = jnp.asarray(bias).reshape(m, 3) * length
 
         def score(x):
-            middle = jnp.mean(x, axis=0)
-            v = x - middle
-            out = bcc.reference_score(crystal, v * length, deformation, t, data) * length + bias_thermal
-            return out - jnp.mean(out, axis=0) - middle
+            return thermal_score(crystal, "reference", x, deformation, t, data, bias=bias_thermal)
 
         start_x = ref_x - jnp.mean(ref_x, axis=0)
         result = sample.langevin(score, key, jnp.repeat(start_x[None], args.chains, 0), step=step,
                                  n_steps=args.steps, burn_in=500, thin=10, max_displacement=100.0)
         x = jnp.asarray(np.asarray(result.samples).reshape(-1, m, 3))
-        values = np.asarray(jax.lax.map(lambda y: crystal.core_stress(y * length, deformation, t), x,
-                                        batch_size=500)).reshape(-1, 9)
-        scores = np.asarray(jax.lax.map(score, x, batch_size=500)).reshape(-1, 3 * m) / float(length)
+        values, scores = (np.asarray(a) for a in jax.jit(
+            lambda y: core_stress_and_score(crystal, score, y, deformation, t))(x))
         u = np.asarray(x).reshape(-1, 3 * m) * float(length)
         controls = taylor_controls(*design, scores, u)
         mean, se = zero_variance_mean(values, controls, args.chains)

@@ -7,6 +7,7 @@ import pytest
 
 from dmdjax.potentials import load_eam, resolve_potential_path
 from dmdjax.sbsam import bcc, model as models
+from dmdjax.studies.sbsam_eam import thermal_score
 from dmdjax.units import thermal_energy
 
 
@@ -105,8 +106,9 @@ def test_reference_linearisation_is_the_schur_complement(small):
 
 
 def test_model_score_is_cubic_equivariant(small):
-    """S(Gx | gFgᵀ, T) = G S(x | F, T) to 1e-10 for the SB-SAM score (reference + trained-like correction),
-    with a random F and group element; the reference relaxes anew at gFgᵀ."""
+    """S(Gx | gFgᵀ, T) = G S(x | F, T) to 1e-10 for the SB-SAM score the study samples (reference +
+    trained-like correction, centroid split off), with a random F and group element; the reference
+    relaxes anew at gFgᵀ."""
     symmetries = small.inner_symmetries
     assert len(symmetries) == 48
     network = models.CubicCorrection(atoms=small.n_inner, symmetries=symmetries, hidden=(16,))
@@ -117,13 +119,19 @@ def test_model_score_is_cubic_equivariant(small):
     g_matrix, permutation = symmetries[int(np.random.default_rng(4).integers(1, 48))]
     g, permutation = jnp.asarray(g_matrix), np.asarray(permutation)
 
-    def score(x, deformation):
+    def score(x, deformation, method="sbsam", coefficients=None):
+        # the score the study's sampler runs (thermal units, centroid split off, correction bounded)
         data = bcc.reference(small, deformation)
-        reference = bcc.reference_score(small, x, deformation, temperature, data)
-        correction = models.cubic_correction(network.apply(params, deformation, temperature), x, 2.0)
-        return reference + correction
+        if coefficients is None:
+            coefficients = network.apply(params, deformation, temperature)
+        return thermal_score(small, method, x, deformation, temperature, data, coefficients, bound=2.0)
 
-    x = 0.05 * jax.random.normal(jax.random.PRNGKey(5), (small.n_inner, 3))
+    x = 0.5 * jax.random.normal(jax.random.PRNGKey(5), (small.n_inner, 3))
+    # the untrained (zero) correction is the reference; a bad method is refused by name
+    zero = jax.tree_util.tree_map(jnp.zeros_like, network.apply(params, f, temperature))
+    assert float(jnp.max(jnp.abs(score(x, f, coefficients=zero) - score(x, f, "reference")))) == 0.0
+    with pytest.raises(ValueError, match="'exact'"):
+        score(x, f, "exact")
     moved = jnp.zeros_like(x).at[permutation].set(x @ g.T)
     expected = jnp.zeros_like(x).at[permutation].set(score(x, f) @ g.T)
     got = score(moved, g @ f @ g.T)

@@ -432,6 +432,11 @@ class BccCrystal:
         """−∇V and ∇²V jitted once per crystal (every condition reuses the compilation)."""
         return jax.jit(lambda u, f: -self.forces(u, f)), jax.jit(lambda u, f: self.hessian(u, f))
 
+    @functools.cached_property
+    def _compiled_context(self):
+        """:meth:`context` jitted once per crystal."""
+        return jax.jit(self.context)
+
     def schur_softening(self, hessian: Float[Array, "3n 3n"]) -> Float[Array, "3m 3m"]:
         """W = H_XY H_YY⁻¹ H_YX, eV/Å², inner coordinates in :attr:`inner` order (atom, x/y/z): the
         harmonic marginal of X has precision β(H_XX − W), the clamped one βH_XX."""
@@ -470,8 +475,9 @@ def reference(crystal: BccCrystal, deformation, *, tolerance: float = 1e-6) -> R
                            f"{max_force:.3g} eV/Å > tolerance {tolerance:g} eV/Å")
     softening = crystal.schur_softening(hessian)
     zero = jnp.zeros_like(u)
-    return Reference(u[crystal.inner], crystal.context(u, deformation), softening,
-                     crystal.context(zero, deformation), jnp.asarray(max_force), u, hessian)
+    context = crystal._compiled_context
+    return Reference(u[crystal.inner], context(u, deformation), softening, context(zero, deformation),
+                     jnp.asarray(max_force), u, hessian)
 
 
 def reference_score(crystal: BccCrystal, inner: Float[Array, "m 3"], deformation, temperature,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ DEFECTS = ("vacancy", "perfect")
 
 @dataclasses.dataclass(frozen=True)
 class EAMParameters:
-    """Settings of :func:`run_eam_study` (defaults: ≈ 25 minutes on a 2-core CPU).
+    """Settings of :func:`run_eam_study` (defaults: ≈ 25 minutes on a 2-core CPU, measured 24.4).
 
     System: ``potential`` (a bundled name or file), ``repeats``³ cubic cells, ``inner_radius`` (None:
     the closure of the core's pairs, 168 atoms around the vacancy), ``defects`` (of ``DEFECTS``).
@@ -169,6 +170,60 @@ def _stack(trees):
 
 def _relative(estimate, exact):
     return float(np.linalg.norm(np.asarray(estimate) - np.asarray(exact)) / np.linalg.norm(np.asarray(exact)))
+
+
+def thermal_score(crystal: bcc.BccCrystal, method: str, x, deformation, temperature, data: bcc.Reference,
+                  coefficients=None, *, bound: float = 2.0, bias=None):
+    """The score of one inner sampler in thermal units (x = u/ℓ, ℓ = √(k_BT/(1 eV/Å²))) at (F, T).
+
+    ``method`` is one of :data:`METHODS`. ``"clamped"``: the outer atoms at their deformed sites.
+    Otherwise the region's centroid c is split off (an independent Gaussian of precision
+    :data:`CENTROID_STIFFNESS`) and the centred v = x − c gets P[S_ref(v) + C(v) + b]: S_ref the
+    reference score (:func:`~dmdjax.sbsam.bcc.reference_score`), C the learned correction
+    (:func:`~dmdjax.sbsam.model.cubic_correction` with ``coefficients`` at this condition, ``"sbsam"``
+    only), b an optional constant ``bias`` (m, 3) in thermal units, P the centring.
+
+    Arguments: x (m, 3) thermal units; F (3, 3) the total deformation; T (K); ``data`` the
+    :class:`~dmdjax.sbsam.bcc.Reference` at F (its whole-crystal leaves may be None).
+    Returns: (m, 3), thermal units.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    length = models.thermal_length(temperature, 1.0).astype(x.dtype)
+    if method == "clamped":
+        return crystal.clamped_score(x * length, deformation, temperature, data.lattice_context) * length
+    centre = jnp.mean(x, axis=0)
+    v = x - centre
+    out = bcc.reference_score(crystal, v * length, deformation, temperature, data) * length
+    if method == "sbsam":
+        out = out + models.cubic_correction(coefficients, v, bound)
+    if bias is not None:
+        out = out + bias
+    return _centred(out) - CENTROID_STIFFNESS * centre
+
+
+def control_design(crystal: bcc.BccCrystal, deformation, temperature, data: bcc.Reference):
+    """The zero-variance control design at u⁰_X (:func:`~dmdjax.sbsam.stress.taylor_controls`): the core
+    stress's gradient (9, 3m) and Hessian (9, 3m, 3m) there, the reference's precision (3m, 3m) 1/Å²
+    (symmetrised) and u⁰_X (3m,) Å."""
+    m = crystal.n_inner
+    centre = data.relaxed.reshape(-1)
+    precision = -jax.jacfwd(lambda u: bcc.reference_score(crystal, u.reshape(m, 3), deformation, temperature,
+                                                          data).reshape(-1))(centre)
+
+    def stress(u):
+        return crystal.core_stress(u.reshape(m, 3), deformation, temperature).reshape(-1)
+
+    return jax.jacfwd(stress)(centre), jax.hessian(stress)(centre), 0.5 * (precision + precision.T), centre
+
+
+def core_stress_and_score(crystal: bcc.BccCrystal, score, x, deformation, temperature, *, batch_size: int = 500):
+    """The core's PK stress (k, 9) eV/Å³ and ``score`` (k, 3m) 1/Å at k samples x (k, m, 3) in thermal
+    units (``score``: x (m, 3) → thermal units), evaluated ``batch_size`` at a time."""
+    length = models.thermal_length(temperature, 1.0).astype(x.dtype)
+    values = jax.lax.map(lambda y: crystal.core_stress(y * length, deformation, temperature), x, batch_size=batch_size)
+    scores = jax.lax.map(score, x, batch_size=batch_size)
+    return values.reshape(-1, 9), scores.reshape(x.shape[0], -1) / length
 
 
 def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, expansion, output, progress):
@@ -287,28 +342,24 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
     test_coefficients = jax.vmap(network.apply, (None, 0, 0))(params, test_fj, test_tj)
 
     # --- the inner region alone -------------------------------------------------------------------
+    inner_ref = test_ref._replace(relaxed_all=None, hessian=None)  # what the inner scores need
+
     def thermal(method):
         def score(x, condition):
             f, t, index = condition
-            length = models.thermal_length(t, 1.0).astype(x.dtype)
-            data = jax.tree_util.tree_map(lambda a: a[index], test_ref)
-            if method == "clamped":
-                return crystal.clamped_score(x * length, f, t, data.lattice_context) * length
-            centre = jnp.mean(x, axis=0)
-            v = x - centre
-            out = bcc.reference_score(crystal, v * length, f, t, data) * length
-            if method == "sbsam":
-                coefficients = jax.tree_util.tree_map(lambda a: a[index], test_coefficients)
-                out = out + models.cubic_correction(coefficients, v, parameters.bound)
-            return _centred(out) - CENTROID_STIFFNESS * centre
+            data = jax.tree_util.tree_map(lambda a: a[index], inner_ref)
+            coefficients = (jax.tree_util.tree_map(lambda a: a[index], test_coefficients) if method == "sbsam"
+                            else None)
+            return thermal_score(crystal, method, x, f, t, data, coefficients, bound=parameters.bound)
         return score
 
     indices = jnp.arange(len(test_t))
 
+    @functools.partial(jax.jit, static_argnums=0)
     def precision(method, at):
         jacobian = jax.vmap(lambda f, t, i, x0: jax.jacfwd(lambda x: thermal(method)(x, (f, t, i)).reshape(-1))(
             x0).reshape(3 * m, 3 * m))(total_test, test_tj, indices, at)
-        return np.asarray(jnp.linalg.eigvalsh(-0.5 * (jacobian + jnp.swapaxes(jacobian, 1, 2))))
+        return jnp.linalg.eigvalsh(-0.5 * (jacobian + jnp.swapaxes(jacobian, 1, 2)))
 
     lengths = models.thermal_length(test_tj, 1.0)[:, None, None]
     relaxed_x = test_ref.relaxed / lengths
@@ -316,23 +367,19 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
     chains = parameters.chains
     condition = (jnp.repeat(total_test, chains, axis=0), jnp.repeat(test_tj, chains), jnp.repeat(indices, chains))
     # control variates designed at u⁰ from the reference's precision and the core stress's Taylor terms
-    def design(index):
-        f, t = total_test[index], test_tj[index]
-        data = jax.tree_util.tree_map(lambda a: a[index], test_ref)
-        centre = data.relaxed.reshape(-1)
-        precision = -jax.jacfwd(lambda u: bcc.reference_score(crystal, u.reshape(m, 3), f, t, data).reshape(-1))(centre)
+    design = jax.jit(functools.partial(control_design, crystal))
+    designs = [tuple(np.asarray(a) for a in design(total_test[index], test_tj[index],
+                                                   jax.tree_util.tree_map(lambda a: a[index], test_ref)))
+               for index in range(len(test_t))]
 
-        def stress(u):
-            return crystal.core_stress(u.reshape(m, 3), f, t).reshape(-1)
+    @functools.partial(jax.jit, static_argnums=0)
+    def stress_and_score(method, x, f, t, index):
+        return core_stress_and_score(crystal, lambda y: thermal(method)(y, (f, t, index)), x, f, t)
 
-        return (np.asarray(jax.jacfwd(stress)(centre)), np.asarray(jax.hessian(stress)(centre)),
-                np.asarray(0.5 * (precision + precision.T)), np.asarray(centre))
-
-    designs = [design(index) for index in range(len(test_t))]
     inner_results = {}
     for method, sample_key in zip(METHODS, sample_keys):
         start_x = jnp.zeros_like(relaxed_x) if method == "clamped" else _centred(relaxed_x)
-        smallest = precision(method, start_x).min(axis=1)
+        smallest = np.asarray(precision(method, start_x)).min(axis=1)
         if np.any(smallest <= 0):
             raise RuntimeError(f"the {method} score's precision is not positive definite at held-out conditions "
                                f"(smallest eigenvalue {smallest.min():.3g}): its sampler would diverge")
@@ -342,13 +389,11 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
         samples = np.asarray(result.samples)
         stresses = []
         for index in range(len(test_t)):
-            f, t = total_test[index], test_tj[index]
+            t = test_tj[index]
             x = jnp.asarray(samples[index * chains:(index + 1) * chains].reshape(-1, m, 3))
-            length = models.thermal_length(t, 1.0).astype(dtype)
-            values = np.asarray(jax.vmap(lambda y: crystal.core_stress(y * length, f, t))(x)).reshape(-1, 9)
-            scores = np.asarray(jax.vmap(lambda y: thermal(method)(y, (f, t, index)))(x)).reshape(-1, 3 * m)
-            flat = np.asarray(x).reshape(-1, 3 * m) * float(length)
-            controls = taylor_controls(*designs[index], scores / float(length), flat)
+            values, scores = (np.asarray(a) for a in stress_and_score(method, x, total_test[index], t, index))
+            flat = np.asarray(x).reshape(-1, 3 * m) * float(models.thermal_length(t, 1.0))
+            controls = taylor_controls(*designs[index], scores, flat)
             stresses.append(zero_variance_mean(values, controls, chains))
         inner_results[method] = {"stresses": stresses, "seconds": result.seconds,
                                  "smallest_precision": float(smallest.min())}
