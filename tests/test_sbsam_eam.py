@@ -122,7 +122,7 @@ def test_model_score_is_cubic_equivariant(small):
     def score(x, deformation, method="sbsam", coefficients=None):
         # the score the study's sampler runs (thermal units, centroid split off, correction bounded)
         data = bcc.reference(small, deformation)
-        if coefficients is None:
+        if coefficients is None and method == "sbsam":
             coefficients = network.apply(params, deformation, temperature)
         return thermal_score(small, method, x, deformation, temperature, data, coefficients, bound=2.0)
 
@@ -132,6 +132,8 @@ def test_model_score_is_cubic_equivariant(small):
     assert float(jnp.max(jnp.abs(score(x, f, coefficients=zero) - score(x, f, "reference")))) == 0.0
     with pytest.raises(ValueError, match="'exact'"):
         score(x, f, "exact")
+    with pytest.raises(ValueError, match="only by, method 'sbsam'"):
+        score(x, f, "reference", coefficients=zero)
     moved = jnp.zeros_like(x).at[permutation].set(x @ g.T)
     expected = jnp.zeros_like(x).at[permutation].set(score(x, f) @ g.T)
     got = score(moved, g @ f @ g.T)

@@ -189,6 +189,11 @@ def thermal_score(crystal: bcc.BccCrystal, method: str, x, deformation, temperat
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if (method == "sbsam") != (coefficients is not None):
+        raise ValueError(f"coefficients are needed by, and only by, method 'sbsam'; got method {method!r} with "
+                         f"coefficients {'given' if coefficients is not None else 'None'}")
+    if method == "clamped" and bias is not None:
+        raise ValueError("bias applies to the centred scores ('sbsam', 'reference'), not to method 'clamped'")
     length = models.thermal_length(temperature, 1.0).astype(x.dtype)
     if method == "clamped":
         return crystal.clamped_score(x * length, deformation, temperature, data.lattice_context) * length
@@ -369,7 +374,7 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
     # control variates designed at u⁰ from the reference's precision and the core stress's Taylor terms
     design = jax.jit(functools.partial(control_design, crystal))
     designs = [tuple(np.asarray(a) for a in design(total_test[index], test_tj[index],
-                                                   jax.tree_util.tree_map(lambda a: a[index], test_ref)))
+                                                   jax.tree_util.tree_map(lambda a: a[index], inner_ref)))
                for index in range(len(test_t))]
 
     @functools.partial(jax.jit, static_argnums=0)
