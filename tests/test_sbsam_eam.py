@@ -76,6 +76,18 @@ def test_default_region_closes_the_core(iron):
     assert crystal.core_is_closed and len(crystal.inner_symmetries) == 48
 
 
+def test_lattice_hessian_is_the_hessian(iron):
+    """The perfect crystal's Hessian from three directional derivatives and the translation table is the
+    energy's Hessian by autodiff (an independent path) under a general F; a vacancy is refused."""
+    crystal = bcc.BccCrystal(iron, repeats=5, vacancy=False)
+    f = _deformation(5) * 1.004
+    exact = jax.hessian(lambda v: crystal.energy(v.reshape(-1, 3), f))(jnp.zeros(3 * crystal.n_atoms))
+    np.testing.assert_allclose(np.asarray(crystal.lattice_hessian(f)), np.asarray(exact),
+                               atol=1e-10 * float(jnp.max(jnp.abs(exact))))
+    with pytest.raises(ValueError, match="perfect crystal"):
+        bcc.BccCrystal(iron, repeats=5).lattice_hessian(f)
+
+
 def test_reference_linearisation_is_the_schur_complement(small):
     """S_ref linearised about u⁰ is −β(H_XX − W); H_XX − W is the Hessian of the EAM energy minimised over
     the outer atoms (checked by relaxing Y with X displaced, a separate Newton solve of the true EAM)."""

@@ -216,10 +216,19 @@ def control_design(crystal: bcc.BccCrystal, deformation, temperature, data: bcc.
     precision = -jax.jacfwd(lambda u: bcc.reference_score(crystal, u.reshape(m, 3), deformation, temperature,
                                                           data).reshape(-1))(centre)
 
+    gradient, hessian = core_stress_derivatives(crystal, centre, deformation, temperature)
+    return gradient, hessian, 0.5 * (precision + precision.T), centre
+
+
+def core_stress_derivatives(crystal: bcc.BccCrystal, inner, deformation, temperature):
+    """The core stress's gradient (9, 3m) and Hessian (9, 3m, 3m) in the inner displacements at ``inner``
+    (3m,) Å (:meth:`~dmdjax.sbsam.bcc.BccCrystal.core_stress`), eV/Å⁴ and eV/Å⁵."""
+    m = crystal.n_inner
+
     def stress(u):
         return crystal.core_stress(u.reshape(m, 3), deformation, temperature).reshape(-1)
 
-    return jax.jacfwd(stress)(centre), jax.hessian(stress)(centre), 0.5 * (precision + precision.T), centre
+    return jax.jacfwd(stress)(inner), jax.hessian(stress)(inner)
 
 
 def core_stress_and_score(crystal: bcc.BccCrystal, score, x, deformation, temperature, *, batch_size: int = 500):
@@ -229,6 +238,36 @@ def core_stress_and_score(crystal: bcc.BccCrystal, score, x, deformation, temper
     values = jax.lax.map(lambda y: crystal.core_stress(y * length, deformation, temperature), x, batch_size=batch_size)
     scores = jax.lax.map(score, x, batch_size=batch_size)
     return values.reshape(-1, 9), scores.reshape(x.shape[0], -1) / length
+
+
+def inner_core_stress(values, scores, x, temperature, design, chains: int):
+    """The core's PK stress (9,) eV/Å³ and its standard error (9,) from inner samples x (k, m, 3) (thermal
+    units, ``chains`` chains of equal length, chain-major) with their core stresses ``values`` (k, 9) and
+    sampler scores ``scores`` (k, 3m) 1/Å (:func:`core_stress_and_score`), averaged with the
+    zero-variance controls of ``design`` (:func:`control_design`)."""
+    flat = np.asarray(x).reshape(np.shape(x)[0], -1) * float(models.thermal_length(temperature, 1.0))
+    return zero_variance_mean(np.asarray(values), taylor_controls(*design, np.asarray(scores), flat), chains)
+
+
+def full_core_stress(crystal: bcc.BccCrystal, derivatives, centre, hessian, temperature, core_values, forces,
+                     displacements, replicas: int):
+    """The full system's core stress (9,) eV/Å³ and its standard error (9,) from k samples of every atom
+    (``core_values`` (k, 9) or (k, 3, 3); ``forces`` −β∇V (k, n, 3) 1/Å; ``displacements`` from the centre
+    of mass (k, n, 3) Å; ``replicas`` runs of equal length, replica-major), with the Gaussian controls
+    designed on a whole-crystal Hessian (3n, 3n) eV/Å² about ``centre`` (n, 3) Å (the relaxed crystal: u⁰ and
+    its Hessian; any symmetric approximation keeps the controls mean-zero, only less effective): the
+    observable's ``derivatives`` (gradient (9, 3m), Hessian (9, 3m, 3m): :func:`core_stress_derivatives`)
+    live on X's coordinates only, the controls span every atom's (the centre of mass constrained)."""
+    gradient, second = derivatives
+    n = crystal.n_atoms
+    size = 3 * n
+    coordinates = (3 * crystal.inner[:, None] + np.arange(3)).reshape(-1)
+    shift = np.equal.outer(np.arange(size) % 3, np.arange(size) % 3) / n
+    beta = 1.0 / float(thermal_energy(temperature))
+    controls = taylor_controls(gradient, second, beta * np.asarray(hessian), np.asarray(centre).reshape(-1),
+                               np.asarray(forces).reshape(-1, size),
+                               np.asarray(displacements).reshape(-1, size), laplacian_shift=shift, support=coordinates)
+    return zero_variance_mean(np.asarray(core_values).reshape(-1, 9), controls, replicas)
 
 
 def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, expansion, output, progress):
@@ -394,12 +433,9 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
         samples = np.asarray(result.samples)
         stresses = []
         for index in range(len(test_t)):
-            t = test_tj[index]
             x = jnp.asarray(samples[index * chains:(index + 1) * chains].reshape(-1, m, 3))
-            values, scores = (np.asarray(a) for a in stress_and_score(method, x, total_test[index], t, index))
-            flat = np.asarray(x).reshape(-1, 3 * m) * float(models.thermal_length(t, 1.0))
-            controls = taylor_controls(*designs[index], scores, flat)
-            stresses.append(zero_variance_mean(values, controls, chains))
+            values, scores = stress_and_score(method, x, total_test[index], test_tj[index], index)
+            stresses.append(inner_core_stress(values, scores, x, test_tj[index], designs[index], chains))
         inner_results[method] = {"stresses": stresses, "seconds": result.seconds,
                                  "smallest_precision": float(smallest.min())}
         logger.info(f"{method}: {chains} chains × {parameters.sampler_steps} steps at {len(test_t)} conditions, "
@@ -408,24 +444,15 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
     # the full system's core stress with the same control variates (its forces on X, COM-constrained)
     n_total = crystal.n_atoms
     shift = np.equal.outer(np.arange(3 * m) % 3, np.arange(3 * m) % 3) / n_total
-    shift_all = np.equal.outer(np.arange(3 * n_total) % 3, np.arange(3 * n_total) % 3) / n_total
     rows, target_error = [], 0.002
     for index in range(len(test_t)):
         values = test_core[index].reshape(-1, 9)
         controls = taylor_controls(*designs[index], test_target[index].reshape(-1, 3 * m),
                                    test_inner[index].reshape(-1, 3 * m), laplacian_shift=shift)
         inner_mean, inner_se = zero_variance_mean(values, controls, parameters.test_replicas)
-        # every atom's coordinates: the Gaussian design with the whole crystal's Hessian at u⁰ (the
-        # observable's derivatives live on X's coordinates only)
-        gradient, hessian, _, _ = designs[index]
-        coordinates = (3 * crystal.inner[:, None] + np.arange(3)).reshape(-1)
-        size = 3 * n_total
-        beta = 1.0 / float(thermal_energy(test_t[index]))
-        data = jax.tree_util.tree_map(lambda a: a[index], test_ref)
-        controls = taylor_controls(gradient, hessian, beta * np.asarray(data.hessian),
-                                   np.asarray(data.relaxed_all).reshape(-1), test_all_force[index].reshape(-1, size),
-                                   test_all[index].reshape(-1, size), laplacian_shift=shift_all, support=coordinates)
-        full_mean, full_se = zero_variance_mean(values, controls, parameters.test_replicas)
+        full_mean, full_se = full_core_stress(crystal, designs[index][:2], test_ref.relaxed_all[index],
+                                              test_ref.hessian[index], test_t[index], values, test_all_force[index],
+                                              test_all[index], parameters.test_replicas)
         plain = values.reshape(parameters.test_replicas, -1, 9).mean(axis=1)
         scale = float(np.linalg.norm(full_mean))
         row = {"defect": "vacancy" if crystal.vacancy else "perfect",
