@@ -39,15 +39,11 @@ import numpy as np
 
 from dmdjax.potentials import load_eam
 from dmdjax.sbsam import bcc, model as models, sample, train
-from dmdjax.studies.sbsam_eam import (EAMParameters, control_design, core_stress_and_score, core_stress_derivatives,
-                                     full_core_stress, inner_core_stress, symmetric_deformation, thermal_score)
+from dmdjax.studies.sbsam_eam import (EAMParameters, clamped_step, control_design, core_stress_and_score,
+                                     core_stress_derivatives, full_core_stress, inner_core_stress,
+                                     symmetric_deformation, thermal_score)
 
 TARGET = 0.002
-
-
-def as_tuples(value):
-    """JSON lists back to the tuples of :class:`EAMParameters`."""
-    return tuple(as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def seconds_to_target(seconds, se, scale):
@@ -70,17 +66,12 @@ def full_control_data(crystal: bcc.BccCrystal, deformation, *, tolerance: float 
     kept = np.flatnonzero(perfect.centre_distance > 1e-6)  # the vacancy crystal's atoms, in its order
     coordinates = (3 * kept[:, None] + np.arange(3)).reshape(-1)
     hessian = hessian[np.ix_(coordinates, coordinates)]
-    translation = jnp.tile(jnp.eye(3, dtype=hessian.dtype), (n, 1)) / np.sqrt(n)
-    factor = jax.scipy.linalg.cho_factor(hessian + translation @ translation.T)
-    forces = jax.jit(crystal.forces)
-    for _ in range(iterations):
-        force = forces(centre, deformation)
-        if float(jnp.max(jnp.abs(force))) <= tolerance:
-            break
-        centre = centre + jax.scipy.linalg.cho_solve(factor, force.reshape(-1)).reshape(n, 3)
-    else:
-        raise RuntimeError(f"the vacancy's relaxation left a force of {float(jnp.max(jnp.abs(force))):.3g} eV/Å "
-                           f"after {iterations} steps")
+    if not np.allclose(perfect.sites[kept], crystal.sites):
+        raise ValueError("the vacancy crystal's sites are not the perfect crystal's less the centre, in order")
+    centre, max_force = crystal.relax(deformation, hessian, iterations)
+    if not max_force <= tolerance:
+        raise RuntimeError(f"the vacancy's relaxation left a force of {max_force:.3g} eV/Å after {iterations} "
+                           "Newton steps with the lattice Hessian")
     pairs, _ = crystal.pairs
     near = np.union1d(crystal.inner, pairs[np.isin(pairs, crystal.inner).any(axis=1)].reshape(-1))
     columns = (3 * near[:, None] + np.arange(3)).reshape(-1)
@@ -122,9 +113,7 @@ def measure(parameters, potential, defect, index, study, repeats, replicas, n_st
         return thermal_score(crystal, "sbsam", x, total, temperature, data, coefficients, bound=network.bound)
 
     length = models.thermal_length(temperature, 1.0)
-    clamped = -jax.jacfwd(lambda u: crystal.clamped_score(u.reshape(m, 3), total, temperature, data.lattice_context)
-                          .reshape(-1))(jnp.zeros(3 * m))
-    step = parameters.step_fraction / float(np.linalg.eigvalsh(np.asarray(clamped)).max() * length**2)
+    step = clamped_step(crystal, total, temperature, data, parameters.step_fraction)
     design = tuple(np.asarray(a) for a in jax.jit(functools.partial(control_design, crystal))(total, temperature, data))
     start_x = (data.relaxed - jnp.mean(data.relaxed, axis=0)) / length
     sampler_key, full_key = jax.random.split(key)
@@ -191,8 +180,7 @@ def main(argv=None):
     if run.get("study") != "sbsam-eam":
         raise SystemExit(f"{args.study} is not a `dmdjax sbsam --eam` output folder (run.json study: "
                          f"{run.get('study')!r})")
-    fields = {f.name for f in dataclasses.fields(EAMParameters)}
-    parameters = EAMParameters(**{k: as_tuples(v) for k, v in run["parameters"].items() if k in fields})
+    parameters = EAMParameters.from_json(run["parameters"])
     study = {"folder": args.study, "summary": json.loads((args.study / "summary.json").read_text()),
              "results": json.loads((args.study / "results.json").read_text())}
     if args.steps % parameters.thin:

@@ -37,8 +37,8 @@ from dmdjax.potentials import load_eam
 from dmdjax.sbsam import bcc, model as models, sample
 from dmdjax.sbsam.crystal import integrated_autocorrelation_time
 from dmdjax.sbsam.stress import taylor_controls, zero_variance_mean
-from dmdjax.studies.sbsam_eam import (EAMParameters, control_design, core_stress_and_score, symmetric_deformation,
-                                     thermal_score)
+from dmdjax.studies.sbsam_eam import (EAMParameters, clamped_step, control_design, core_stress_and_score,
+                                     symmetric_deformation, thermal_score)
 from dmdjax.units import thermal_energy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,9 +105,7 @@ def main(argv=None):
 
     design = tuple(np.asarray(a) for a in jax.jit(functools.partial(control_design, crystal))(deformation, t, data))
     precision, centre = design[2], design[3]
-    clamped = -jax.jacfwd(lambda u: crystal.clamped_score(u.reshape(m, 3), deformation, t, data.lattice_context)
-                          .reshape(-1))(jnp.zeros(3 * m))
-    step = 0.5 / float(np.linalg.eigvalsh(np.asarray(clamped)).max() * length**2)
+    step = clamped_step(crystal, deformation, t, data, 0.5)
     pseudo_inverse = np.linalg.pinv(precision, rcond=1e-8, hermitian=True)
 
     def run(bias, key):

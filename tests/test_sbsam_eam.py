@@ -86,6 +86,25 @@ def test_lattice_hessian_is_the_hessian(iron):
                                atol=1e-10 * float(jnp.max(jnp.abs(exact))))
     with pytest.raises(ValueError, match="perfect crystal"):
         bcc.BccCrystal(iron, repeats=5).lattice_hessian(f)
+    # Newton steps with the lattice Hessian (the vacancy's rows removed) reach relaxed()'s u⁰ of the vacancy
+    vacancy = bcc.BccCrystal(iron, repeats=5)
+    kept = (3 * np.flatnonzero(crystal.centre_distance > 1e-6)[:, None] + np.arange(3)).reshape(-1)
+    u, max_force = vacancy.relax(f, crystal.lattice_hessian(f)[np.ix_(kept, kept)], iterations=60)
+    relaxed, _, _ = vacancy.relaxed(f)
+    assert max_force < 1e-9 and float(jnp.max(jnp.abs(u - relaxed))) < 1e-9
+
+
+def test_parameters_from_json():
+    """run.json's parameters (lists) give back the EAMParameters; another study's keys are refused."""
+    import dataclasses
+    import json
+
+    from dmdjax.studies.sbsam_eam import EAMParameters
+
+    parameters = EAMParameters.quick()
+    assert EAMParameters.from_json(json.loads(json.dumps(dataclasses.asdict(parameters)))) == parameters
+    with pytest.raises(ValueError, match="n_sites"):
+        EAMParameters.from_json({"n_sites": 3})
 
 
 def test_reference_linearisation_is_the_schur_complement(small):

@@ -430,33 +430,40 @@ class BccCrystal:
         # the site of ξ_i − ξ_j + ξ_0, from integer coordinates on the half-cell grid
         grid = 2 * int(self.repeats)
         integer = np.rint(self.sites * 2.0 / self.lattice_constant).astype(int) % grid
+        if not np.allclose(integer * (0.5 * self.lattice_constant), self.sites, atol=1e-8):
+            raise ValueError("lattice_hessian: the sites are not on the half-cell grid of a bcc lattice")
         lookup = np.full((grid,) * 3, -1)
         lookup[tuple(integer.T)] = np.arange(n)
         moved = (integer[:, None, :] - integer[None, :, :] + integer[0]) % grid
         table = lookup[moved[..., 0], moved[..., 1], moved[..., 2]]
+        if np.any(table < 0):  # a translate that is not a site would silently pick the last atom
+            raise ValueError("lattice_hessian: a lattice translate of a site is not a site of the crystal")
         return jnp.transpose(blocks[table], (0, 2, 1, 3)).reshape(3 * n, 3 * n)
 
-    def relaxed(self, deformation, iterations: int = 12):
-        """The 0-K configuration at the total deformation F by ``iterations`` Newton steps with the
-        Hessian at the deformed sites (translations pinned), then the Hessian there:
-        ``(u⁰ (n, 3) Å, Hessian at u⁰ (3n, 3n) eV/Å², largest |force| eV/Å)``."""
+    def relax(self, deformation, hessian: Float[Array, "3n 3n"], iterations: int = 12):
+        """``iterations`` Newton steps from the deformed sites with a fixed (possibly approximate) Hessian
+        (3n, 3n) eV/Å² (translations pinned): ``(u (n, 3) Å, largest |force| eV/Å)``; the caller judges the
+        force (a poor Hessian converges slowly, never wrongly)."""
         deformation = jnp.asarray(deformation)
         dtype = deformation.dtype
         translation = jnp.tile(jnp.eye(3, dtype=dtype), (self.n_atoms, 1)) / np.sqrt(self.n_atoms)
-        compiled_gradient, compiled_hessian = self._compiled
-
-        def gradient(u):
-            return compiled_gradient(u, deformation)
-
-        def hessian(u):
-            return compiled_hessian(u, deformation)
-
+        compiled_gradient, _ = self._compiled
         u = jnp.zeros((self.n_atoms, 3), dtype)
-        factor = jax.scipy.linalg.cho_factor(hessian(u) + translation @ translation.T)
+        factor = jax.scipy.linalg.cho_factor(hessian + translation @ translation.T)
         for _ in range(iterations):
-            step = jax.scipy.linalg.cho_solve(factor, jnp.reshape(gradient(u), (-1,)))
+            step = jax.scipy.linalg.cho_solve(factor, jnp.reshape(compiled_gradient(u, deformation), (-1,)))
             u = u - jnp.reshape(step, u.shape)
-        return u, hessian(u), float(jnp.max(jnp.abs(gradient(u))))
+        return u, float(jnp.max(jnp.abs(compiled_gradient(u, deformation))))
+
+    def relaxed(self, deformation, iterations: int = 12):
+        """The 0-K configuration at the total deformation F by ``iterations`` Newton steps (:meth:`relax`)
+        with the Hessian at the deformed sites, then the Hessian there:
+        ``(u⁰ (n, 3) Å, Hessian at u⁰ (3n, 3n) eV/Å², largest |force| eV/Å)``."""
+        deformation = jnp.asarray(deformation)
+        _, compiled_hessian = self._compiled
+        u, max_force = self.relax(deformation, compiled_hessian(jnp.zeros((self.n_atoms, 3), deformation.dtype),
+                                                                deformation), iterations)
+        return u, compiled_hessian(u, deformation), max_force
 
     @functools.cached_property
     def _compiled(self):

@@ -127,6 +127,22 @@ class EAMParameters:
             raise ValueError("need 0 < max_strain < 0.1, bound > 0 and 0 < step_fraction < 2")
 
     @classmethod
+    def from_json(cls, fields: dict):
+        """The parameters of a run from their JSON form (``run.json``'s ``parameters``: lists for tuples).
+
+        Raises:
+            ValueError: a key that is not a parameter (another study's run.json).
+        """
+        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"not EAMParameters fields: {sorted(unknown)}")
+
+        def tuples(value):
+            return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+        return cls(**{k: tuples(v) for k, v in fields.items()})
+
+    @classmethod
     def quick(cls, **changes):
         """A reduced run for tests and CI (≈ 2 minutes on a 2-core CPU): 5³ cells, the 58 atoms within
         5 Å of the centre, the vacancy only, one held-out condition."""
@@ -229,6 +245,16 @@ def core_stress_derivatives(crystal: bcc.BccCrystal, inner, deformation, tempera
         return crystal.core_stress(u.reshape(m, 3), deformation, temperature).reshape(-1)
 
     return jax.jacfwd(stress)(inner), jax.hessian(stress)(inner)
+
+
+def clamped_step(crystal: bcc.BccCrystal, deformation, temperature, data: bcc.Reference, fraction: float) -> float:
+    """The inner samplers' Langevin step in thermal units: ``fraction`` / λ_max of the clamped precision at
+    the deformed sites (its stiffest mode) at (F, T); ``data`` the :class:`~dmdjax.sbsam.bcc.Reference` at F."""
+    m = crystal.n_inner
+    precision = -jax.jacfwd(lambda u: crystal.clamped_score(u.reshape(m, 3), deformation, temperature,
+                                                            data.lattice_context).reshape(-1))(jnp.zeros(3 * m))
+    length = models.thermal_length(temperature, 1.0)
+    return fraction / float(np.linalg.eigvalsh(np.asarray(precision)).max() * length**2)
 
 
 def core_stress_and_score(crystal: bcc.BccCrystal, score, x, deformation, temperature, *, batch_size: int = 500):
