@@ -10,6 +10,9 @@ from dmdjax.sbsam import bcc, model as models
 from dmdjax.studies.sbsam_eam import thermal_score
 from dmdjax.units import thermal_energy
 
+# The checks marked slow take 26–39 s each on 2 cores (mostly XLA compiles of the 3-D EAM crystal): they run in
+# the full suite, not in the fast tier.
+
 
 @pytest.fixture(scope="module")
 def iron():
@@ -27,6 +30,7 @@ def _deformation(seed, size=0.02):
     return jnp.asarray(np.eye(3) + 0.5 * (e + e.T))
 
 
+@pytest.mark.slow
 def test_energy_and_forces_match_ase(small):
     """V and −∇V against ASE's EAM calculator on a deformed, displaced crystal with a vacancy."""
     from ase import Atoms
@@ -76,6 +80,7 @@ def test_default_region_closes_the_core(iron):
     assert crystal.core_is_closed and len(crystal.inner_symmetries) == 48
 
 
+@pytest.mark.slow
 def test_lattice_hessian_is_the_hessian(iron):
     """The perfect crystal's Hessian from three directional derivatives and the translation table is the
     energy's Hessian by autodiff (an independent path) under a general F; a vacancy is refused."""
@@ -107,6 +112,7 @@ def test_parameters_from_json():
         EAMParameters.from_json({"n_sites": 3})
 
 
+@pytest.mark.slow
 def test_reference_linearisation_is_the_schur_complement(small):
     """S_ref linearised about u⁰ is −β(H_XX − W); H_XX − W is the Hessian of the EAM energy minimised over
     the outer atoms (checked by relaxing Y with X displaced, a separate Newton solve of the true EAM)."""
@@ -136,6 +142,7 @@ def test_reference_linearisation_is_the_schur_complement(small):
     assert abs(rise - predicted) < 1e-3 * predicted
 
 
+@pytest.mark.slow
 def test_model_score_is_cubic_equivariant(small):
     """S(Gx | gFgᵀ, T) = G S(x | F, T) to 1e-10 for the SB-SAM score the study samples (reference +
     trained-like correction, centroid split off), with a random F and group element; the reference
@@ -206,11 +213,13 @@ def test_taylor_controls_remove_a_gaussian_quadratic_exactly():
         taylor_controls(gradient, hessian, precision, centre, scores, x, support=support)
 
 
+@pytest.mark.slow
 def test_thermal_expansion_is_small_and_positive(iron):
     scale = bcc.thermal_expansion(iron, [300.0, 600.0], jax.random.PRNGKey(0), n_steps=1000, burn_in=300)
     assert 1.0 < scale[0] < scale[1] < 1.01
 
 
+@pytest.mark.slow
 def test_bad_input_is_refused(iron):
     from dmdjax.studies.sbsam_eam import EAMParameters
 

@@ -326,6 +326,7 @@ def test_joint_stationary_law_of_the_spins():
     assert not bool(np.any([np.asarray(s.displaced).any() for s in states]))
 
 
+@pytest.mark.slow
 def test_scale_separated_basin_sampler_has_the_exact_marginal():
     """ε → 0 with basin-averaged rates satisfies detailed balance with Z(σ) = ∫e^{−βV}dx, so its
     σ law is the joint process's. 3 sites, Σσ = 1 (3 states); TV < 0.015 (its sampling noise
