@@ -55,7 +55,7 @@ def execute_notebook(tmp_path, monkeypatch):
 
     def execute(name):
         notebook = nbformat.read(DATA.parents[1] / "notebooks" / name, as_version=4)
-        nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
+        nbclient.NotebookClient(notebook, timeout=1800, kernel_name="python3",  # a hang guard per cell
                                 resources={"metadata": {"path": str(tmp_path)}}).execute()
         outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
         assert not [output for output in outputs if output.output_type == "error"]
