@@ -201,6 +201,8 @@ def forward_gradient(function: Callable[[Any], jax.Array]) -> Callable[[Any], ja
     and a tangent for every scalar parameter together (a ``jax.custom_vjp``). Worth it when the
     parameters are few and ``function`` is a long computation whose reverse pass is costly (a
     checkpointed ODE solve); every transformation inside ``function`` must support forward mode.
+    The result itself supports reverse mode only (``jax.jvp`` of it raises, as for any
+    ``custom_vjp``).
     """
 
     @jax.custom_vjp
