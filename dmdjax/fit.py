@@ -101,8 +101,14 @@ def fit(
     if gradient == "forward":
         objective = forward_gradient(objective)
     value_and_grad = eqx.filter_jit(jax.value_and_grad(objective))
+    # Weak-typed leaves (Python scalars, jnp.asarray(0.9)) come back strong from the first
+    # update: make them strong now, or the update compiles again on steps 2 and 3.
+    fitted = _strong(fitted)
+    value, gradient = value_and_grad(fitted)
+    if not np.isfinite(float(value)):
+        raise ValueError(f"the loss is not finite at the starting parameters: {float(value)!r}")
     if isinstance(optimizer, str):
-        return _fit_scipy(value_and_grad, _strong(fitted), static, max_steps=max_steps,
+        return _fit_scipy(value_and_grad, fitted, static, value, gradient, max_steps=max_steps,
                           gradient_tolerance=gradient_tolerance, loss_tolerance=loss_tolerance, progress=progress)
 
     @eqx.filter_jit
@@ -110,18 +116,12 @@ def fit(
         updates, state = optimizer.update(gradient, state, p, value=value, grad=gradient, value_fn=objective)
         return optax.apply_updates(p, updates), state
 
-    # Weak-typed leaves (Python scalars, jnp.asarray(0.9)) come back strong from the first
-    # update: make them strong now, or the update compiles again on steps 2 and 3.
-    fitted = _strong(fitted)
     state = _strong(optimizer.init(fitted))
-    value, gradient = value_and_grad(fitted)
-    if not np.isfinite(float(value)):
-        raise ValueError(f"the loss is not finite at the starting parameters: {float(value)!r}")
     history, best, best_loss, converged = [float(value)], fitted, float(value), False
     bar = Progress(max_steps, "fit", "step", enabled=progress)
     taken = 0
     while True:
-        if max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree_util.tree_leaves(gradient)) <= gradient_tolerance or history[-1] <= loss_tolerance:
+        if _stops(history[-1], gradient, gradient_tolerance, loss_tolerance):
             converged = True
             break
         if taken == max_steps:
@@ -132,9 +132,7 @@ def fit(
         history.append(float(value))
         if not np.isfinite(history[-1]):
             bar.close()
-            error = FloatingPointError(f"the loss became non-finite at step {taken}; the best loss was {best_loss:g}")
-            error.result = FitResult(eqx.combine(best, static), best_loss, np.asarray(history), taken, False)
-            raise error
+            raise _diverged(taken, FitResult(eqx.combine(best, static), best_loss, np.asarray(history), taken, False))
         if history[-1] < best_loss:
             best, best_loss = fitted, history[-1]
         bar.update(1, loss=history[-1])
@@ -142,14 +140,31 @@ def fit(
     return FitResult(eqx.combine(best, static), best_loss, np.asarray(history), taken, converged)
 
 
-def _fit_scipy(value_and_grad, fitted, static, *, max_steps, gradient_tolerance, loss_tolerance, progress):
-    """:func:`fit` by scipy's L-BFGS-B: the host loop, the compiled ``value_and_grad``."""
+def _stops(value, gradient, gradient_tolerance, loss_tolerance) -> bool:
+    """:func:`fit`'s stopping rules: max |∂loss/∂θ| ≤ ``gradient_tolerance`` or loss ≤ ``loss_tolerance``."""
+    largest = max((float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree_util.tree_leaves(gradient)), default=0.0)
+    return largest <= gradient_tolerance or float(value) <= loss_tolerance
+
+
+def _diverged(step: int, result: FitResult) -> FloatingPointError:
+    """The error of a loss that became non-finite in ``step``; the best result so far rides on it."""
+    error = FloatingPointError(f"the loss became non-finite at step {step}; the best loss was {result.loss:g}")
+    error.result = result
+    return error
+
+
+def _fit_scipy(value_and_grad, fitted, static, value, gradient, *, max_steps, gradient_tolerance, loss_tolerance,
+               progress):
+    """:func:`fit` by scipy's L-BFGS-B: the host loop, the compiled ``value_and_grad``; ``value``
+    and ``gradient`` are the loss's at ``fitted``, the start."""
     start, unravel = ravel_pytree(fitted)
     dtype = start.dtype
-    last = {}  # the latest evaluation: x, value, gradient
+    # The latest evaluation: scipy asks for the point it accepted again in the callback.
+    last = dict(x=np.asarray(start, np.float64), value=float(value),
+                gradient=np.asarray(ravel_pytree(gradient)[0], np.float64))
 
     def evaluate(x):
-        if "x" not in last or not np.array_equal(last["x"], x):
+        if not np.array_equal(last["x"], x):
             value, gradient = value_and_grad(unravel(jnp.asarray(x, dtype)))
             last.update(x=np.array(x), value=float(value), gradient=np.asarray(ravel_pytree(gradient)[0], np.float64))
         return last["value"], last["gradient"]
@@ -159,12 +174,8 @@ def _fit_scipy(value_and_grad, fitted, static, *, max_steps, gradient_tolerance,
         return FitResult(parameters, best["value"], np.asarray(history), len(history) - 1, converged)
 
     def met(point):
-        return bool(np.max(np.abs(point["gradient"]), initial=0.0) <= gradient_tolerance
-                    or point["value"] <= loss_tolerance)
+        return _stops(point["value"], point["gradient"], gradient_tolerance, loss_tolerance)
 
-    evaluate(np.asarray(start, np.float64))
-    if not np.isfinite(last["value"]):
-        raise ValueError(f"the loss is not finite at the starting parameters: {last['value']!r}")
     best, history = dict(last), [last["value"]]
     bar = Progress(max_steps, "fit", "step", enabled=progress)
 
@@ -172,10 +183,7 @@ def _fit_scipy(value_and_grad, fitted, static, *, max_steps, gradient_tolerance,
         value, gradient = evaluate(x)
         if not np.isfinite(value):  # a trial point of the line search: L-BFGS-B does not recover from it
             bar.close()
-            error = FloatingPointError(f"the loss became non-finite in step {len(history)}; the best loss was "
-                                       f"{best['value']:g}")
-            error.result = result(False)
-            raise error
+            raise _diverged(len(history), result(False))
         return value, gradient
 
     def callback(intermediate_result):  # after each iteration, at the point it accepted
