@@ -288,6 +288,7 @@ def neighbor_list(
     skin: float = 0.5,
     capacity_multiplier: float = 1.25,
     decomposition: domain.Decomposition | None = None,
+    shape_of: NeighborList | None = None,
 ) -> NeighborList:
     """Allocate a Dense neighbour list of all pairs closer than ``cutoff + skin``.
 
@@ -300,6 +301,11 @@ def neighbor_list(
             cell occupancy).
         decomposition: shard the list's rows over these devices (:func:`dmdjax.domain.tag`;
             the atoms in :func:`dmdjax.domain.spatial_order`).
+        shape_of: a list this one replaces: the new list keeps at least its capacity and cell
+            capacity, and its cell grid along every direction where those cells are still a
+            search range wide, so that it has the same shape (and static fields) whenever it
+            can — functions compiled for the old list then run on the new one without a
+            recompilation (what :func:`covering` and :func:`refresh` pass).
 
     Raises:
         ValueError: bad arguments, a periodic cell narrower than twice ``cutoff``, or (sharded)
@@ -323,6 +329,10 @@ def neighbor_list(
     widths = 1.0 / np.linalg.norm(np.linalg.inv(vectors), axis=0)
     # Fewer than three cells along a direction: one cell (every atom a candidate there).
     grid = tuple(g if g >= 3 else 1 for g in (int(np.floor(w / search_range)) for w in widths))
+    if shape_of is not None and len(shape_of.grid) == len(grid):
+        # Fewer, wider cells are always a valid grid: keep the old count where its cells still fit.
+        grid = tuple(old if old == 1 or old <= new else new for old, new in zip(shape_of.grid, grid))
+    least_capacity, least_cell_capacity = (0, 0) if shape_of is None else (shape_of.capacity, shape_of.cell_capacity)
     dtype = positions.dtype if hasattr(positions, "dtype") else jnp.asarray(positions).dtype
     template = NeighborList(
         idx=jnp.zeros((positions_np.shape[0], 0), jnp.int32), reference=jnp.zeros(positions_np.shape, dtype),
@@ -335,20 +345,20 @@ def neighbor_list(
     coordinates = np.asarray(_cell_coordinates(fractional, grid))
     numbers = np.ravel_multi_index(tuple(coordinates.T), grid) if n else np.zeros(0, int)
     occupancy = int(np.bincount(numbers, minlength=1).max()) if n else 1
-    cell_capacity = int(np.ceil(occupancy * capacity_multiplier))
+    cell_capacity = max(int(np.ceil(occupancy * capacity_multiplier)), least_cell_capacity)
     cartesian_vectors = jnp.asarray(vectors, dtype)
     bound = int(_stencil(grid).shape[0]) * cell_capacity  # no atom has more candidates
     if n * bound <= SINGLE_PASS_SLOTS:
         # Small systems: one search at the bound, cut to the capacity (one compilation, not two).
         idx, counts, _ = _search_jit(fractional, cartesian_vectors, search_range, cell.pbc, grid, cell_capacity,
                                      bound)
-        capacity = int(np.ceil(int(jnp.max(counts)) * capacity_multiplier)) if n else 0
+        capacity = max(int(np.ceil(int(jnp.max(counts)) * capacity_multiplier)) if n else 0, least_capacity)
         idx = idx[:, :capacity] if capacity <= bound else jnp.pad(idx, ((0, 0), (0, capacity - bound)),
                                                                    constant_values=n)
     else:
         # Count first (capacity 0), then fill the list at the allocated capacity.
         _, counts, _ = _search_jit(fractional, cartesian_vectors, search_range, cell.pbc, grid, cell_capacity, 0)
-        capacity = int(np.ceil(int(jnp.max(counts)) * capacity_multiplier)) if n else 0
+        capacity = max(int(np.ceil(int(jnp.max(counts)) * capacity_multiplier)) if n else 0, least_capacity)
         idx, _, _ = _search_jit(fractional, cartesian_vectors, search_range, cell.pbc, grid, cell_capacity,
                                 capacity)
     built = NeighborList(idx, fractional, jnp.asarray(False), template.search_inverse, template.origin, outside,
@@ -362,21 +372,23 @@ def refresh(neighbors: NeighborList, positions: Float[Array, "n d"], cell: Cell,
     updated = _update_jit(neighbors, positions)  # compiled once per list shape (eager: op by op)
     if bool(updated.overflow):
         return neighbor_list(positions, cell, neighbors.cutoff, skin=neighbors.skin,
-                             capacity_multiplier=capacity_multiplier, decomposition=neighbors.decomposition)
+                             capacity_multiplier=capacity_multiplier, decomposition=neighbors.decomposition,
+                             shape_of=neighbors)
     return updated
 
 
 def covering(neighbors: NeighborList, positions: Float[Array, "n d"], cell: Cell, interaction_range: float,
              *, margin: float = 0.0) -> NeighborList:
     """``neighbors`` if it still covers ``interaction_range`` (Å) at ``positions`` and has not
-    overflowed; otherwise a list rebuilt there (host side) with the same skin and
-    ``cutoff = max(neighbors.cutoff, interaction_range + margin)``."""
+    overflowed; otherwise a list rebuilt there (host side) with the same skin,
+    ``cutoff = max(neighbors.cutoff, interaction_range + margin)`` and at least the old list's
+    capacities (``shape_of``: the same shape when the cut-off did not grow)."""
     interaction_range = float(interaction_range)
     if not bool(neighbors.overflow) and float(neighbors.reach(positions)) >= interaction_range:
         return neighbors
     cutoff = max(neighbors.cutoff, interaction_range + margin)
     return neighbor_list(positions, cell, cell.within_minimum_image(cutoff, interaction_range), skin=neighbors.skin,
-                         decomposition=neighbors.decomposition)
+                         decomposition=neighbors.decomposition, shape_of=neighbors)
 
 
 def stale_message(interaction_range, neighbors: NeighborList, positions, what: str = "the interaction range") -> str:

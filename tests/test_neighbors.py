@@ -152,3 +152,33 @@ def test_crowded_cell_overflow_is_flagged():
     crowded = np.asarray(system.positions).copy()
     crowded[:40] = crowded[0] + np.random.default_rng(0).uniform(0.0, 1.0, (40, 3))
     assert bool(jax.jit(lambda n, x: n.update(x))(nbrs, crowded).overflow)
+
+
+def test_rebuilt_list_keeps_the_old_shape_so_compiled_code_is_reused():
+    # A free slab that expands along z: the rebuilt list would have fewer columns and one more
+    # cell along z; with the old list's shape kept, a function compiled for it is not traced again.
+    potential = dj.LennardJones(1.0, 1.0, cutoff=2.5)
+    bulk = dj.systems.fcc(1.55, (5, 5, 8))
+    width = np.diag(np.asarray(bulk.cell.vectors))
+    system = dj.make_system(bulk.positions, cell=np.diag([width[0], width[1], 40.0]), pbc=(True, True, False))
+    nbrs = dj.neighbor_list(system.positions, system.cell, potential.cutoff, skin=0.3)
+    traces = []
+
+    @jax.jit
+    def energy(positions, neighbors):
+        traces.append(1)
+        return dj.potential_energy(potential, positions, system.species, system.cell, neighbors)
+
+    energy(system.positions, nbrs)
+    expanded = np.asarray(system.positions) * np.array([1.0, 1.0, 1.15])  # z by 15 %: far past skin / 2
+    assert float(nbrs.max_displacement(expanded)) > nbrs.skin
+    fresh = dj.neighbor_list(expanded, system.cell, potential.cutoff, skin=0.3)
+    rebuilt = dj.neighbors.covering(nbrs, expanded, system.cell, potential.cutoff)
+    assert rebuilt is not nbrs and (fresh.capacity, fresh.grid) != (nbrs.capacity, nbrs.grid)  # the case at stake
+    assert rebuilt.idx.shape == nbrs.idx.shape and rebuilt.grid == nbrs.grid
+    assert jax.tree_util.tree_structure(rebuilt) == jax.tree_util.tree_structure(nbrs)
+    assert _listed_pairs(rebuilt, expanded, system.cell, potential.cutoff) == _brute_force_pairs(
+        expanded, system.cell, potential.cutoff)
+    assert float(energy(expanded, rebuilt)) == pytest.approx(
+        float(dj.potential_energy(potential, expanded, system.species, system.cell, fresh)), rel=1e-12)
+    assert len(traces) == 1
