@@ -72,6 +72,29 @@ def test_core_stress_of_every_atom_is_the_periodic_stress(iron):
     np.testing.assert_allclose(np.asarray(jax.grad(energy)(f) / volume - kinetic), np.asarray(periodic), atol=1e-12)
 
 
+
+@pytest.mark.slow
+def test_core_stress_over_every_translate_is_the_periodic_stress(iron):
+    """In the perfect crystal every atom is equivalent: for one configuration, the core stress of the
+    region moved to each of the N lattice sites, averaged, is its periodic stress — so E[core stress] =
+    E[periodic stress], the low-noise full-system reference (scripts/sbsam_eam_periodic_reference.py)."""
+    crystal = bcc.BccCrystal(iron, repeats=6, vacancy=False)
+    assert crystal.core_is_closed and crystal.core.size == 9
+    sites = np.asarray(crystal.sites)
+    f = _deformation(2)
+    u = 0.06 * jax.random.normal(jax.random.PRNGKey(2), (crystal.n_atoms, 3))
+
+    def translate(c):  # the atom at ξ_i + (ξ_c − centre), for every i
+        moved = sites + (sites[c] - crystal.centre)
+        return np.linalg.norm(crystal.minimum_image(moved[:, None] - sites[None]), axis=-1).argmin(axis=1)
+
+    regions = np.stack([translate(c)[crystal.inner] for c in range(crystal.n_atoms)])
+    assert all(len(set(r)) == crystal.n_inner for r in regions)
+    per_centre = jax.vmap(lambda rows: crystal.core_stress(u[rows], f, 300.0))(jnp.asarray(regions))
+    np.testing.assert_allclose(np.asarray(per_centre.mean(axis=0)), np.asarray(crystal.stress(u, f, 300.0)),
+                               atol=1e-12)
+    assert float(jnp.max(jnp.abs(per_centre[0] - per_centre.mean(axis=0)))) > 1e-3  # one centre alone differs
+
 def test_default_region_closes_the_core(iron):
     """Around the vacancy the inner region holds every pair partner of the core (8 first neighbours):
     the core stress is the exact local stress; all 48 cubic operations map the region onto itself."""
