@@ -46,6 +46,17 @@ ROOT = Path(__file__).resolve().parents[1]
 ORDER = {"xx": 0, "yy": 4, "zz": 8, "yz": 5, "xz": 2, "xy": 1}
 
 
+def held_out(condition):
+    """(the study's default parameters, the condition's row (ε_xx, …, T), T in K, the total deformation
+    F · a(T)/a₀ with the study's thermal expansion) of held-out condition ``condition``."""
+    parameters = EAMParameters()
+    row = np.asarray(parameters.test_conditions[condition], float)
+    temperature = float(row[6])
+    summary = json.loads((ROOT / "docs/data/sbsam_eam_summary.json").read_text())
+    scale = np.interp(temperature, summary["expansion"]["temperatures"], summary["expansion"]["scale"])
+    return parameters, row, temperature, jnp.asarray(symmetric_deformation(row[:6]) * scale)
+
+
 def full_result(defect, condition):
     """(P_full (9,) row-major 3 × 3, the norm of its s.e.) from the study's table."""
     with open(ROOT / "docs/data/sbsam_eam_table.csv") as handle:
@@ -69,12 +80,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
 
-    parameters = EAMParameters()
-    row = np.asarray(parameters.test_conditions[args.condition], float)
-    temperature = float(row[6])
-    summary = json.loads((ROOT / "docs/data/sbsam_eam_summary.json").read_text())
-    scale = np.interp(temperature, summary["expansion"]["temperatures"], summary["expansion"]["scale"])
-    deformation = jnp.asarray(symmetric_deformation(row[:6]) * scale)
+    parameters, row, temperature, deformation = held_out(args.condition)
     full, full_se = full_result(args.defect, args.condition)
 
     crystal = bcc.BccCrystal(load_eam(parameters.potential), repeats=parameters.repeats,

@@ -35,8 +35,8 @@ import numpy as np
 from dmdjax.potentials import load_eam
 from dmdjax.sbsam import bcc, model as models, sample
 from dmdjax.sbsam.stress import taylor_controls, zero_variance_mean
-from dmdjax.studies.sbsam_eam import (EAMParameters, clamped_step, control_design, core_stress_and_score,
-                                     symmetric_deformation, thermal_score)
+from dmdjax.studies.sbsam_eam import clamped_step, control_design, core_stress_and_score, thermal_score
+from sbsam_eam_reference_checks import held_out
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,12 +53,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
 
-    parameters = EAMParameters()
-    row = np.asarray(parameters.test_conditions[args.condition], float)
-    temperature = float(row[6])
-    summary = json.loads((ROOT / "docs/data/sbsam_eam_summary.json").read_text())
-    scale = np.interp(temperature, summary["expansion"]["temperatures"], summary["expansion"]["scale"])
-    deformation = jnp.asarray(symmetric_deformation(row[:6]) * scale)
+    parameters, row, temperature, deformation = held_out(args.condition)
     t = jnp.asarray(temperature)
     length = models.thermal_length(t, 1.0)
     potential = load_eam(parameters.potential)
