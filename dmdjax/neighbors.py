@@ -329,9 +329,12 @@ def neighbor_list(
     widths = 1.0 / np.linalg.norm(np.linalg.inv(vectors), axis=0)
     # Fewer than three cells along a direction: one cell (every atom a candidate there).
     grid = tuple(g if g >= 3 else 1 for g in (int(np.floor(w / search_range)) for w in widths))
-    if shape_of is not None and len(shape_of.grid) == len(grid):
-        # Fewer, wider cells are always a valid grid: keep the old count where its cells still fit.
-        grid = tuple(old if old == 1 or old <= new else new for old, new in zip(shape_of.grid, grid))
+    if shape_of is not None:
+        if len(shape_of.grid) != len(grid):
+            raise ValueError(f"shape_of is a {len(shape_of.grid)}-D list; these positions are {len(grid)}-D")
+        # Fewer, wider cells are always a valid grid: keep the old count where its cells still fit
+        # (both counts are 1 or >= 3, and so is their minimum).
+        grid = tuple(map(min, shape_of.grid, grid))
     least_capacity, least_cell_capacity = (0, 0) if shape_of is None else (shape_of.capacity, shape_of.cell_capacity)
     dtype = positions.dtype if hasattr(positions, "dtype") else jnp.asarray(positions).dtype
     template = NeighborList(

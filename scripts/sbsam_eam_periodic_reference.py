@@ -97,7 +97,7 @@ def main(argv=None):
         if list(checks["condition"]) == [*row["strain"], row["temperature"]]:
             entry["reference_checks"] = {
                 name: score_against(periodic, periodic_se, variant["stress"],
-                                    variant["se"] * np.linalg.norm(checks["full"]) * np.ones(1))
+                                    variant["se"] * np.linalg.norm(checks["full"]))
                 for name, variant in checks["variants"].items()}
         conditions_out.append(entry)
         print(f"T = {entry['temperature']:.0f} K: periodic ‖P‖ {norm:.5f} eV/Å³, relative s.e. "

@@ -182,3 +182,6 @@ def test_rebuilt_list_keeps_the_old_shape_so_compiled_code_is_reused():
     assert float(energy(expanded, rebuilt)) == pytest.approx(
         float(dj.potential_energy(potential, expanded, system.species, system.cell, fresh)), rel=1e-12)
     assert len(traces) == 1
+    chain = dj.systems.chain(20, spacing=1.0)
+    with pytest.raises(ValueError, match="shape_of is a 3-D list"):
+        dj.neighbor_list(chain.positions, chain.cell, 2.2, shape_of=nbrs)

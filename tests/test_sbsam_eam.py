@@ -72,7 +72,6 @@ def test_core_stress_of_every_atom_is_the_periodic_stress(iron):
     np.testing.assert_allclose(np.asarray(jax.grad(energy)(f) / volume - kinetic), np.asarray(periodic), atol=1e-12)
 
 
-
 @pytest.mark.slow
 def test_core_stress_over_every_translate_is_the_periodic_stress(iron):
     """In the perfect crystal every atom is equivalent: for one configuration, the core stress of the
@@ -94,6 +93,7 @@ def test_core_stress_over_every_translate_is_the_periodic_stress(iron):
     np.testing.assert_allclose(np.asarray(per_centre.mean(axis=0)), np.asarray(crystal.stress(u, f, 300.0)),
                                atol=1e-12)
     assert float(jnp.max(jnp.abs(per_centre[0] - per_centre.mean(axis=0)))) > 1e-3  # one centre alone differs
+
 
 def test_default_region_closes_the_core(iron):
     """Around the vacancy the inner region holds every pair partner of the core (8 first neighbours):
