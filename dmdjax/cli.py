@@ -497,13 +497,13 @@ def _add_sbsam(sub) -> None:
     p.add_argument("--eam", action="store_true",
                    help="3-D bcc Fe (Mendelev 2003 EAM) around a vacancy and in the perfect crystal "
                    "(dmdjax.studies.sbsam_eam: 431 atoms sampled in full by BAOAB, the 168 atoms the core's local "
-                   "stress needs sampled alone; ~25 min on a CPU): core PK stress from SB-SAM, the reference score, "
+                   "stress needs sampled alone; ~30 min on a CPU): core PK stress from SB-SAM, the reference score, "
                    "the full system and clamped outer atoms on held-out (F, T); writes model-*.msgpack, results.json, "
                    "table.csv, fig_eam_stress.png, summary.json")
     p.add_argument("--upstream", action="store_true",
                    help="with --eam: the upstream reference's size (12^3 cells, 3456 sites; for a GPU)")
     p.add_argument("--quick", action="store_true", help="the reduced study (16 conditions x 1000 samples, 800 steps; "
-                   "with --crystal 168 atoms, 8 conditions; with --eam 249 atoms, 58 inner, ~2 min)")
+                   "with --crystal 168 atoms, 8 conditions; with --eam 249 atoms, 58 inner, ~2.5 min)")
     p.add_argument("--losses", type=lambda text: tuple(t.strip() for t in text.split(",") if t.strip()),
                    help=f"comma-separated subset of {','.join(LOSSES)} (default all)")
     p.add_argument("--architecture", choices=ARCHITECTURES, help="score network (default mlp)")

@@ -39,7 +39,7 @@ import numpy as np
 
 from dmdjax.potentials import load_eam
 from dmdjax.sbsam import bcc, model as models, sample, train
-from dmdjax.studies.sbsam_eam import (EAMParameters, clamped_step, control_design, core_stress_and_score,
+from dmdjax.studies.sbsam_eam import (EAMParameters, MeanTilt, clamped_step, control_design, core_stress_and_score,
                                      core_stress_derivatives, full_core_stress, inner_core_stress,
                                      symmetric_deformation, thermal_score)
 
@@ -104,13 +104,17 @@ def measure(parameters, potential, defect, index, study, repeats, replicas, n_st
     start = time.perf_counter()
     data = bcc.reference(crystal, total)._replace(relaxed_all=None, hessian=None)
     setup_seconds = time.perf_counter() - start
-    network, params, _ = train.load_checkpoint(study["folder"] / f"model-{defect}.msgpack")
+    network, params, metadata = train.load_checkpoint(study["folder"] / f"model-{defect}.msgpack")
     if network.atoms != m:
         raise ValueError(f"the checkpoint's model has {network.atoms} atoms, the inner region {m}")
     coefficients = network.apply(params, deformation, temperature)
+    tilt = metadata.get("mean_tilt")  # studies before the mean tilt have none
+    bias = None if tilt is None else (MeanTilt(np.asarray(tilt["intercept"]), np.asarray(tilt["slope"]))(row[6])
+                                      * models.thermal_length(temperature, 1.0))
 
     def score(x):
-        return thermal_score(crystal, "sbsam", x, total, temperature, data, coefficients, bound=network.bound)
+        return thermal_score(crystal, "sbsam", x, total, temperature, data, coefficients, bound=network.bound,
+                             bias=bias)
 
     length = models.thermal_length(temperature, 1.0)
     step = clamped_step(crystal, total, temperature, data, parameters.step_fraction)

@@ -7,7 +7,7 @@ import pytest
 
 from dmdjax.potentials import load_eam, resolve_potential_path
 from dmdjax.sbsam import bcc, model as models
-from dmdjax.studies.sbsam_eam import thermal_score
+from dmdjax.studies.sbsam_eam import MeanTilt, invariant_part, thermal_score
 from dmdjax.units import thermal_energy
 
 # The checks marked slow take 26–39 s each on 2 cores (mostly XLA compiles of the 3-D EAM crystal): they run in
@@ -167,9 +167,9 @@ def test_reference_linearisation_is_the_schur_complement(small):
 
 @pytest.mark.slow
 def test_model_score_is_cubic_equivariant(small):
-    """S(Gx | gFgᵀ, T) = G S(x | F, T) to 1e-10 for the SB-SAM score the study samples (reference +
-    trained-like correction, centroid split off), with a random F and group element; the reference
-    relaxes anew at gFgᵀ."""
+    """S(Gx | gFgᵀ, T) = G S(x | F, T) to 1e-10 for the SB-SAM score the study samples (reference + mean
+    tilt + trained-like correction about the reference's mean, centroid split off), with a random F and
+    group element; the reference relaxes anew at gFgᵀ."""
     symmetries = small.inner_symmetries
     assert len(symmetries) == 48
     network = models.CubicCorrection(atoms=small.n_inner, symmetries=symmetries, hidden=(16,))
@@ -179,18 +179,23 @@ def test_model_score_is_cubic_equivariant(small):
     params = jax.tree_util.tree_map(lambda a: a + 0.2 * jax.random.normal(jax.random.PRNGKey(1), a.shape), params)
     g_matrix, permutation = symmetries[int(np.random.default_rng(4).integers(1, 48))]
     g, permutation = jnp.asarray(g_matrix), np.asarray(permutation)
+    # a mean tilt as the study fits it: point-group invariant (a projection of a random field)
+    tilt = invariant_part(np.random.default_rng(6).normal(size=(small.n_inner, 3)), symmetries)
+    assert np.abs(tilt).max() > 1e-3
 
     def score(x, deformation, method="sbsam", coefficients=None):
         # the score the study's sampler runs (thermal units, centroid split off, correction bounded)
         data = bcc.reference(small, deformation)
         if coefficients is None and method == "sbsam":
             coefficients = network.apply(params, deformation, temperature)
-        return thermal_score(small, method, x, deformation, temperature, data, coefficients, bound=2.0)
+        bias = jnp.asarray(tilt) if method == "sbsam" else None
+        return thermal_score(small, method, x, deformation, temperature, data, coefficients, bound=2.0, bias=bias)
 
     x = 0.5 * jax.random.normal(jax.random.PRNGKey(5), (small.n_inner, 3))
     # the untrained (zero) correction is the reference; a bad method is refused by name
     zero = jax.tree_util.tree_map(jnp.zeros_like, network.apply(params, f, temperature))
-    assert float(jnp.max(jnp.abs(score(x, f, coefficients=zero) - score(x, f, "reference")))) == 0.0
+    difference = score(x, f, coefficients=zero) - score(x, f, "reference")
+    assert float(jnp.max(jnp.abs(difference - (tilt - tilt.mean(0))))) < 1e-12
     with pytest.raises(ValueError, match="'exact'"):
         score(x, f, "exact")
     with pytest.raises(ValueError, match="only by, method 'sbsam'"):
@@ -201,6 +206,39 @@ def test_model_score_is_cubic_equivariant(small):
     assert float(jnp.max(jnp.abs(got - expected))) < 1e-10 * float(jnp.max(jnp.abs(expected)))
     # F must be transformed with X: the untransformed condition gives another score
     assert float(jnp.max(jnp.abs(score(moved, f) - expected))) > 1e-4 * float(jnp.max(jnp.abs(expected)))
+
+
+def test_mean_tilt_projection_and_line(iron):
+    """invariant_part is the projection onto point-group-invariant per-atom fields (idempotent; every
+    element then maps the field onto itself); MeanTilt.fit recovers a line in T exactly and its weights
+    reproduce it; a single temperature is refused by name; pinning refuses a vacancy crystal."""
+    from dmdjax.studies.sbsam_eam import pin_perfect_mean, region_match
+
+    crystal = bcc.BccCrystal(iron, repeats=5, vacancy=False, inner_radius=4.0)
+    symmetries = crystal.inner_symmetries
+    rng = np.random.default_rng(0)
+    field = rng.normal(size=(3, crystal.n_inner, 3))
+    projected = invariant_part(field, symmetries)
+    np.testing.assert_allclose(invariant_part(projected, symmetries), projected, atol=1e-14)
+    for g, permutation in symmetries[1:6]:
+        moved = np.zeros_like(projected[0])
+        moved[list(permutation)] = projected[0] @ np.asarray(g).T
+        np.testing.assert_allclose(moved, projected[0], atol=1e-14)
+    assert np.abs(projected).max() > 0.05 and np.abs(projected.sum(axis=1)).max() < 1e-12  # no net force
+    temperatures = np.array([150.0, 320.0, 480.0])
+    line = projected[0][None] + projected[1][None] * temperatures[:, None, None] / 100
+    tilt = MeanTilt.fit(line, temperatures)
+    np.testing.assert_allclose(tilt(400.0), projected[0] + 4 * projected[1], atol=1e-12)
+    weights = MeanTilt.weights(temperatures, [400.0])
+    np.testing.assert_allclose(np.tensordot(weights, line, axes=1)[0], tilt(400.0), atol=1e-12)
+    with pytest.raises(ValueError, match="two distinct temperatures"):
+        MeanTilt.fit(line[:2], [300.0, 300.0])
+    vacancy = bcc.BccCrystal(iron, repeats=5, vacancy=True, inner_radius=4.0)
+    match = region_match(crystal, vacancy)
+    assert len(match) == crystal.n_inner - 1 and len(set(match.tolist())) == len(match)
+    with pytest.raises(ValueError, match="perfect crystal only"):
+        pin_perfect_mean(vacancy, None, [300.0], None, None, chains=2, n_steps=10, burn_in=0, thin=1,
+                         step_fraction=0.5)
 
 
 def test_taylor_controls_remove_a_gaussian_quadratic_exactly():
@@ -307,7 +345,13 @@ def test_eam_study_files_and_claims(study):
     model, params, metadata = train.load_checkpoint(study / "model-vacancy.msgpack")
     assert metadata["study"] == "sbsam-eam" and len(model.symmetries) == 48 and model.bound == 2.0
     bias, blocks = model.apply(params, jnp.eye(3) * 1.01, 300.0)
-    assert bias.shape == (58, 3) and blocks.shape == (58, 3, 3)
+    # the correction has no bias of its own: the mean is the tilt's, a point-group-invariant line in T
+    assert not model.bias and float(jnp.abs(bias).max()) == 0.0 and blocks.shape == (58, 3, 3)
+    tilt = MeanTilt(np.asarray(metadata["mean_tilt"]["intercept"]), np.asarray(metadata["mean_tilt"]["slope"]))
+    at = tilt(300.0)
+    assert at.shape == (58, 3) and np.abs(at).max() > 0
+    np.testing.assert_allclose(invariant_part(at, model.symmetries), at, atol=1e-12)
+    assert summary["mean_tilt"]["sampling_seconds"] > 0 and len(summary["mean_tilt"]["bias_norm"]) == 2
 
 
 def test_eam_option_conflicts_are_refused(tmp_path):

@@ -283,9 +283,12 @@ class CubicCorrection(nn.Module):
     :meth:`coefficients` evaluates them once per condition, :func:`cubic_correction` applies them
     (a sampler pays one tanh per coordinate per step).
 
+    With ``bias=False`` b̄ ≡ 0: the correction is odd about x = 0 and cannot move the sampled mean at
+    first order (the caller centres x at the reference's mean and sets the mean by other means).
+
     Attributes:
         atoms: m. symmetries: as above (identity included). hidden: widths of the condition network.
-        bound: β, thermal units. reference_temperature: T₀, K.
+        bound: β, thermal units. reference_temperature: T₀, K. bias: whether b̄ is learned.
     """
 
     atoms: int
@@ -293,6 +296,7 @@ class CubicCorrection(nn.Module):
     hidden: Sequence[int] = (64, 64)
     bound: float = 2.0
     reference_temperature: float = 300.0
+    bias: bool = True
 
     @nn.compact
     def __call__(self, deformation, temperature):
@@ -304,7 +308,10 @@ class CubicCorrection(nn.Module):
         features = jax.vmap(lambda f: condition_features(f, temperature, self.reference_temperature, dtype))(images)
         for width in self.hidden:
             features = nn.tanh(nn.Dense(width, dtype=dtype)(features))
-        bias = nn.Dense(3 * self.atoms, kernel_init=nn.initializers.zeros, dtype=dtype, name="bias")(features)
+        if self.bias:
+            bias = nn.Dense(3 * self.atoms, kernel_init=nn.initializers.zeros, dtype=dtype, name="bias")(features)
+        else:
+            bias = jnp.zeros((features.shape[0], 3 * self.atoms), dtype)
         blocks = nn.Dense(9 * self.atoms, kernel_init=nn.initializers.zeros, dtype=dtype, name="blocks")(features)
         bias = bias.reshape(-1, self.atoms, 3)
         blocks = blocks.reshape(-1, self.atoms, 3, 3)
