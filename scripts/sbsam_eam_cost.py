@@ -109,8 +109,7 @@ def measure(parameters, potential, defect, index, study, repeats, replicas, n_st
         raise ValueError(f"the checkpoint's model has {network.atoms} atoms, the inner region {m}")
     coefficients = network.apply(params, deformation, temperature)
     tilt = metadata.get("mean_tilt")  # studies before the mean tilt have none
-    bias = None if tilt is None else (MeanTilt(np.asarray(tilt["intercept"]), np.asarray(tilt["slope"]))(row[6])
-                                      * models.thermal_length(temperature, 1.0))
+    bias = None if tilt is None else MeanTilt.from_json(tilt)(row[6]) * models.thermal_length(temperature, 1.0)
 
     def score(x):
         return thermal_score(crystal, "sbsam", x, total, temperature, data, coefficients, bound=network.bound,

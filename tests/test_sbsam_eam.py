@@ -1,5 +1,7 @@
 """SB-SAM in 3-D with the Fe EAM around a vacancy (dmdjax.sbsam.bcc, dmdjax.studies.sbsam_eam)."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -233,12 +235,21 @@ def test_mean_tilt_projection_and_line(iron):
     np.testing.assert_allclose(np.tensordot(weights, line, axes=1)[0], tilt(400.0), atol=1e-12)
     with pytest.raises(ValueError, match="two distinct temperatures"):
         MeanTilt.fit(line[:2], [300.0, 300.0])
+    again = MeanTilt.from_json(json.loads(json.dumps(tilt.to_json())))
+    np.testing.assert_array_equal(again(250.0), tilt(250.0))
+    with pytest.raises(ValueError, match="one shape"):
+        MeanTilt.from_json({"intercept": tilt.intercept, "slope": tilt.slope[:-1]})
     vacancy = bcc.BccCrystal(iron, repeats=5, vacancy=True, inner_radius=4.0)
     match = region_match(crystal, vacancy)
     assert len(match) == crystal.n_inner - 1 and len(set(match.tolist())) == len(match)
     with pytest.raises(ValueError, match="perfect crystal only"):
         pin_perfect_mean(vacancy, None, [300.0], None, None, chains=2, n_steps=10, burn_in=0, thin=1,
                          step_fraction=0.5)
+    references = bcc.reference(crystal, jnp.eye(3))._replace(relaxed_all=None, hessian=None)
+    stacked = jax.tree_util.tree_map(lambda a: a[None], references)
+    with pytest.raises(ValueError, match="per temperature"):  # two temperatures, one deformation
+        pin_perfect_mean(crystal, jnp.eye(3)[None], [300.0, 400.0], stacked, None, chains=2, n_steps=10,
+                         burn_in=0, thin=1, step_fraction=0.5)
 
 
 def test_taylor_controls_remove_a_gaussian_quadratic_exactly():
@@ -347,7 +358,7 @@ def test_eam_study_files_and_claims(study):
     bias, blocks = model.apply(params, jnp.eye(3) * 1.01, 300.0)
     # the correction has no bias of its own: the mean is the tilt's, a point-group-invariant line in T
     assert not model.bias and float(jnp.abs(bias).max()) == 0.0 and blocks.shape == (58, 3, 3)
-    tilt = MeanTilt(np.asarray(metadata["mean_tilt"]["intercept"]), np.asarray(metadata["mean_tilt"]["slope"]))
+    tilt = MeanTilt.from_json(metadata["mean_tilt"])
     at = tilt(300.0)
     assert at.shape == (58, 3) and np.abs(at).max() > 0
     np.testing.assert_allclose(invariant_part(at, model.symmetries), at, atol=1e-12)

@@ -306,6 +306,23 @@ class MeanTilt(NamedTuple):
         """b at T (K), (m, 3) 1/Å."""
         return self.intercept + self.slope * float(temperature)
 
+    def to_json(self) -> dict:
+        """``{"intercept", "slope"}`` as nested lists (a checkpoint's ``mean_tilt`` metadata)."""
+        return {"intercept": np.asarray(self.intercept).tolist(), "slope": np.asarray(self.slope).tolist()}
+
+    @classmethod
+    def from_json(cls, fields: dict) -> "MeanTilt":
+        """The tilt from :meth:`to_json`'s form.
+
+        Raises:
+            ValueError: the two arrays are not both (m, 3) of one m.
+        """
+        intercept, slope = np.asarray(fields["intercept"], float), np.asarray(fields["slope"], float)
+        if intercept.ndim != 2 or intercept.shape[1] != 3 or slope.shape != intercept.shape:
+            raise ValueError(f"a mean tilt needs intercept and slope of one shape (m, 3); got {intercept.shape} "
+                             f"and {slope.shape}")
+        return cls(intercept, slope)
+
     @staticmethod
     def weights(temperatures, at) -> np.ndarray:
         """The fit's weights w (len(at), c): b(T*) = Σ_c w_c b_c for biases b_c at ``temperatures`` (c,) K."""
@@ -346,6 +363,10 @@ def pin_perfect_mean(crystal: bcc.BccCrystal, deformations, temperatures, refere
     if crystal.vacancy:
         raise ValueError("the exact mean is known for the perfect crystal only (vacancy=False)")
     m, count = crystal.n_inner, len(temperatures)
+    if np.shape(deformations) != (count, 3, 3) or np.shape(references.relaxed) != (count, m, 3):
+        raise ValueError(f"need one (3, 3) deformation and one reference of {m} inner atoms per temperature "
+                         f"({count}); got deformations {np.shape(deformations)}, references' relaxed "
+                         f"{np.shape(references.relaxed)}")
     symmetries = crystal.inner_symmetries
     temperatures = jnp.asarray(temperatures, jnp.asarray(deformations).dtype)
     lengths = np.asarray(models.thermal_length(temperatures, 1.0))
@@ -568,7 +589,7 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
     train_seconds = time.perf_counter() - start
     train.save_checkpoint(output / f"model-{'vacancy' if crystal.vacancy else 'perfect'}.msgpack", network, params,
                           {"study": "sbsam-eam", "parameters": dataclasses.asdict(parameters),
-                           "mean_tilt": {"intercept": tilt.intercept.tolist(), "slope": tilt.slope.tolist()}})
+                           "mean_tilt": tilt.to_json()})
     test_fj, test_tj = jnp.asarray(test_f, dtype), jnp.asarray(test_t, dtype)
     test_coefficients = jax.vmap(network.apply, (None, 0, 0))(params, test_fj, test_tj)
 
