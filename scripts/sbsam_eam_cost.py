@@ -41,7 +41,7 @@ from dmdjax.potentials import load_eam
 from dmdjax.sbsam import bcc, model as models, sample, train
 from dmdjax.studies.sbsam_eam import (EAMParameters, MeanTilt, clamped_step, control_design, core_stress_and_score,
                                      core_stress_derivatives, full_core_stress, inner_core_stress,
-                                     symmetric_deformation, thermal_score)
+                                     symmetric_deformation, thermal_score, volumetric_strain)
 
 TARGET = 0.002
 
@@ -109,7 +109,8 @@ def measure(parameters, potential, defect, index, study, repeats, replicas, n_st
         raise ValueError(f"the checkpoint's model has {network.atoms} atoms, the inner region {m}")
     coefficients = network.apply(params, deformation, temperature)
     tilt = metadata.get("mean_tilt")  # studies before the mean tilt have none
-    bias = None if tilt is None else MeanTilt.from_json(tilt)(row[6]) * models.thermal_length(temperature, 1.0)
+    bias = None if tilt is None else (MeanTilt.from_json(tilt)(row[6], volumetric_strain(deformation))
+                                      * models.thermal_length(temperature, 1.0))
 
     def score(x):
         return thermal_score(crystal, "sbsam", x, total, temperature, data, coefficients, bound=network.bound,

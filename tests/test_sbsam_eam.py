@@ -129,10 +129,14 @@ def test_parameters_from_json():
     import dataclasses
     import json
 
-    from dmdjax.studies.sbsam_eam import EAMParameters
+    from dmdjax.studies.sbsam_eam import EAMParameters, tilt_grid, volumetric_strain
 
-    parameters = EAMParameters.quick()
-    assert EAMParameters.from_json(json.loads(json.dumps(dataclasses.asdict(parameters)))) == parameters
+    for parameters in (EAMParameters.quick(), EAMParameters()):
+        assert EAMParameters.from_json(json.loads(json.dumps(dataclasses.asdict(parameters)))) == parameters
+    # the tilt's pinning points: every temperature × every volumetric strain, T-major
+    t, j = tilt_grid(EAMParameters(tilt_temperatures=(200.0, 400.0, 600.0), tilt_volumetric=(-0.01, 0.01)))
+    assert t.tolist() == [200.0, 200.0, 400.0, 400.0, 600.0, 600.0] and j.tolist() == [-0.01, 0.01] * 3
+    np.testing.assert_allclose(volumetric_strain(np.diag([1.01, 1.0, 0.99])), 1.01 * 0.99 - 1.0, atol=1e-15)
     with pytest.raises(ValueError, match="n_sites"):
         EAMParameters.from_json({"n_sites": 3})
 
@@ -231,12 +235,30 @@ def test_mean_tilt_projection_and_line(iron):
     line = projected[0][None] + projected[1][None] * temperatures[:, None, None] / 100
     tilt = MeanTilt.fit(line, temperatures)
     np.testing.assert_allclose(tilt(400.0), projected[0] + 4 * projected[1], atol=1e-12)
-    weights = MeanTilt.weights(temperatures, [400.0])
+    np.testing.assert_array_equal(tilt(400.0, 0.02), tilt(400.0))  # a grid of one J: no J terms
+    weights = MeanTilt.weights(temperatures, 0.0, [400.0])
     np.testing.assert_allclose(np.tensordot(weights, line, axes=1)[0], tilt(400.0), atol=1e-12)
-    with pytest.raises(ValueError, match="two distinct temperatures"):
+    with pytest.raises(ValueError, match="undetermined"):
         MeanTilt.fit(line[:2], [300.0, 300.0])
+    # on a (T, J) grid the fit recovers a bilinear field exactly, between and beyond its points
+    grid_t, grid_j = np.meshgrid([200.0, 600.0], [-0.01, 0.01], indexing="ij")
+    grid_t, grid_j = grid_t.reshape(-1), grid_j.reshape(-1)
+
+    def bilinear(t, j):
+        return projected[0] + projected[1] * t / 100 + j * (projected[2] * 50 + projected[1] * t / 10)
+
+    tilt = MeanTilt.fit(np.stack([bilinear(t, j) for t, j in zip(grid_t, grid_j)]), grid_t, grid_j)
+    for t, j in [(250.0, 0.01), (500.0, -0.003), (100.0, 0.04)]:
+        np.testing.assert_allclose(tilt(t, j), bilinear(t, j), atol=1e-10)
+    weights = MeanTilt.weights(grid_t, grid_j, [500.0], -0.003)
+    np.testing.assert_allclose(weights.sum(), 1.0, atol=1e-12)
+    with pytest.raises(ValueError, match="undetermined"):  # J varies at one T only: T·J undetermined
+        MeanTilt.fit(np.stack([bilinear(300.0, j) for j in (-0.01, 0.01)] + [bilinear(500.0, 0.0)]),
+                     [300.0, 300.0, 500.0], [-0.01, 0.01, 0.0])
     again = MeanTilt.from_json(json.loads(json.dumps(tilt.to_json())))
-    np.testing.assert_array_equal(again(250.0), tilt(250.0))
+    np.testing.assert_array_equal(again(250.0, 0.01), tilt(250.0, 0.01))
+    older = MeanTilt.from_json({"intercept": tilt.intercept.tolist(), "slope": tilt.slope.tolist()})
+    np.testing.assert_array_equal(older(250.0, 0.01), tilt.intercept + 250.0 * tilt.slope)  # a line in T
     with pytest.raises(ValueError, match="one shape"):
         MeanTilt.from_json({"intercept": tilt.intercept, "slope": tilt.slope[:-1]})
     vacancy = bcc.BccCrystal(iron, repeats=5, vacancy=True, inner_radius=4.0)
@@ -303,6 +325,10 @@ def test_bad_input_is_refused(iron):
         EAMParameters(defects=("dislocation",))
     with pytest.raises(ValueError, match="test condition"):
         EAMParameters(test_conditions=((0.05, 0, 0, 0, 0, 0, 300.0),))
+    with pytest.raises(ValueError, match="tilt_volumetric"):
+        EAMParameters(tilt_volumetric=(0.0, 0.2))
+    with pytest.raises(ValueError, match="comparison_chains"):
+        EAMParameters(comparison_chains=0)
     with pytest.raises(ValueError, match="deformations"):
         bcc.sample_full(bcc.BccCrystal(iron, repeats=5), jax.random.PRNGKey(0), jnp.eye(3), jnp.ones(1))
     # a melted crystal leaves the fixed pair list: refused, not silently wrong forces
@@ -359,7 +385,7 @@ def test_eam_study_files_and_claims(study):
     # the correction has no bias of its own: the mean is the tilt's, a point-group-invariant line in T
     assert not model.bias and float(jnp.abs(bias).max()) == 0.0 and blocks.shape == (58, 3, 3)
     tilt = MeanTilt.from_json(metadata["mean_tilt"])
-    at = tilt(300.0)
+    at = tilt(300.0, 0.004)
     assert at.shape == (58, 3) and np.abs(at).max() > 0
     np.testing.assert_allclose(invariant_part(at, model.symmetries), at, atol=1e-12)
     assert summary["mean_tilt"]["sampling_seconds"] > 0 and len(summary["mean_tilt"]["bias_norm"]) == 2

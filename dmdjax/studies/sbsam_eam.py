@@ -18,9 +18,11 @@ For each defect (a vacancy, and as the control the perfect crystal) of :class:`~
    500 K, which the core stress feels at the 5 % level, and neither force nor score matching on the
    study's data can learn a mean that small (docs/sbsam.md). The perfect crystal's exact mean is
    known (zero: inversion centres), so b is fitted there by inner sampling alone
-   (:func:`pin_perfect_mean` of the unstrained crystal, F = a(T)/a₀ · I, on a grid of T; a line in T
-   through the point-group-invariant biases) and moved atom by atom to the vacancy's region. b depends
-   on T alone and is invariant, so the score stays exactly equivariant. C is the bounded,
+   (:func:`pin_perfect_mean` of the hydrostatically strained crystal, F = (1 + J)^⅓ a(T)/a₀ · I, on a
+   grid of (T, J); b(T, J) bilinear through the point-group-invariant biases, J = det F − 1 the
+   volumetric strain, on which the needed tilt depends strongly) and moved atom by atom to the
+   vacancy's region. b depends on the invariants T and J alone and is invariant, so the score stays
+   exactly equivariant. C is the bounded,
    Oh-equivariant :class:`~dmdjax.sbsam.model.CubicCorrection` without a bias of its own (odd about
    v⁰, it leaves the mean to b), trained by force matching (target P[−β∇_X V − S_ref − b]) plus
    ``sliced_weight`` × the variance-reduced sliced score-matching loss of the whole score (one fixed
@@ -36,7 +38,7 @@ For each defect (a vacancy, and as the control the perfect crystal) of :class:`~
    noise (the last pinning run's, through the fit and the core stress's gradient).
 
 Outputs (folder ``output``): ``run.json``, ``model-<defect>.msgpack`` (the correction; its metadata's
-``mean_tilt`` holds b's ``intercept`` and ``slope``, (m, 3) lists, 1/Å and 1/(Å K)), ``results.json``,
+``mean_tilt`` holds b's coefficients: :meth:`MeanTilt.to_json`), ``results.json``,
 ``table.csv``, ``fig_eam_stress.png``, ``summary.json``.
 """
 
@@ -70,7 +72,7 @@ DEFECTS = ("vacancy", "perfect")
 
 @dataclasses.dataclass(frozen=True)
 class EAMParameters:
-    """Settings of :func:`run_eam_study` (defaults: ≈ 30 minutes on a 2-core CPU, measured 29.9).
+    """Settings of :func:`run_eam_study` (defaults: ≈ 18–30 minutes on a 2-core CPU, measured 17.5).
 
     System: ``potential`` (a bundled name or file), ``repeats``³ cubic cells, ``inner_radius`` (None:
     the closure of the core's pairs, 168 atoms around the vacancy), ``defects`` (of ``DEFECTS``).
@@ -84,7 +86,10 @@ class EAMParameters:
     Inner sampling: ``chains`` per held-out condition, ``sampler_burn_in`` + ``sampler_steps`` (every
     ``sampler_thin``-th kept), step ``step_fraction``/λ_max (clamped precision, thermal units).
     Mean tilt (:func:`pin_perfect_mean`): ``tilt_iterations`` runs of ``tilt_chains`` chains ×
-    ``tilt_steps`` steps of the unstrained perfect crystal's region at each of ``tilt_temperatures``.
+    ``tilt_steps`` steps of the perfect crystal's region, hydrostatically strained to each volumetric
+    strain J = det F − 1 of ``tilt_volumetric``, at each of ``tilt_temperatures`` (the grid's product).
+    Inner sampling: SB-SAM's ``chains`` per held-out condition; the reference's and the clamped
+    baseline's ``comparison_chains`` (they are compared with the full system, not used).
     """
 
     potential: str = "Fe_Mendelev2003"
@@ -112,11 +117,13 @@ class EAMParameters:
     learning_rate: float = 3e-3
     sliced_weight: float = 0.1
     chains: int = 16
+    comparison_chains: int = 8
     sampler_burn_in: int = 500
     sampler_steps: int = 2500
     sampler_thin: int = 10
     step_fraction: float = 0.5
-    tilt_temperatures: tuple = (200.0, 400.0, 600.0)
+    tilt_temperatures: tuple = (200.0, 600.0)
+    tilt_volumetric: tuple = (-0.01, 0.01)
     tilt_chains: int = 16
     tilt_steps: int = 2500
     tilt_iterations: int = 2
@@ -124,7 +131,7 @@ class EAMParameters:
 
     def __post_init__(self):
         for name in ("repeats", "train_conditions", "replicas", "test_replicas", "n_steps", "thin", "steps",
-                     "batch_size", "chains", "sampler_steps", "sampler_thin", "tilt_iterations"):
+                     "batch_size", "chains", "comparison_chains", "sampler_steps", "sampler_thin", "tilt_iterations"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}")
         if self.n_steps % (10 * self.thin) or self.sampler_steps % self.sampler_thin:
@@ -135,6 +142,9 @@ class EAMParameters:
                              f"and tilt_steps ({self.tilt_steps}) a multiple of sampler_thin ({self.sampler_thin})")
         if len(set(self.tilt_temperatures)) < 2 or min(self.tilt_temperatures) <= 0:
             raise ValueError(f"tilt_temperatures needs two distinct T > 0 (K); got {self.tilt_temperatures!r}")
+        if not self.tilt_volumetric or max(abs(j) for j in self.tilt_volumetric) >= 0.1:
+            raise ValueError(f"tilt_volumetric needs one or more strains J = det F - 1 in (-0.1, 0.1); got "
+                             f"{self.tilt_volumetric!r}")
         if self.test_replicas % self.replicas:
             raise ValueError(f"test_replicas ({self.test_replicas}) must be a multiple of replicas ({self.replicas})")
         unknown = [d for d in self.defects if d not in DEFECTS]
@@ -174,7 +184,8 @@ class EAMParameters:
                         test_conditions=((0.005, 0.0, -0.005, 0.0, 0.005, 0.0, 300.0),),
                         expansion_temperatures=(100.0, 600.0), expansion_steps=600, expansion_iterations=1, replicas=2, test_replicas=4, n_steps=1000,
                         thin=10, burn_in=300, steps=300, chains=8, sampler_burn_in=200, sampler_steps=600,
-                        tilt_temperatures=(150.0, 450.0), tilt_chains=4, tilt_steps=400, tilt_iterations=1)
+                        comparison_chains=8, tilt_temperatures=(150.0, 450.0), tilt_volumetric=(0.0,),
+                        tilt_chains=4, tilt_steps=400, tilt_iterations=1)
         return cls(**{**settings, **changes})
 
     @classmethod
@@ -199,6 +210,19 @@ def conditions(parameters: EAMParameters):
     temperatures = rng.uniform(*parameters.temperature_range, parameters.train_conditions)
     test = np.asarray(parameters.test_conditions, float)
     return (symmetric_deformation(strains), temperatures), (symmetric_deformation(test[:, :6]), test[:, 6])
+
+
+def tilt_grid(parameters: EAMParameters):
+    """The mean tilt's pinning points ``(T (c,) K, J (c,))``: every ``tilt_temperatures`` × every
+    ``tilt_volumetric`` (T-major)."""
+    t, j = np.meshgrid(np.asarray(parameters.tilt_temperatures, float),
+                       np.asarray(parameters.tilt_volumetric, float), indexing="ij")
+    return t.reshape(-1), j.reshape(-1)
+
+
+def volumetric_strain(deformations) -> np.ndarray:
+    """J = det F − 1 (...,) of deformations (..., 3, 3)."""
+    return np.linalg.det(np.asarray(deformations, float)) - 1.0
 
 
 def _centred(x):
@@ -295,49 +319,80 @@ def invariant_part(vectors, symmetries) -> np.ndarray:
 
 
 class MeanTilt(NamedTuple):
-    """SB-SAM's constant score bias b(T) = ``intercept`` + ``slope`` · T (each (m, 3), 1/Å and 1/(Å K)):
-    the least-squares line through the perfect crystal's mean-pinning biases (:func:`pin_perfect_mean`),
-    point-group invariant (so S(Gx | gFgᵀ) = G S(x | F) holds exactly with it)."""
+    """SB-SAM's constant score bias (each coefficient (m, 3); 1/Å, 1/(Å K), 1/Å and 1/(Å K) per unit J)
+
+        b(T, J) = ``intercept`` + ``slope`` · T + J · (``dilation`` + ``dilation_slope`` · T),
+
+    J = det F − 1 the condition's volumetric strain (F relative to the crystal at T): the least-squares
+    fit through the perfect crystal's mean-pinning biases (:func:`pin_perfect_mean`) on a grid of (T, J);
+    a grid of one J gives a line in T (the J terms zero). Point-group invariant, and T and J are
+    invariants of (gFgᵀ, T), so S(Gx | gFgᵀ) = G S(x | F) holds exactly with it."""
 
     intercept: np.ndarray
     slope: np.ndarray
+    dilation: np.ndarray
+    dilation_slope: np.ndarray
 
-    def __call__(self, temperature) -> np.ndarray:
-        """b at T (K), (m, 3) 1/Å."""
-        return self.intercept + self.slope * float(temperature)
+    def __call__(self, temperature, volumetric=0.0) -> np.ndarray:
+        """b at T (K) and J = det F − 1, (m, 3) 1/Å."""
+        temperature, volumetric = float(temperature), float(volumetric)
+        return (self.intercept + self.slope * temperature
+                + volumetric * (self.dilation + self.dilation_slope * temperature))
 
     def to_json(self) -> dict:
-        """``{"intercept", "slope"}`` as nested lists (a checkpoint's ``mean_tilt`` metadata)."""
-        return {"intercept": np.asarray(self.intercept).tolist(), "slope": np.asarray(self.slope).tolist()}
+        """The four coefficients as nested lists (a checkpoint's ``mean_tilt`` metadata)."""
+        return {name: np.asarray(value).tolist() for name, value in self._asdict().items()}
 
     @classmethod
     def from_json(cls, fields: dict) -> "MeanTilt":
-        """The tilt from :meth:`to_json`'s form.
+        """The tilt from :meth:`to_json`'s form (a form without the J terms: a line in T).
 
         Raises:
-            ValueError: the two arrays are not both (m, 3) of one m.
+            ValueError: the arrays are not all (m, 3) of one m.
         """
-        intercept, slope = np.asarray(fields["intercept"], float), np.asarray(fields["slope"], float)
-        if intercept.ndim != 2 or intercept.shape[1] != 3 or slope.shape != intercept.shape:
-            raise ValueError(f"a mean tilt needs intercept and slope of one shape (m, 3); got {intercept.shape} "
-                             f"and {slope.shape}")
-        return cls(intercept, slope)
+        intercept = np.asarray(fields["intercept"], float)
+        rest = [np.asarray(fields.get(name, np.zeros_like(intercept)), float)
+                for name in ("slope", "dilation", "dilation_slope")]
+        if intercept.ndim != 2 or intercept.shape[1] != 3 or any(a.shape != intercept.shape for a in rest):
+            raise ValueError(f"a mean tilt needs coefficients of one shape (m, 3); got {intercept.shape} and "
+                             f"{[a.shape for a in rest]}")
+        return cls(intercept, *rest)
 
     @staticmethod
-    def weights(temperatures, at) -> np.ndarray:
-        """The fit's weights w (len(at), c): b(T*) = Σ_c w_c b_c for biases b_c at ``temperatures`` (c,) K."""
-        design = np.stack([np.ones(len(temperatures)), np.asarray(temperatures, float)], axis=1)
-        return np.stack([np.ones(len(at)), np.asarray(at, float)], axis=1) @ np.linalg.pinv(design)
+    def design(temperatures, volumetric) -> np.ndarray:
+        """The fit's design (n, 4): 1, T, J, T·J at n points (K, dimensionless)."""
+        t, j = np.broadcast_arrays(np.asarray(temperatures, float), np.asarray(volumetric, float))
+        return np.stack([np.ones_like(t), t, j, t * j], axis=-1)
 
     @classmethod
-    def fit(cls, biases, temperatures) -> "MeanTilt":
-        """The line through biases ``(c, m, 3)`` 1/Å at ``temperatures`` ``(c,)`` K (c ≥ 2 distinct T)."""
+    def _solver(cls, temperatures, volumetric) -> np.ndarray:
+        # (4, c): the coefficients from the biases at the grid's c points; a grid of one J fits a line in T
         temperatures = np.asarray(temperatures, float)
-        if len(np.unique(temperatures)) < 2:
-            raise ValueError(f"a line in T needs two distinct temperatures; got {temperatures.tolist()}")
-        weights = cls.weights(temperatures, [0.0, 1.0])
-        at_zero, at_one = np.tensordot(weights, np.asarray(biases), axes=1)
-        return cls(at_zero, at_one - at_zero)
+        volumetric = np.broadcast_to(np.asarray(volumetric, float), temperatures.shape)
+        used = 2 if len(np.unique(volumetric)) == 1 else 4
+        design = cls.design(temperatures, volumetric)[:, :used]
+        if np.linalg.matrix_rank(design / np.abs(design).max(axis=0)) < used:
+            raise ValueError(f"the tilt is undetermined by its grid (a line in T needs two distinct T; the J "
+                             f"terms, two J at each of two T): T {temperatures.tolist()}, J {volumetric.tolist()}")
+        return np.concatenate([np.linalg.pinv(design), np.zeros((4 - used, len(temperatures)))])
+
+    @classmethod
+    def weights(cls, temperatures, volumetric, at, at_volumetric=0.0) -> np.ndarray:
+        """The fit's weights w (len(at), c): b(T*, J*) = Σ_c w_c b_c for biases b_c at the grid points
+        (``temperatures``, ``volumetric``), each (c,), and (``at``, ``at_volumetric``)."""
+        at = np.asarray(at, float)
+        return cls.design(at, np.broadcast_to(at_volumetric, at.shape)) @ cls._solver(temperatures, volumetric)
+
+    @classmethod
+    def fit(cls, biases, temperatures, volumetric=0.0) -> "MeanTilt":
+        """The fit through biases ``(c, m, 3)`` 1/Å at ``temperatures`` ``(c,)`` K and volumetric strains
+        ``volumetric`` ``(c,)`` (or one for all).
+
+        Raises:
+            ValueError: fewer than two distinct T, or several J without two of them at each of two T (the
+                T·J term would be undetermined).
+        """
+        return cls(*np.tensordot(cls._solver(temperatures, volumetric), np.asarray(biases), axes=1))
 
 
 def pin_perfect_mean(crystal: bcc.BccCrystal, deformations, temperatures, references: bcc.Reference, key, *,
@@ -470,7 +525,7 @@ def full_core_stress(crystal: bcc.BccCrystal, derivatives, centre, hessian, temp
 def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, expansion, tilt_biases, tilt_offsets,
                   output, progress):
     """Steps 2–5 of the module docstring for one crystal; returns (rows, extras). ``tilt_biases`` (c, m, 3)
-    1/Å and ``tilt_offsets`` (c, chains, m, 3) Å: :func:`pin_perfect_mean` at ``tilt_temperatures``, moved
+    1/Å and ``tilt_offsets`` (c, chains, m, 3) Å: :func:`pin_perfect_mean` at :func:`tilt_grid`'s points, moved
     to this crystal's inner atoms."""
     dtype = jnp.zeros(0).dtype
     m = crystal.n_inner
@@ -506,8 +561,10 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
     test_all_force = rows_of(everything.force, slice(n_train, None), repeat)
     test_periodic = rows_of(everything.stress, slice(n_train, None), repeat)
     test_seconds = everything.seconds * (everything.inner.shape[0] - n_train) / everything.inner.shape[0]
-    tilt = MeanTilt.fit(tilt_biases, parameters.tilt_temperatures)
-    train_tilt = jnp.asarray(np.stack([tilt(t) for t in train_t]) * np.asarray(
+    tilt_t, tilt_j = tilt_grid(parameters)
+    tilt = MeanTilt.fit(tilt_biases, tilt_t, tilt_j)
+    train_j, test_j = volumetric_strain(train_f), volumetric_strain(test_f)
+    train_tilt = jnp.asarray(np.stack([tilt(t, j) for t, j in zip(train_t, train_j)]) * np.asarray(
         models.thermal_length(train_t, 1.0))[:, None, None], dtype)
 
     # --- training data: what the reference misses, thermal units -------------------------------
@@ -596,7 +653,7 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
     # --- the inner region alone -------------------------------------------------------------------
     inner_ref = test_ref._replace(relaxed_all=None, hessian=None)  # what the inner scores need
     lengths = models.thermal_length(test_tj, 1.0)[:, None, None]
-    test_bias = jnp.asarray(np.stack([tilt(t) for t in test_t]), dtype) * lengths
+    test_bias = jnp.asarray(np.stack([tilt(t, j) for t, j in zip(test_t, test_j)]), dtype) * lengths
 
     def thermal(method):
         def score(x, condition):
@@ -618,8 +675,6 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
 
     relaxed_x = test_ref.relaxed / lengths
     step = parameters.step_fraction / float(np.max(precision("clamped", jnp.zeros_like(relaxed_x))))
-    chains = parameters.chains
-    condition = (jnp.repeat(total_test, chains, axis=0), jnp.repeat(test_tj, chains), jnp.repeat(indices, chains))
     # control variates designed at u⁰ from the reference's precision and the core stress's Taylor terms
     design = jax.jit(functools.partial(control_design, crystal))
     designs = [tuple(np.asarray(a) for a in design(total_test[index], test_tj[index],
@@ -632,6 +687,9 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
 
     inner_results = {}
     for method, sample_key in zip(METHODS, sample_keys):
+        chains = parameters.chains if method == "sbsam" else parameters.comparison_chains
+        condition = (jnp.repeat(total_test, chains, axis=0), jnp.repeat(test_tj, chains),
+                     jnp.repeat(indices, chains))
         start_x = jnp.zeros_like(relaxed_x) if method == "clamped" else _centred(relaxed_x)
         smallest = np.asarray(precision(method, start_x)).min(axis=1)
         if np.any(smallest <= 0):
@@ -646,7 +704,7 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
             x = jnp.asarray(samples[index * chains:(index + 1) * chains].reshape(-1, m, 3))
             values, scores = stress_and_score(method, x, total_test[index], test_tj[index], index)
             stresses.append(inner_core_stress(values, scores, x, test_tj[index], designs[index], chains))
-        inner_results[method] = {"stresses": stresses, "seconds": result.seconds,
+        inner_results[method] = {"stresses": stresses, "seconds": result.seconds, "chains": chains,
                                  "smallest_precision": float(smallest.min())}
         logger.info(f"{method}: {chains} chains × {parameters.sampler_steps} steps at {len(test_t)} conditions, "
                     f"{result.seconds:.0f} s")
@@ -655,7 +713,7 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
     n_total = crystal.n_atoms
     shift = np.equal.outer(np.arange(3 * m) % 3, np.arange(3 * m) % 3) / n_total
     rows, target_error = [], 0.002
-    tilt_weights = MeanTilt.weights(parameters.tilt_temperatures, test_t)
+    tilt_weights = MeanTilt.weights(tilt_t, tilt_j, test_t, test_j)
     for index in range(len(test_t)):
         values = test_core[index].reshape(-1, 9)
         controls = taylor_controls(*designs[index], test_target[index].reshape(-1, 3 * m),
@@ -713,8 +771,9 @@ def _study_defect(parameters, crystal, key, train_f, train_t, test_f, test_t, ex
               "sizes": {"atoms": crystal.n_atoms, "inner_atoms": m, "core_atoms": int(crystal.core.size),
                         "core_closed": crystal.core_is_closed, "training_samples": int(n_samples),
                         "full_samples_per_held_out_condition": int(test_inner[0].shape[0]),
-                        "inner_samples_per_held_out_condition": chains * parameters.sampler_steps
-                        // parameters.sampler_thin},
+                        "inner_samples_per_held_out_condition": {
+                            k: v["chains"] * parameters.sampler_steps // parameters.sampler_thin
+                            for k, v in inner_results.items()}},
               "final_losses": {"force": history[-1][1], "sliced": history[-1][2]}, "sampler_step": step}
     return rows, extras
 
@@ -728,7 +787,7 @@ def run_eam_study(parameters: EAMParameters | None = None, output=None, *, overw
     ``closer_factor_min`` (clamped error / SB-SAM error), ``error_sigma_max`` (SB-SAM − full in units of
     their joint standard error, SB-SAM's including the tilt's noise), ``full_relative_standard_error_max``,
     ``targets``, ``meets_targets``; ``mean_tilt`` (its seconds, sampling seconds, step, the grid's
-    temperatures and ‖b‖ at each);
+    temperatures and volumetric strains and ‖b‖ at each);
     ``seconds_to_common_error`` (per method, mean over conditions, the wall time to a 0.2 % relative
     standard error: t × (s.e./target)²; ``sbsam`` sampling only, ``sbsam_with_setup`` adds the per-
     condition relaxation + Hessian + Schur complement), ``cost_ratio`` (full / SB-SAM with setup);
@@ -759,11 +818,13 @@ def run_eam_study(parameters: EAMParameters | None = None, output=None, *, overw
 
     logger.info(f"thermal expansion a(T)/a0 at {grid.tolist()} K: {np.round(scale, 5).tolist()}")
 
-    # the mean tilt: the unstrained perfect crystal's region pinned to its exact mean on a grid of T
+    # the mean tilt: the hydrostatically strained perfect crystal's region pinned to its exact mean on a
+    # grid of (T, J)
     start = time.perf_counter()
     perfect = bcc.BccCrystal(potential, repeats=parameters.repeats, vacancy=False, inner_radius=parameters.inner_radius)
-    tilt_t = np.asarray(parameters.tilt_temperatures, float)
-    tilt_f = jnp.asarray(expansion(tilt_t)[:, None, None] * np.eye(3), jnp.zeros(0).dtype)
+    tilt_t, tilt_j = tilt_grid(parameters)
+    tilt_f = jnp.asarray((expansion(tilt_t) * (1.0 + tilt_j) ** (1.0 / 3.0))[:, None, None] * np.eye(3),
+                         jnp.zeros(0).dtype)
     references = _stack([bcc.reference(perfect, f)._replace(relaxed_all=None, hessian=None) for f in tilt_f])
     tilt_biases, tilt_offsets, step, tilt_sampling = pin_perfect_mean(
         perfect, tilt_f, jnp.asarray(tilt_t, tilt_f.dtype), references, tilt_key, chains=parameters.tilt_chains,
@@ -804,7 +865,7 @@ def run_eam_study(parameters: EAMParameters | None = None, output=None, *, overw
                "cost_ratio": cost_ratio, "discarded_samples": 0,
                "expansion": {"temperatures": grid.tolist(), "scale": scale.tolist(), "seconds": expansion_seconds},
                "mean_tilt": {"seconds": tilt_seconds, "sampling_seconds": tilt_sampling, "sampler_step": step,
-                             "temperatures": tilt_t.tolist(),
+                             "temperatures": tilt_t.tolist(), "volumetric": tilt_j.tolist(),
                              "bias_norm": np.linalg.norm(tilt_biases.reshape(len(tilt_t), -1), axis=1).tolist()},
                "defects": per_defect, "wall_seconds": time.perf_counter() - wall, "device": run["device"],
                "dtype": run["dtype"]}
