@@ -28,7 +28,8 @@ import numpy as np
 
 from dmdjax.potentials import load_eam
 from dmdjax.sbsam import bcc, train
-from dmdjax.studies.sbsam_eam import EAMParameters, MeanTilt, control_design, symmetric_deformation, volumetric_strain
+from dmdjax.studies.sbsam_eam import (EAMParameters, MeanTilt, control_design, symmetric_deformation,
+                                     tilt_stress_response, volumetric_strain)
 
 
 def pressure(stress) -> float:
@@ -56,11 +57,10 @@ def main(argv=None):
         temperature = row["temperature"]
         total = jnp.asarray(deformation * np.interp(temperature, grid, scale))
         data = bcc.reference(crystal, total)._replace(relaxed_all=None, hessian=None)
-        gradient, _, precision, _ = (np.asarray(a) for a in jax.jit(functools.partial(control_design, crystal))(
-            total, jnp.asarray(temperature), data))
+        design = jax.jit(functools.partial(control_design, crystal))(total, jnp.asarray(temperature), data)
         _, _, metadata = train.load_checkpoint(args.study / f"model-{row['defect']}.msgpack")
         tilt = MeanTilt.from_json(metadata["mean_tilt"])(temperature, volumetric_strain(deformation))
-        response = gradient @ np.linalg.solve(precision, (tilt - tilt.mean(axis=0)).reshape(-1))
+        response = tilt_stress_response(design, tilt)
         full = np.asarray(row["full"])
         with_tilt = np.asarray(row["reference"]) + response
         parts = {

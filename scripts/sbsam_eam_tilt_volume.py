@@ -28,7 +28,7 @@ import numpy as np
 
 from dmdjax.potentials import load_eam
 from dmdjax.sbsam import bcc
-from dmdjax.studies.sbsam_eam import EAMParameters, control_design, pin_perfect_mean
+from dmdjax.studies.sbsam_eam import EAMParameters, control_design, pin_perfect_mean, tilt_stress_response
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,8 +65,8 @@ def main(argv=None):
     design = jax.jit(functools.partial(control_design, perfect))
     rows = []
     for c, (t, j) in enumerate(points):
-        gradient, _, precision, _ = (np.asarray(a) for a in design(deformations[c], jnp.asarray(t), references[c]))
-        response = gradient @ np.linalg.solve(precision, biases[c].reshape(-1))
+        gradient, *rest = (np.asarray(a) for a in design(deformations[c], jnp.asarray(t), references[c]))
+        response = tilt_stress_response((gradient, *rest), biases[c])
         noise = (np.einsum("kj,nj->nk", gradient, offsets[c].reshape(offsets.shape[1], -1)).std(axis=0, ddof=1)
                  / np.sqrt(offsets.shape[1]))
         rows.append({"temperature": float(t), "volumetric": float(j),

@@ -398,3 +398,23 @@ def test_eam_option_conflicts_are_refused(tmp_path):
     assert cli.main(["sbsam", "--upstream", "--output", str(tmp_path / "b")]) == 2
     assert cli.main(["sbsam", "--eam", "--quick", "--upstream", "--output", str(tmp_path / "c")]) == 2
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_tilt_stress_response_is_the_linear_mean_shift():
+    """A bias b = A v (v centred) moves the mean by v, and the core stress by ∇P v; a uniform bias (a net
+    force on the region, which the centring removes) moves nothing."""
+    from dmdjax.studies.sbsam_eam import tilt_stress_response
+
+    rng = np.random.default_rng(3)
+    m = 4
+    root = rng.normal(size=(3, 3))
+    precision = np.kron(np.eye(m), root @ root.T + 3 * np.eye(3))  # the same block on every atom
+    gradient = rng.normal(size=(9, 3 * m))
+    shift = rng.normal(size=(m, 3))
+    shift -= shift.mean(axis=0)
+    design = (gradient, None, precision, np.zeros(3 * m))
+    centred = (precision @ shift.reshape(-1)).reshape(m, 3)
+    np.testing.assert_allclose(tilt_stress_response(design, centred), gradient @ shift.reshape(-1), rtol=1e-12)
+    np.testing.assert_allclose(tilt_stress_response(design, centred + 5.0), gradient @ shift.reshape(-1),
+                               rtol=1e-12)
+    assert np.abs(tilt_stress_response(design, centred)).max() > 1e-3

@@ -469,6 +469,15 @@ def pin_perfect_mean(crystal: bcc.BccCrystal, deformations, temperatures, refere
     return bias, np.stack(offsets), step, seconds
 
 
+def tilt_stress_response(design, bias) -> np.ndarray:
+    """The core stress (9,) eV/Å³ a score bias ``bias`` (m, 3) 1/Å moves, in linear response: ∇P · A⁻¹ b̄
+    (b̄ the centred bias, A and ∇P the reference precision and the core stress's gradient of ``design``,
+    :func:`control_design`)."""
+    gradient, _, precision, _ = design
+    bias = np.asarray(bias)
+    return np.asarray(gradient) @ np.linalg.solve(np.asarray(precision), (bias - bias.mean(axis=0)).reshape(-1))
+
+
 def region_match(perfect: bcc.BccCrystal, crystal: bcc.BccCrystal) -> np.ndarray:
     """The indices i (m,) of the perfect crystal's inner atoms at ``crystal``'s inner sites, in its order.
 
